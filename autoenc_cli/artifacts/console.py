@@ -1,0 +1,72 @@
+"""Console output: live progress bars while training and a final metrics table."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=False)
+
+
+class ProgressBars:
+    """An epoch bar and a step bar with the running loss; used as the training loop's observer."""
+
+    def __init__(self, total_epochs: int, enabled: bool = True) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+            transient=False,
+        )
+        self.epochs = self.progress.add_task("epochs", total=total_epochs, status="")
+        self.steps: Optional[Any] = None
+
+    def __enter__(self) -> "ProgressBars":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def on_phase_start(self, phase: Any, steps_per_epoch: int) -> None:
+        if self.steps is None:
+            self.steps = self.progress.add_task("steps", total=steps_per_epoch, status="")
+        self.progress.update(self.steps, total=steps_per_epoch, completed=0, description=f"{phase.name} steps")
+
+    def on_step(self, step: int, loss: float) -> None:
+        self.progress.update(self.steps, completed=step, status=f"loss {loss:.5f}")
+
+    def on_epoch_end(self, row: dict[str, Any], improved: bool, trainer: Any) -> None:
+        self.progress.update(self.steps, completed=self.progress.tasks[self.steps].total)
+        self.progress.update(
+            self.epochs, advance=1,
+            status=f"train {row['train_loss']:.5f}  val {row['val_loss']:.5f}  lr {row['lr']:.2g}",
+        )
+
+    def on_phase_end(self, phase: Any) -> None:
+        pass
+
+    def reset_steps(self) -> None:
+        if self.steps is not None:
+            self.progress.update(self.steps, completed=0)
+
+
+def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table:
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            text = f"{value:.6g}"
+        else:
+            text = str(value)
+        table.add_row(key, text)
+    return table

@@ -1,0 +1,104 @@
+"""The figures that explain what a run learned. Matplotlib runs headless (Agg)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+DPI = 110
+
+
+def _to_image(grid: torch.Tensor) -> Any:
+    """(C, H, W) in [0, 1] -> an array imshow understands (gray for one channel)."""
+    grid = grid.detach().float().clamp(0, 1).cpu()
+    return grid[0].numpy() if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy()
+
+
+def _show(ax: Any, grid: torch.Tensor, title: Optional[str] = None) -> None:
+    ax.imshow(_to_image(grid), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_ylabel(title)
+
+
+def _save(figure: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def image_rows(path: Path, rows: Sequence[tuple[str, torch.Tensor]], title: str) -> Path:
+    """Named rows of images, one above the other (e.g. input / reconstruction)."""
+    count = rows[0][1].shape[0]
+    figure, axes = plt.subplots(len(rows), 1, figsize=(min(count, 16) * 0.9, 1.1 * len(rows) + 0.4), squeeze=False)
+    for ax, (name, images) in zip(axes[:, 0], rows):
+        _show(ax, make_grid(images.float().cpu(), nrow=count, padding=1, pad_value=1.0), name)
+    axes[0, 0].set_title(title)
+    return _save(figure, path)
+
+
+def reconstructions(path: Path, inputs: torch.Tensor, outputs: torch.Tensor) -> Path:
+    return image_rows(path, [("input", inputs), ("reconstruction", outputs)], "Validation samples and reconstructions")
+
+
+def latent_map(path: Path, codes: torch.Tensor, labels: Optional[torch.Tensor]) -> Path:
+    """The codes of a batch as an image: samples (sorted by label when known) x code units."""
+    codes = codes.detach().float().cpu()
+    figure, ax = plt.subplots(figsize=(min(max(codes.shape[1] / 12, 4), 12), 6))
+    ylabel = "validation sample"
+    if labels is not None:
+        labels = labels.cpu()
+        order = torch.argsort(labels, stable=True)
+        codes, labels = codes[order], labels[order]
+        ylabel += " (sorted by label)"
+        starts = [0] + (torch.nonzero(labels[1:] != labels[:-1]).flatten() + 1).tolist()
+        ax.set_yticks(starts, [str(int(labels[start])) for start in starts], fontsize=7)
+    limit = codes.abs().max().item() or 1.0
+    signed = bool((codes < 0).any())
+    image = ax.imshow(codes, aspect="auto", interpolation="nearest", cmap="RdBu_r" if signed else "viridis",
+                      vmin=-limit if signed else 0, vmax=limit)
+    figure.colorbar(image, ax=ax, label="activation")
+    ax.set_xlabel("code unit")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"Latent codes of {codes.shape[0]} validation samples")
+    return _save(figure, path)
+
+
+def dictionary(path: Path, atoms: torch.Tensor, max_units: int = 256) -> Path:
+    """Each code unit's decoder feature as a tile, scaled per tile by its largest |value| (grey = 0)."""
+    atoms = atoms.detach().float().cpu()[:max_units]
+    scale = atoms.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (atoms.ndim - 1)))
+    tiles = (atoms / scale + 1) / 2
+    columns = math.ceil(math.sqrt(tiles.shape[0]))
+    figure, ax = plt.subplots(figsize=(max(columns * 0.55, 3), max(math.ceil(tiles.shape[0] / columns) * 0.55, 3)))
+    _show(ax, make_grid(tiles, nrow=columns, padding=1, pad_value=1.0))
+    ax.set_title(f"Decoder features of {tiles.shape[0]} code units")
+    return _save(figure, path)
+
+
+def loss_curve(path: Path, history: Sequence[dict[str, Any]]) -> Path:
+    epochs = [row["epoch"] for row in history]
+    figure, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [row["train_loss"] for row in history], marker=".", label="train loss")
+    ax.plot(epochs, [row["val_loss"] for row in history], marker=".", label="validation loss")
+    for previous, row in zip(history, history[1:]):
+        if row["stage"] != previous["stage"]:
+            ax.axvline(row["epoch"] - 0.5, color="grey", linestyle=":", linewidth=1)
+    if all(row["train_loss"] > 0 and row["val_loss"] > 0 for row in history):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(figure, path)

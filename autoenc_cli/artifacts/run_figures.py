@@ -1,0 +1,29 @@
+"""Render the standard figures of a finished run from its model and validation split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from autoenc_cli.artifacts import figures
+from autoenc_cli.experiment import Experiment
+
+LATENT_MAP_SAMPLES = 512
+RECONSTRUCTION_SAMPLES = 16
+
+
+@torch.inference_mode()
+def render_run_figures(experiment: Experiment, figures_dir: Path, history: Sequence[dict[str, Any]]) -> list[Path]:
+    model, val = experiment.model, experiment.data.val
+    model.eval()
+    shown = val.images[:RECONSTRUCTION_SAMPLES]
+    batch = val.take(LATENT_MAP_SAMPLES)
+    written = [
+        figures.reconstructions(figures_dir / "reconstructions.png", shown, model(shown).reconstruction),
+        figures.latent_map(figures_dir / "latent_map.png", model.encode(batch.images), batch.labels),
+        figures.dictionary(figures_dir / "dictionary.png", model.dictionary()),
+        figures.loss_curve(figures_dir / "loss_curve.png", history),
+    ]
+    return written

@@ -1,0 +1,1 @@
+"""Classical baselines the autoencoders are compared against."""

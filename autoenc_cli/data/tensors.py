@@ -1,0 +1,80 @@
+"""In-memory splits and the index-slicing batcher that replaces a per-sample DataLoader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    labels: Optional[torch.Tensor] = None  # (N,) int64, when the source has labels
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device) -> "Split":
+        labels = self.labels.to(device) if self.labels is not None else None
+        return Split(self.images.to(device), labels)
+
+    def take(self, count: int) -> "Split":
+        labels = self.labels[:count] if self.labels is not None else None
+        return Split(self.images[:count], labels)
+
+
+@dataclass
+class DataBundle:
+    train: Split
+    val: Split
+    test: Optional[Split] = None
+    num_classes: Optional[int] = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.images.shape[1:])
+
+    def to(self, device: torch.device) -> "DataBundle":
+        test = self.test.to(device) if self.test is not None else None
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=test)
+
+
+def as_images(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, C, H, W) -> float32 (N, C, H, W) in [0, 1]."""
+    tensor = torch.as_tensor(array)
+    if tensor.ndim == 3:
+        tensor = tensor.unsqueeze(1)
+    if tensor.dtype == torch.uint8:
+        return tensor.float().div_(255.0)
+    return tensor.float()
+
+
+def split_by_fraction(images: torch.Tensor, labels: Optional[torch.Tensor], val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """Seeded shuffle, then the first ``round(val_fraction * N)`` samples validate and the rest train."""
+    count = images.shape[0]
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    val_count = min(max(1, round(val_fraction * count)), count - 1)
+    val_index, train_index = order[:val_count], order[val_count:]
+    pick = lambda index: Split(images[index], labels[index] if labels is not None else None)  # noqa: E731
+    return pick(train_index), pick(val_index)
+
+
+def iterate_batches(
+    split: Split, batch_size: int, generator: Optional[torch.Generator] = None
+) -> Iterator[torch.Tensor]:
+    """Yield image batches by slicing a (seeded) permutation; no per-sample Python work.
+
+    The permutation is drawn on the CPU generator (so CPU and CUDA runs see the same order) and
+    moved to the data's device once per epoch.
+    """
+    count = len(split)
+    if generator is None:
+        for start in range(0, count, batch_size):
+            yield split.images[start : start + batch_size]
+        return
+    order = torch.randperm(count, generator=generator).to(split.images.device)
+    for start in range(0, count, batch_size):
+        yield split.images[order[start : start + batch_size]]

@@ -1,0 +1,29 @@
+"""User-facing errors: each carries a one-line message the CLI prints without a traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad config, missing file); printed as one line, exit code 2."""
+
+
+class ConfigError(UserError):
+    """A config value that is not allowed. ``key`` is the dotted path, filled in as the error bubbles up."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        return f"{self.key}={self.value!r} is not allowed: {self.allowed}"
+
+    def within(self, prefix: str) -> "ConfigError":
+        """Return the same error with ``prefix`` prepended to its key (``model`` + ``code_dim``)."""
+        key = self.key if self.key.startswith("[") else f".{self.key}" if self.key else ""
+        return ConfigError(f"{prefix}{key}", self.value, self.allowed)
+
+
+class DataError(UserError):
+    """A data set that cannot be loaded: missing, empty or malformed."""

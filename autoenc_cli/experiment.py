@@ -1,0 +1,60 @@
+"""Assemble a run's parts from its typed config through the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from autoenc_cli.data.tensors import DataBundle
+from autoenc_cli.errors import UserError
+from autoenc_cli.models.autoencoder import Autoencoder
+from autoenc_cli.noise.base import Noise
+from autoenc_cli.registry import REGISTRY
+from autoenc_cli.schema.root import TrainConfig
+from autoenc_cli.training.losses import Objective
+from autoenc_cli.training.schedules import Phase
+
+
+@dataclass
+class Experiment:
+    run: TrainConfig
+    device: torch.device
+    data: DataBundle
+    model: Autoencoder
+    objective: Objective
+    noise: Noise
+    phases: list[Phase]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.device='{name}' but CUDA is not available here; use trainer.device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_model(run: TrainConfig, input_shape: tuple[int, ...]) -> Autoencoder:
+    """The model with its sparsity transform attached to the code layer."""
+    model = REGISTRY.build("model", run.model, input_shape)
+    model.code_transform = REGISTRY.build("sparsity", run.sparsity, model.code_dim)
+    return model
+
+
+def build_experiment(run: TrainConfig, data: DataBundle | None = None) -> Experiment:
+    device = resolve_device(run.trainer.device)
+    seed_everything(run.seed, run.trainer.deterministic)
+    data = (data or REGISTRY.build("data", run.data)).to(device)
+    model = build_model(run, data.input_shape).to(device)
+    objective = Objective(REGISTRY.build("loss", run.loss, model), model.code_transform)
+    noise = REGISTRY.build("noise", run.noise)
+    phases = REGISTRY.build("schedule", run.schedule, run.trainer)
+    return Experiment(run, device, data, model, objective, noise, phases)

@@ -1,0 +1,43 @@
+"""Hydra applications behind the subcommands; the YAML groups ship as the package autoenc_cli.configs."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from typing import Any, Sequence
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_PATH = "pkg://autoenc_cli.configs"
+
+# A short random token, cached per config like Hydra's ${now:}, keeps run folders unique even
+# when two runs start in the same second.
+OmegaConf.register_new_resolver("autoenc_uid", lambda: secrets.token_hex(3), use_cache=True, replace=True)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def _train_app(cfg: DictConfig) -> Any:
+    from autoenc_cli.train import train_job
+
+    return train_job(cfg)
+
+
+def run_hydra_app(app: Any, program: str, argv: Sequence[str]) -> None:
+    """Run a ``@hydra.main`` app on ``argv``, letting exceptions reach our one-line error reporter."""
+    previous_argv, previous_flag = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = [program, *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    finally:
+        sys.argv = previous_argv
+        if previous_flag is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous_flag
+
+
+def train(argv: Sequence[str]) -> None:
+    run_hydra_app(_train_app, "autoenc train", argv)

@@ -1,0 +1,49 @@
+"""Turn a composed Hydra config into typed, checked schema objects, with one-line errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from autoenc_cli.errors import ConfigError, UserError
+from autoenc_cli.registry import REGISTRY
+from autoenc_cli.schema.fields import check_tree
+from autoenc_cli.schema.root import GROUPS, TrainConfig
+
+
+def resolve(cfg: DictConfig) -> TrainConfig:
+    """Validate every group against its registered schema and return the typed run config."""
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert isinstance(plain, dict)
+    groups = {group: plain.pop(group, None) for group in GROUPS}
+    plain.pop("hydra", None)
+    run = _typed(TrainConfig, plain, "")
+    for group, node in groups.items():
+        if not isinstance(node, dict):
+            raise ConfigError(group, node, f"must be a config group; choose one of {', '.join(REGISTRY.names(group))}")
+        schema = REGISTRY.entry(group, node.get("name")).schema
+        setattr(run, group, _typed(schema, node, group))
+    check_tree(run)
+    return run
+
+
+def _typed(schema: type, node: dict, path: str) -> Any:
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise _one_line(error, schema, path) from None
+
+
+def _one_line(error: OmegaConfBaseException, schema: type, path: str) -> UserError:
+    key = str(error.full_key or error.key or "")
+    full_key = f"{path}.{key}" if path and key else path or key
+    if isinstance(error, ConfigKeyError):
+        allowed = ", ".join(OmegaConf.structured(schema).keys())
+        return UserError(f"unknown key '{full_key}'; allowed keys{f' in {path}' if path else ''}: {allowed}")
+    if isinstance(error, ValidationError):
+        expected = getattr(error, "ref_type_str", None) or "another type"
+        return UserError(f"{full_key}={error.value!r} has the wrong type; expected {expected}")
+    return UserError(f"{full_key}: {str(error).splitlines()[0]}")

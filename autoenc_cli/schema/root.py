@@ -1,0 +1,51 @@
+"""The top-level run schema. Group nodes (model, data, ...) are typed by the registry per option."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from autoenc_cli.errors import ConfigError
+from autoenc_cli.schema.fields import choice, number
+
+# Config groups whose options are looked up in the registry by their ``name`` key.
+GROUPS = ("data", "model", "loss", "optimizer", "schedule", "sparsity", "noise")
+
+
+@dataclass
+class GroupConfig:
+    """Base of every group option's schema: ``name`` selects the registered builder."""
+
+    name: str = "?"
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = number(20, ge=1)
+    device: str = "auto"
+    log_every: int = number(10, ge=1)  # steps between loss read-backs (and progress-bar updates)
+    eval_batch_size: int = number(1024, ge=1)
+    deterministic: bool = False  # torch.use_deterministic_algorithms; CPU runs are reproducible anyway
+    figures: bool = True
+    pca_baseline: bool = True  # fit PCA with code_dim components on the train split for comparison
+
+    def check(self) -> None:
+        allowed = ("auto", "cpu", "cuda")
+        base, _, index = self.device.partition(":")
+        if base not in allowed or (index and (base != "cuda" or not index.isdigit())):
+            raise ConfigError("device", self.device, "choose one of auto, cpu, cuda, cuda:N")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = number(0, ge=0)
+    output_root: str = "outputs"
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # Filled with registry-typed schema instances by ``autoenc_cli.schema.resolve``.
+    data: Any = None
+    model: Any = None
+    loss: Any = None
+    optimizer: Any = None
+    schedule: Any = None
+    sparsity: Any = None
+    noise: Any = None

@@ -1,0 +1,19 @@
+"""``sparsity=none``: dense codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoenc_cli.registry import register
+from autoenc_cli.schema.root import GroupConfig
+from autoenc_cli.sparsity.base import Sparsity
+
+
+@dataclass
+class NoSparsityConfig(GroupConfig):
+    name: str = "none"
+
+
+@register("sparsity", "none", NoSparsityConfig)
+def build_no_sparsity(config: NoSparsityConfig, code_dim: int) -> Sparsity:
+    return Sparsity()

@@ -1,0 +1,140 @@
+"""The ``autoenc train`` job: resolve the config, build the run, train, and write the run folder."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from autoenc_cli.artifacts.console import ProgressBars, console, metrics_table
+from autoenc_cli.artifacts.run_folder import RunFolder
+from autoenc_cli.artifacts.run_figures import render_run_figures
+from autoenc_cli.baselines.pca import pca_baseline_mse
+from autoenc_cli.errors import UserError
+from autoenc_cli.experiment import Experiment, build_experiment
+from autoenc_cli.schema.resolve import resolve
+from autoenc_cli.training.loop import FitResult, Trainer
+from autoenc_cli.training.metrics import psnr
+
+log = logging.getLogger("autoenc")
+
+HYDRA_OWN_FILES = {".hydra", "train.log"}
+
+
+class CheckpointWriter:
+    """Observer that keeps history.csv and checkpoints/{last,best}.pt current after every epoch."""
+
+    def __init__(self, folder: RunFolder, config_yaml: str) -> None:
+        self.folder, self.config_yaml = folder, config_yaml
+
+    def on_phase_start(self, phase: Any, steps_per_epoch: int) -> None:
+        pass
+
+    def on_step(self, step: int, loss: float) -> None:
+        pass
+
+    def on_epoch_end(self, row: dict[str, Any], improved: bool, trainer: Trainer) -> None:
+        self.folder.write_history(trainer.result.history)
+        state = {**trainer.state_dict(), "config": self.config_yaml}
+        self.folder.save_checkpoint("last", state)
+        if improved:
+            self.folder.save_checkpoint("best", state)
+
+    def on_phase_end(self, phase: Any) -> None:
+        pass
+
+
+class FanOut:
+    """Forward each loop event to several observers."""
+
+    def __init__(self, *observers: Any) -> None:
+        self.observers = observers
+
+    def __getattr__(self, event: str) -> Any:
+        return lambda *args: [getattr(observer, event)(*args) for observer in self.observers]
+
+
+def count_parameters(model: Any) -> int:
+    """Distinct parameters, so a weight shared by two layers counts once."""
+    return sum(parameter.numel() for parameter in {id(p): p for p in model.parameters()}.values())
+
+
+def final_metrics(experiment: Experiment, result: FitResult) -> dict[str, Any]:
+    last = result.history[-1]
+    data = experiment.data
+    metrics: dict[str, Any] = {
+        "status": "completed",
+        "train_loss": last["train_loss"],
+        "val_loss": last["val_loss"],
+        "val_mse": last["val_mse"],
+        "val_psnr": psnr(last["val_mse"]),
+        "val_penalty": last["val_penalty"],
+        "l0": last["l0"],
+        "dead_fraction": last["dead_fraction"],
+        "dense_fraction": last["dense_fraction"],
+        "best_val_loss": result.best_val_loss,
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
+        "code_dim": experiment.model.code_dim,
+        "num_parameters": count_parameters(experiment.model),
+        "train_seconds": result.train_seconds,
+        "samples_per_second": result.samples_per_second,
+        "device": str(experiment.device),
+        "seed": experiment.run.seed,
+    }
+    if experiment.run.trainer.pca_baseline:
+        metrics["pca_val_mse"] = pca_baseline_mse(data.train.images, data.val.images, experiment.model.code_dim)
+    return metrics
+
+
+def discard_if_empty(run_dir: Path) -> None:
+    """Remove a run folder that holds nothing but Hydra's own files (the run never started)."""
+    if run_dir.is_dir() and {entry.name for entry in run_dir.iterdir()} <= HYDRA_OWN_FILES:
+        logging.shutdown()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def execute(experiment: Experiment, folder: RunFolder, config_yaml: str, show_progress: bool = True) -> dict[str, Any]:
+    """Train, then write metrics.json and figures; a failure still leaves a metrics.json marked failed."""
+    started = time.perf_counter()
+    total_epochs = sum(phase.epochs for phase in experiment.phases)
+    try:
+        with ProgressBars(total_epochs, enabled=show_progress) as bars:
+            result = Trainer(experiment, FanOut(bars, CheckpointWriter(folder, config_yaml))).fit()
+        metrics = final_metrics(experiment, result)
+        if experiment.run.trainer.figures:
+            render_run_figures(experiment, folder.figures, result.history)
+    except BaseException as error:
+        folder.write_metrics({"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        raise
+    metrics["wall_seconds"] = time.perf_counter() - started
+    folder.write_metrics(metrics)
+    return metrics
+
+
+def train_job(cfg: DictConfig) -> dict[str, Any]:
+    """Hydra task function behind ``autoenc train``."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run = resolve(cfg)
+        experiment = build_experiment(run)
+    except UserError:
+        discard_if_empty(run_dir)
+        raise
+    model = experiment.model
+    log.info("run folder %s", run_dir)
+    console.print(
+        f"[bold]autoenc train[/] {run.model.name} {experiment.data.input_shape}->{model.code_dim} "
+        f"on {run.data.name} ({len(experiment.data.train)} train / {len(experiment.data.val)} val), "
+        f"device {experiment.device}, {run.trainer.epochs} epochs"
+    )
+    metrics = execute(experiment, RunFolder(run_dir), OmegaConf.to_yaml(cfg))
+    log.info("metrics %s", metrics)
+    console.print(metrics_table(metrics, title="final metrics"))
+    console.print(f"run folder: [bold]{run_dir}[/]")
+    return metrics

@@ -1,0 +1,1 @@
+"""Losses, optimizers, schedules, checkpoints and the train/validate loop."""

@@ -1,0 +1,162 @@
+"""The train/validate loop: phases -> epochs -> steps, with no host sync except every ``log_every`` steps."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+import torch
+
+from autoenc_cli.data.tensors import iterate_batches
+from autoenc_cli.experiment import Experiment
+from autoenc_cli.registry import REGISTRY
+from autoenc_cli.training.metrics import CodeStatistics, evaluate
+from autoenc_cli.training.schedules import LearningRatePolicy, Phase
+
+
+class Observer(Protocol):
+    """Receives progress from the loop (console bars, run-folder writers); every method is optional work."""
+
+    def on_phase_start(self, phase: Phase, steps_per_epoch: int) -> None: ...
+
+    def on_step(self, step: int, loss: float) -> None: ...
+
+    def on_epoch_end(self, row: dict[str, Any], improved: bool, trainer: "Trainer") -> None: ...
+
+    def on_phase_end(self, phase: Phase) -> None: ...
+
+
+class SilentObserver:
+    def on_phase_start(self, phase: Phase, steps_per_epoch: int) -> None:
+        pass
+
+    def on_step(self, step: int, loss: float) -> None:
+        pass
+
+    def on_epoch_end(self, row: dict[str, Any], improved: bool, trainer: "Trainer") -> None:
+        pass
+
+    def on_phase_end(self, phase: Phase) -> None:
+        pass
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    samples_seen: int = 0
+    best_val_loss: float = float("inf")
+    best_epoch: int = 0
+    final_codes: Optional[CodeStatistics] = None
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+class Trainer:
+    def __init__(self, experiment: Experiment, observer: Optional[Observer] = None) -> None:
+        self.experiment = experiment
+        self.observer: Observer = observer or SilentObserver()
+        run = experiment.run
+        self.batch_generator = torch.Generator().manual_seed(run.seed)
+        self.noise_generator = torch.Generator(device=experiment.device).manual_seed(run.seed + 1)
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.policy: Optional[LearningRatePolicy] = None
+        self.phase_index = 0
+        self.result = FitResult()
+
+    def fit(self) -> FitResult:
+        for self.phase_index, phase in enumerate(self.experiment.phases):
+            self._run_phase(phase)
+        return self.result
+
+    def _run_phase(self, phase: Phase) -> None:
+        run, model = self.experiment.run, self.experiment.model
+        parameters = list(phase.prepare(model))
+        self.optimizer = REGISTRY.build("optimizer", run.optimizer, parameters)
+        self.policy = LearningRatePolicy(self.optimizer, run.schedule, phase.epochs)
+        train = self.experiment.data.train
+        steps_per_epoch = -(-len(train) // run.data.batch_size)
+        self.observer.on_phase_start(phase, steps_per_epoch)
+        for _ in range(phase.epochs):
+            started = time.perf_counter()
+            train_loss = self._train_epoch()
+            train_seconds = time.perf_counter() - started
+            val, codes = self.validate()
+            self.policy.step(val["loss"])
+            self._record(phase, train_loss, val, codes, train_seconds, time.perf_counter() - started)
+            if self.policy.should_stop():
+                break
+        self.observer.on_phase_end(phase)
+
+    def _train_epoch(self) -> float:
+        experiment = self.experiment
+        model, objective, noise, optimizer = experiment.model, experiment.objective, experiment.noise, self.optimizer
+        log_every = experiment.run.trainer.log_every
+        model.train()
+        running = torch.zeros((), device=experiment.device)
+        steps = 0
+        for clean in iterate_batches(experiment.data.train, experiment.run.data.batch_size, self.batch_generator):
+            output = model(noise(clean, self.noise_generator))
+            loss = objective(output, clean).total
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.detach()
+            steps += 1
+            if steps % log_every == 0:
+                self.observer.on_step(steps, (running / steps).item())
+            self.result.samples_seen += clean.shape[0]
+        return (running / max(steps, 1)).item()
+
+    def validate(self) -> tuple[dict[str, float], CodeStatistics]:
+        """Validation with a fixed corruption (re-seeded every time) so epochs compare fairly."""
+        experiment = self.experiment
+        generator = torch.Generator(device=experiment.device).manual_seed(experiment.run.seed + 2)
+        return evaluate(
+            experiment.model, experiment.objective, experiment.data.val, experiment.run.trainer.eval_batch_size,
+            experiment.noise if experiment.noise.active else None, generator,
+        )
+
+    def _record(self, phase: Phase, train_loss: float, val: dict[str, float], codes: CodeStatistics, train_seconds: float, seconds: float) -> None:
+        result = self.result
+        result.train_seconds += train_seconds
+        result.final_codes = codes
+        epoch = len(result.history) + 1
+        row = {
+            "stage": phase.name,
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val["loss"],
+            "val_mse": val["mse"],
+            "val_penalty": val["penalty"],
+            "l0": val["l0"],
+            "dead_fraction": val["dead_fraction"],
+            "dense_fraction": val["dense_fraction"],
+            "lr": self.policy.lr if self.policy else float("nan"),
+            "seconds": seconds,
+        }
+        result.history.append(row)
+        improved = val["loss"] < result.best_val_loss
+        if improved:
+            result.best_val_loss, result.best_epoch = val["loss"], epoch
+        self.observer.on_epoch_end(row, improved, self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: weights, optimizer, LR policy, position, RNG states, history."""
+        experiment = self.experiment
+        return {
+            "model": experiment.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "policy": self.policy.state_dict() if self.policy else {},
+            "phase_index": self.phase_index,
+            "epoch": len(self.result.history),
+            "history": [dict(row) for row in self.result.history],
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "batches": self.batch_generator.get_state(),
+                "noise": self.noise_generator.get_state(),
+            },
+        }

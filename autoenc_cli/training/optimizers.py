@@ -1,0 +1,52 @@
+"""Optimizers (the ``optimizer`` group)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from autoenc_cli.errors import ConfigError
+from autoenc_cli.registry import register
+from autoenc_cli.schema import number
+from autoenc_cli.schema.root import GroupConfig
+
+
+@dataclass
+class AdamConfig(GroupConfig):
+    name: str = "adam"
+    lr: float = number(1e-3, gt=0)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = number(1e-8, gt=0)
+    weight_decay: float = number(0.0, ge=0)
+
+    def check(self) -> None:
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            raise ConfigError("betas", self.betas, "two numbers in [0, 1)")
+
+
+@dataclass
+class SGDConfig(GroupConfig):
+    name: str = "sgd"
+    lr: float = number(0.1, gt=0)
+    momentum: float = number(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = number(0.0, ge=0)
+
+    def check(self) -> None:
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov", True, "needs momentum > 0")
+
+
+@register("optimizer", "adam", AdamConfig)
+def build_adam(config: AdamConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(parameters, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay)
+
+
+@register("optimizer", "sgd", SGDConfig)
+def build_sgd(config: SGDConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        parameters, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
+    )

@@ -1,0 +1,1 @@
+# Hydra config groups for autoenc. This folder ships inside the package as autoenc_cli.configs.
