@@ -11,6 +11,7 @@ import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
 from autoenc_cli import __version__
+from autoenc_cli.errors import UserAbort
 
 # command -> (module:function taking the remaining argv, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -62,6 +63,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     keep_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         code = _load(COMMANDS[command][0])(rest)
+    except UserAbort as abort:
+        fail(str(abort))
     except Exception as error:  # noqa: BLE001 - user mistakes become one line, bugs keep their traceback
         from autoenc_cli.error_report import one_line_or_none
 

@@ -27,3 +27,15 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A data set that cannot be loaded: missing, empty or malformed."""
+
+
+class UserAbort(BaseException):
+    """Carries a ``UserError`` out of a single Hydra job.
+
+    Hydra's job runner catches ``Exception`` and prints its own "Error executing job" line before
+    re-raising; a ``BaseException`` passes straight through, so the user sees one line only.
+    """
+
+    def __init__(self, error: UserError) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from autoenc_cli.artifacts.console import ProgressBars, console, metrics_table
 from autoenc_cli.artifacts.run_folder import RunFolder
 from autoenc_cli.artifacts.run_figures import render_run_figures
 from autoenc_cli.baselines.pca import pca_baseline_mse
-from autoenc_cli.errors import UserError
+from autoenc_cli.errors import UserAbort, UserError
 from autoenc_cli.experiment import Experiment, build_experiment
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.training.loop import FitResult, Trainer
@@ -119,22 +120,26 @@ def execute(experiment: Experiment, folder: RunFolder, config_yaml: str, show_pr
 
 def train_job(cfg: DictConfig) -> dict[str, Any]:
     """Hydra task function behind ``autoenc train``."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
     try:
         run = resolve(cfg)
         experiment = build_experiment(run)
-    except UserError:
+    except UserError as error:
         discard_if_empty(run_dir)
+        if hydra_config.mode == RunMode.RUN:
+            raise UserAbort(error) from None
         raise
     model = experiment.model
     log.info("run folder %s", run_dir)
     console.print(
         f"[bold]autoenc train[/] {run.model.name} {experiment.data.input_shape}->{model.code_dim} "
         f"on {run.data.name} ({len(experiment.data.train)} train / {len(experiment.data.val)} val), "
-        f"device {experiment.device}, {run.trainer.epochs} epochs"
+        f"device {experiment.device}, {run.trainer.epochs} epochs",
+        soft_wrap=True,
     )
     metrics = execute(experiment, RunFolder(run_dir), OmegaConf.to_yaml(cfg))
     log.info("metrics %s", metrics)
     console.print(metrics_table(metrics, title="final metrics"))
-    console.print(f"run folder: [bold]{run_dir}[/]")
+    console.print(f"run folder: [bold]{run_dir}[/]", soft_wrap=True)
     return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -44,6 +45,8 @@ def _one_line(error: OmegaConfBaseException, schema: type, path: str) -> UserErr
         allowed = ", ".join(OmegaConf.structured(schema).keys())
         return UserError(f"unknown key '{full_key}'; allowed keys{f' in {path}' if path else ''}: {allowed}")
     if isinstance(error, ValidationError):
-        expected = getattr(error, "ref_type_str", None) or "another type"
-        return UserError(f"{full_key}={error.value!r} has the wrong type; expected {expected}")
+        # OmegaConf says "Value 'abc' of type 'str' could not be converted to Float".
+        expected = re.search(r"converted to (\w+)", str(error))
+        wanted = f"; expected {expected.group(1).lower()}" if expected else ""
+        return UserError(f"{full_key}={error.value!r} has the wrong type{wanted}")
     return UserError(f"{full_key}: {str(error).splitlines()[0]}")

@@ -1,0 +1,45 @@
+"""Multirun support: check every job's config before the first job starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from autoenc_cli.errors import UserAbort, UserError
+
+
+def sweep_jobs(task_overrides: list[str]) -> list[list[str]]:
+    """Expand sweep overrides (``k=5,16,32``) into one override list per job, as the basic sweeper does."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(task_overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def validate_jobs(config_name: str, jobs: list[list[str]]) -> None:
+    """Compose each job's config and check it against the schemas; the first bad job is the error."""
+    from hydra import compose
+
+    from autoenc_cli.schema.resolve import resolve
+
+    for overrides in jobs:
+        try:
+            resolve(compose(config_name=config_name, overrides=overrides))
+        except UserError as error:
+            raise UserError(f"sweep job [{' '.join(overrides)}]: {error}") from None
+
+
+class SweepCallback(Callback):
+    """Hydra callback for multiruns: a bad value in the last job fails in a second, not after hours."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        overrides = OmegaConf.to_container(config.hydra.overrides.task)
+        assert isinstance(overrides, list)
+        try:
+            validate_jobs(config.hydra.job.config_name, sweep_jobs([str(item) for item in overrides]))
+        except UserError as error:
+            # Hydra turns a callback's Exception into a warning and carries on; abort the sweep instead.
+            raise UserAbort(error) from None

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny configs composed the way the CLI composes them, and CLI runners."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from autoenc_cli.cli import main
+
+# Small enough for a 2-core CPU: 400 digits, 2 epochs.
+TINY = ["data.limit=400", "trainer.epochs=2", "trainer.log_every=2"]
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    with initialize_config_module(config_module="autoenc_cli.configs", version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    return list(TINY)
+
+
+def run_main(argv: Sequence[str]) -> int:
+    """Run ``autoenc`` in this process; returns the exit code."""
+    try:
+        main(list(argv))
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+def run_cli(argv: Sequence[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``autoenc`` in a fresh interpreter, as a user would."""
+    environment = {**os.environ, **(env or {})}
+    environment.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "autoenc_cli", *argv], cwd=cwd, env=environment, capture_output=True, text=True, timeout=600
+    )
+
+
+def only_run_dir(root: Path) -> Path:
+    runs = sorted((root / "outputs" / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())

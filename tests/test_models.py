@@ -1,0 +1,65 @@
+"""Fully-connected models built from layer descriptors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from autoenc_cli.errors import ConfigError
+from autoenc_cli.experiment import build_model
+from autoenc_cli.models.fc import FCModelConfig, build_fc
+from autoenc_cli.models.layers import LayerSpec
+from autoenc_cli.schema.resolve import resolve
+
+from conftest import compose_config
+
+
+def linear_shapes(module: nn.Module) -> list[tuple[int, int]]:
+    return [(layer.in_features, layer.out_features) for layer in module.modules() if isinstance(layer, nn.Linear)]
+
+
+def test_default_model_is_784_64_784_leaky_relu():
+    model = build_model(resolve(compose_config()), (1, 28, 28))
+    assert linear_shapes(model.encoder) == [(784, 64)]
+    assert linear_shapes(model.decoder) == [(64, 784)]
+    assert any(isinstance(layer, nn.LeakyReLU) for layer in model.encoder.modules())
+    output = model(torch.rand(5, 1, 28, 28))
+    assert output.code.shape == (5, 64)
+    assert output.reconstruction.shape == output.logits.shape == (5, 1, 28, 28)
+    assert 0 <= output.reconstruction.min() and output.reconstruction.max() <= 1
+
+
+def test_layer_descriptors_expand_and_mirror():
+    config = FCModelConfig(code_dim=30, encoder=[LayerSpec(width=100, num_layers=2, activation="relu"), LayerSpec(width=50)])
+    model = build_fc(config, (1, 10, 10))
+    assert linear_shapes(model.encoder) == [(100, 100), (100, 100), (100, 50), (50, 30)]
+    assert linear_shapes(model.decoder) == [(30, 50), (50, 100), (100, 100), (100, 100)]
+
+
+def test_explicit_decoder_and_input_size_from_data():
+    config = FCModelConfig(code_dim=8, decoder=[LayerSpec(width=20), LayerSpec(width=None, activation="sigmoid")])
+    model = build_fc(config, (3, 4, 4))
+    assert linear_shapes(model.decoder) == [(8, 20), (20, 48)]
+    assert isinstance(model.output_activation, nn.Sigmoid)
+    assert model(torch.rand(2, 3, 4, 4)).reconstruction.shape == (2, 3, 4, 4)
+
+
+def test_decoder_that_does_not_end_at_the_input_is_an_error():
+    config = FCModelConfig(code_dim=8, decoder=[LayerSpec(width=20), LayerSpec(width=700)])
+    with pytest.raises(ConfigError, match=r"model.decoder\[1\].width=700 .* input size 784"):
+        build_fc(config, (1, 28, 28))
+
+
+def test_dictionary_of_a_single_layer_decoder_is_its_weight_columns():
+    model = build_fc(FCModelConfig(code_dim=6), (1, 4, 4))
+    linear = next(layer for layer in model.decoder.modules() if isinstance(layer, nn.Linear))
+    atoms = model.dictionary()
+    assert atoms.shape == (6, 1, 4, 4)
+    torch.testing.assert_close(atoms.flatten(1), linear.weight.T)
+
+
+def test_gradients_reach_every_parameter():
+    model = build_fc(FCModelConfig(code_dim=4, encoder=[LayerSpec(width=8)]), (1, 3, 3))
+    model(torch.rand(7, 1, 3, 3)).reconstruction.sum().backward()
+    assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in model.parameters())
