@@ -140,3 +140,11 @@ def test_device_cuda_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run_main(["train", "trainer.device=cuda", *TINY, "trainer.figures=false"]) == 0
     assert read_metrics(only_run_dir(tmp_path))["device"].startswith("cuda")
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert run_main(["train", *TINY, "trainer.epochs=1", "trainer.figures=false", "trainer.pca_baseline=false"]) == 0
+    runs = sorted((tmp_path / "outputs" / "runs").iterdir())
+    assert len(runs) == 2 and all((run / "metrics.json").is_file() for run in runs)
