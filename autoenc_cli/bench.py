@@ -1,7 +1,9 @@
-"""Throughput benchmark: autoenc's training loop against a bare hand-written PyTorch loop.
+"""Benchmarks, each a ratio against a baseline measured side by side in the same process.
 
-Both train the same model on the same device tensors with the same batch size, interleaved in one
-process so machine noise hits both alike; the table reports the median of several repeats.
+- Training throughput: autoenc's loop against a bare hand-written PyTorch loop, same model, device
+  tensors and batch size, interleaved so machine noise hits both alike (median of repeats).
+- Sparsity layers: forward+backward of the batched top-k and lifetime layers against the per-sample
+  (per-unit) Python-loop masks a tutorial would write.
 
     python -m autoenc_cli.bench [--repeats 5] [--epochs 3] [--device auto] [--out bench.md]
 """
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 
 from autoenc_cli.experiment import Experiment, build_experiment
 from autoenc_cli.schema.resolve import resolve
+from autoenc_cli.sparsity.hard import Lifetime, TopK
 from autoenc_cli.training.loop import Trainer
 
 CASES: dict[str, list[str]] = {
@@ -91,6 +94,51 @@ def measure(overrides: Sequence[str], device: str, epochs: int, repeats: int) ->
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def naive_topk(code: torch.Tensor, k: int) -> torch.Tensor:
+    """The per-sample loop: one topk and one mask row per sample."""
+    mask = torch.zeros_like(code)
+    for row in range(code.shape[0]):
+        mask[row, code[row].topk(k).indices] = 1.0
+    return code * mask
+
+
+def naive_lifetime(code: torch.Tensor, k: int) -> torch.Tensor:
+    """The per-unit loop: one topk over the batch for each code unit."""
+    mask = torch.zeros_like(code)
+    for unit in range(code.shape[1]):
+        mask[code[:, unit].topk(k).indices, unit] = 1.0
+    return code * mask
+
+
+def forward_backward_seconds(layer: Callable[[torch.Tensor], torch.Tensor], code: torch.Tensor, repeats: int) -> float:
+    timings = []
+    for _ in range(repeats + 1):  # the first call warms up
+        x = code.detach().clone().requires_grad_(True)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        layer(x).sum().backward()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings[1:])
+
+
+def sparsity_layer_rows(device: torch.device, repeats: int) -> list[str]:
+    rows = []
+    for batch, units in ((512, 64), (4096, 4096)):
+        code = torch.randn(batch, units, generator=torch.Generator().manual_seed(0)).to(device)
+        k_sample, k_unit = 16, max(1, round(0.05 * batch))
+        cases = {
+            f"topk k={k_sample}": (TopK(k_sample), lambda x: naive_topk(x, k_sample)),
+            f"lifetime k={k_unit} (5%)": (Lifetime(k_unit, 0.05).train(), lambda x: naive_lifetime(x, k_unit)),
+        }
+        for name, (layer, naive) in cases.items():
+            fast, slow = forward_backward_seconds(layer, code, repeats), forward_backward_seconds(naive, code, repeats)
+            rows.append(f"| {name} | {batch}x{units} | {fast * 1e3:.3f} | {slow * 1e3:.1f} | {slow / fast:,.0f}x |")
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -109,6 +157,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, overrides in CASES.items():
         result = measure(overrides, args.device, args.epochs, args.repeats)
         lines.append(f"| {name} | {result['autoenc']:,.0f} | {result['bare']:,.0f} | {result['autoenc'] / result['bare']:.2f}x |")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    lines += [
+        "",
+        "| sparsity layer | input | batched fwd+bwd (ms) | Python-loop fwd+bwd (ms) | speed-up |",
+        "| --- | --- | ---: | ---: | ---: |",
+        *sparsity_layer_rows(device, args.repeats),
+    ]
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -16,6 +16,7 @@ from autoenc_cli.errors import UserAbort
 # command -> (module:function taking the remaining argv, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("autoenc_cli.hydra_app:train", "train an autoencoder from config groups (Hydra overrides; -m sweeps)"),
+    "report": ("autoenc_cli.report:main", "compare finished runs: a sweep folder or run folders"),
 }
 
 USAGE = """usage: autoenc <command> [arguments]
@@ -30,6 +31,8 @@ Examples:
   autoenc train
   autoenc train model.code_dim=32 trainer.epochs=5 optimizer.lr=3e-4
   autoenc train -m model.code_dim=16,32,64
+  autoenc train -m model=sparse_fc sparsity=topk k=5,16,32
+  autoenc report outputs/sweeps/<sweep>
 """
 
 

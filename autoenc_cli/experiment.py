@@ -45,7 +45,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def build_model(run: TrainConfig, input_shape: tuple[int, ...]) -> Autoencoder:
     """The model with its sparsity transform attached to the code layer."""
     model = REGISTRY.build("model", run.model, input_shape)
-    model.code_transform = REGISTRY.build("sparsity", run.sparsity, model.code_dim)
+    model.code_transform = REGISTRY.build("sparsity", run.sparsity, model)
     return model
 
 

@@ -23,6 +23,8 @@ COMPONENT_MODULES = (
     "autoenc_cli.training.optimizers",
     "autoenc_cli.training.schedules",
     "autoenc_cli.sparsity.none",
+    "autoenc_cli.sparsity.hard",
+    "autoenc_cli.sparsity.penalties",
     "autoenc_cli.noise.none",
 )
 

@@ -43,3 +43,14 @@ class SweepCallback(Callback):
         except UserError as error:
             # Hydra turns a callback's Exception into a warning and carries on; abort the sweep instead.
             raise UserAbort(error) from None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from pathlib import Path
+
+        from autoenc_cli.artifacts.console import console
+        from autoenc_cli.artifacts.sweep_report import write_report
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        _, table = write_report([sweep_dir], sweep_dir)
+        console.print(table)
+        console.print(f"sweep summary: [bold]{sweep_dir / 'summary.csv'}[/]", soft_wrap=True)

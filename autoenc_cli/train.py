@@ -109,7 +109,7 @@ def execute(experiment: Experiment, folder: RunFolder, config_yaml: str, show_pr
             result = Trainer(experiment, FanOut(bars, CheckpointWriter(folder, config_yaml))).fit()
         metrics = final_metrics(experiment, result)
         if experiment.run.trainer.figures:
-            render_run_figures(experiment, folder.figures, result.history)
+            render_run_figures(experiment, folder.figures, result.history, result.final_codes)
     except BaseException as error:
         folder.write_metrics({"status": "failed", "error": f"{type(error).__name__}: {error}"})
         raise

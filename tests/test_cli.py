@@ -142,7 +142,7 @@ def test_device_cuda_runs(tmp_path, monkeypatch):
     assert read_metrics(only_run_dir(tmp_path))["device"].startswith("cuda")
 
 
-def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+def test_back_to_back_runs_get_their_own_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
         assert run_main(["train", *TINY, "trainer.epochs=1", "trainer.figures=false", "trainer.pca_baseline=false"]) == 0

@@ -102,3 +102,53 @@ def loss_curve(path: Path, history: Sequence[dict[str, Any]]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(figure, path)
+
+
+def code_density(path: Path, firing_frequency: torch.Tensor) -> Path:
+    """Histogram of per-unit firing frequency on a log axis, dead units counted apart."""
+    frequency = firing_frequency.detach().float().cpu()
+    alive = frequency[frequency > 0]
+    figure, ax = plt.subplots(figsize=(6, 4))
+    if alive.numel():
+        low = math.floor(math.log10(alive.min().item()) * 4) / 4
+        edges = torch.logspace(min(low, -0.25), 0, steps=max(int((0 - low) * 8), 8) + 1).numpy()
+        ax.hist(alive.numpy(), bins=edges, color="tab:blue", edgecolor="white")
+    ax.set_xscale("log")
+    ax.set_xlabel("firing frequency (fraction of validation samples a unit is non-zero on)")
+    ax.set_ylabel("code units")
+    dead = int((frequency == 0).sum())
+    ax.set_title(f"Code density: {frequency.numel()} units, {dead} dead, {int((frequency > 0.5).sum())} dense (>0.5)")
+    ax.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def frontier(path: Path, points: Sequence[tuple[str, float, float]]) -> Path:
+    """val_mse against l0 across runs: the sparsity-fidelity trade-off."""
+    figure, ax = plt.subplots(figsize=(6.5, 4.5))
+    ordered = sorted(points, key=lambda point: point[1])
+    ax.plot([point[1] for point in ordered], [point[2] for point in ordered], color="lightgrey", zorder=1)
+    ax.scatter([point[1] for point in ordered], [point[2] for point in ordered], zorder=2)
+    for label, l0, mse in ordered:
+        ax.annotate(label, (l0, mse), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("l0 (mean active code units per validation sample)")
+    ax.set_ylabel("validation MSE per pixel")
+    ax.set_title("Sparsity-fidelity frontier")
+    ax.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def image_panels(path: Path, panels: Sequence[tuple[str, Optional[Path]]], title: str) -> Path:
+    """Saved figures side by side in a grid, each titled; a missing image shows as a note."""
+    columns = min(len(panels), 4)
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (label, image_path) in zip(axes.flat, panels):
+        if image_path is not None and image_path.is_file():
+            ax.imshow(plt.imread(image_path))
+        else:
+            ax.text(0.5, 0.5, "no figure", ha="center", va="center")
+        ax.set_title(label, fontsize=9)
+    figure.suptitle(title)
+    return _save(figure, path)

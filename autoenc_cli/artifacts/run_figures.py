@@ -9,13 +9,16 @@ import torch
 
 from autoenc_cli.artifacts import figures
 from autoenc_cli.experiment import Experiment
+from autoenc_cli.training.metrics import CodeStatistics
 
 LATENT_MAP_SAMPLES = 512
 RECONSTRUCTION_SAMPLES = 16
 
 
 @torch.inference_mode()
-def render_run_figures(experiment: Experiment, figures_dir: Path, history: Sequence[dict[str, Any]]) -> list[Path]:
+def render_run_figures(
+    experiment: Experiment, figures_dir: Path, history: Sequence[dict[str, Any]], codes: CodeStatistics
+) -> list[Path]:
     model, val = experiment.model, experiment.data.val
     model.eval()
     shown = val.images[:RECONSTRUCTION_SAMPLES]
@@ -25,5 +28,6 @@ def render_run_figures(experiment: Experiment, figures_dir: Path, history: Seque
         figures.latent_map(figures_dir / "latent_map.png", model.encode(batch.images), batch.labels),
         figures.dictionary(figures_dir / "dictionary.png", model.dictionary()),
         figures.loss_curve(figures_dir / "loss_curve.png", history),
+        figures.code_density(figures_dir / "code_density.png", codes.firing_frequency),
     ]
     return written

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -29,16 +29,18 @@ class Autoencoder(nn.Module):
         decoder: nn.Module,
         input_shape: tuple[int, ...],
         code_dim: int,
+        code_activation: str,
         output_activation: nn.Module,
-        code_transform: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
-        self.code_transform = code_transform if code_transform is not None else nn.Identity()
+        # Replaced by the run's sparsity option (see experiment.build_model).
+        self.code_transform: nn.Module = nn.Identity()
         self.output_activation = output_activation
         self.input_shape = tuple(input_shape)
         self.code_dim = code_dim
+        self.code_activation = code_activation  # name of the code layer's activation, e.g. for range checks
 
     @property
     def input_size(self) -> int:

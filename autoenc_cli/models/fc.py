@@ -63,7 +63,7 @@ def decoder_layers(config: FCModelConfig, input_size: int) -> list[tuple[int, st
 
 
 @register("model", "fc", FCModelConfig)
-def build_fc(config: FCModelConfig, input_shape: tuple[int, ...], code_transform: Optional[nn.Module] = None) -> Autoencoder:
+def build_fc(config: FCModelConfig, input_shape: tuple[int, ...]) -> Autoencoder:
     input_size = math.prod(input_shape)
     encoder = nn.Sequential(
         nn.Flatten(), mlp(input_size, expand(config.encoder) + [(config.code_dim, config.code_activation)])
@@ -71,4 +71,4 @@ def build_fc(config: FCModelConfig, input_shape: tuple[int, ...], code_transform
     layers = decoder_layers(config, input_size)
     output_activation = layers[-1][1] if config.decoder is not None else config.output_activation
     decoder = mlp(config.code_dim, [*layers[:-1], (input_size, "linear")])
-    return Autoencoder(encoder, decoder, input_shape, config.code_dim, activation(output_activation), code_transform)
+    return Autoencoder(encoder, decoder, input_shape, config.code_dim, config.code_activation, activation(output_activation))

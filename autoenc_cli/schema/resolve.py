@@ -11,7 +11,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.schema.fields import check_tree
-from autoenc_cli.schema.root import GROUPS, TrainConfig
+from autoenc_cli.schema.root import GROUPS, SHORTHANDS, TrainConfig
 
 
 def resolve(cfg: DictConfig) -> TrainConfig:
@@ -26,8 +26,20 @@ def resolve(cfg: DictConfig) -> TrainConfig:
             raise ConfigError(group, node, f"must be a config group; choose one of {', '.join(REGISTRY.names(group))}")
         schema = REGISTRY.entry(group, node.get("name")).schema
         setattr(run, group, _typed(schema, node, group))
+    _apply_shorthands(run)
     check_tree(run)
     return run
+
+
+def _apply_shorthands(run: TrainConfig) -> None:
+    """``k=16`` sets ``sparsity.k``: the top-level value wins over the group's default."""
+    for key, group in SHORTHANDS.items():
+        value, target = getattr(run, key), getattr(run, group)
+        if value is None:
+            continue
+        if not hasattr(target, key):
+            raise ConfigError(key, value, f"{group}={target.name} has no '{key}'; choose a {group} option that does")
+        setattr(target, key, value)
 
 
 def _typed(schema: type, node: dict, path: str) -> Any:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from autoenc_cli.errors import ConfigError
 from autoenc_cli.schema.fields import choice, number
 
 # Config groups whose options are looked up in the registry by their ``name`` key.
 GROUPS = ("data", "model", "loss", "optimizer", "schedule", "sparsity", "noise")
+
+# Top-level shorthands (``k=16``) for a key inside a group (``sparsity.k``), so sweeps read naturally.
+SHORTHANDS = {"k": "sparsity", "lam": "sparsity"}
 
 
 @dataclass
@@ -40,6 +43,8 @@ class TrainerConfig:
 class TrainConfig:
     seed: int = number(0, ge=0)
     output_root: str = "outputs"
+    k: Optional[int] = number(None, ge=1)
+    lam: Optional[float] = number(None, ge=0)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     # Filled with registry-typed schema instances by ``autoenc_cli.schema.resolve``.
     data: Any = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from autoenc_cli.registry import register
 from autoenc_cli.schema.root import GroupConfig
 from autoenc_cli.sparsity.base import Sparsity
@@ -15,5 +17,5 @@ class NoSparsityConfig(GroupConfig):
 
 
 @register("sparsity", "none", NoSparsityConfig)
-def build_no_sparsity(config: NoSparsityConfig, code_dim: int) -> Sparsity:
+def build_no_sparsity(config: NoSparsityConfig, model: nn.Module) -> Sparsity:
     return Sparsity()

@@ -1,0 +1,115 @@
+"""Compare finished runs: summary.csv, a console table, the frontier plot and a dictionary grid."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+from rich.table import Table
+
+from autoenc_cli.errors import UserError
+from autoenc_cli.training.checkpoint import atomic_write_bytes
+
+SUMMARY_METRICS = ("val_mse", "l0", "dead_fraction", "dense_fraction", "val_loss", "val_penalty", "pca_val_mse",
+                   "code_dim", "epochs", "train_seconds")
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    overrides: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def status(self) -> str:
+        return str(self.metrics.get("status", "missing"))
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / ".hydra").is_dir() or (path / "metrics.json").is_file()
+
+
+def _job_order(path: Path) -> tuple[int, str]:
+    return (int(path.name), "") if path.name.isdigit() else (1 << 30, path.name)
+
+
+def find_runs(paths: Sequence[Path]) -> list[Path]:
+    """Run folders among ``paths``: each path is a run folder or a sweep folder holding run folders."""
+    runs: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            raise UserError(f"'{path}' is not a folder; give a sweep folder or run folders")
+        if is_run_folder(path) and not (path / "multirun.yaml").is_file():
+            runs.append(path)
+            continue
+        children = sorted((child for child in path.iterdir() if child.is_dir() and is_run_folder(child)), key=_job_order)
+        if not children:
+            raise UserError(f"'{path}' holds no run folders (folders with metrics.json or .hydra/)")
+        runs += children
+    return runs
+
+
+def load_run(path: Path) -> RunRecord:
+    record = RunRecord(path)
+    overrides_file = path / ".hydra" / "overrides.yaml"
+    if overrides_file.is_file():
+        record.overrides = [str(item) for item in OmegaConf.load(overrides_file)]
+    metrics_file = path / "metrics.json"
+    if metrics_file.is_file():
+        record.metrics = json.loads(metrics_file.read_text())
+    return record
+
+
+def label_runs(records: list[RunRecord]) -> None:
+    """Label each run by the overrides that differ across the runs (``k=5``), else by its folder."""
+    keys = {override.partition("=")[0] for record in records for override in record.overrides}
+    values = {key: {dict(o.partition("=")[::2] for o in r.overrides).get(key) for r in records} for key in keys}
+    varying = [key for key in sorted(keys) if len(values[key]) > 1]
+    for record in records:
+        chosen = dict(o.partition("=")[::2] for o in record.overrides)
+        parts = [f"{key}={chosen[key]}" for key in varying if key in chosen]
+        record.label = " ".join(parts) if parts else record.path.name
+
+
+def summary_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    return [
+        {"run": record.path.name, "label": record.label, "status": record.status, "overrides": " ".join(record.overrides),
+         **{metric: record.metrics.get(metric) for metric in SUMMARY_METRICS}, "path": str(record.path)}
+        for record in records
+    ]
+
+
+def summary_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    columns = ("run", "label", "status", "val_mse", "l0", "dead_fraction", "dense_fraction", "pca_val_mse")
+    for column in columns:
+        table.add_column(column, justify="right" if column not in ("label", "status") else "left")
+    for row in rows:
+        table.add_row(*[f"{row[c]:.5g}" if isinstance(row[c], float) else ("" if row[c] is None else str(row[c])) for c in columns])
+    return table
+
+
+def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, Any]], Table]:
+    """Build the comparison of the runs under ``paths`` into ``out_dir``; returns the rows and table."""
+    from autoenc_cli.artifacts import figures
+
+    records = [load_run(path) for path in find_runs(paths)]
+    label_runs(records)
+    rows = summary_rows(records)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out_dir / "summary.csv", buffer.getvalue().encode())
+    finished = [r for r in records if r.status == "completed" and r.metrics.get("l0") is not None]
+    if finished:
+        figures.frontier(out_dir / "figures" / "frontier.png", [(r.label, r.metrics["l0"], r.metrics["val_mse"]) for r in finished])
+    dictionaries: list[tuple[str, Optional[Path]]] = [(r.label, r.path / "figures" / "dictionary.png") for r in records]
+    figures.image_panels(out_dir / "figures" / "dictionaries.png", dictionaries, "Decoder features per run")
+    return rows, summary_table(rows, f"{len(records)} runs in {out_dir}")

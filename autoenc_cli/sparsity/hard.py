@@ -1,0 +1,145 @@
+"""Hard sparsity: keep the largest code values and zero the rest, along samples, units or the batch.
+
+All three options share one autograd function: a top-k over one dimension of a (possibly reshaped)
+code tensor, a boolean mask built with ``scatter``, and a backward pass that lets gradients through
+the kept entries only. Everything is batched; there are no Python loops over samples or units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from autoenc_cli.errors import ConfigError
+from autoenc_cli.models.autoencoder import Autoencoder
+from autoenc_cli.registry import register
+from autoenc_cli.schema import number
+from autoenc_cli.schema.root import GroupConfig
+from autoenc_cli.sparsity.base import Sparsity
+
+
+class KeepTopK(torch.autograd.Function):
+    """``x`` with all but the ``k`` largest entries along ``dim`` set to zero.
+
+    Ties are broken by ``torch.topk``, which is deterministic for a given input and device. Only the
+    kept indices are saved for the backward pass (k per row, not a dense mask).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+        values, indices = x.topk(k, dim=dim, sorted=False)
+        ctx.save_for_backward(indices)
+        ctx.dim = dim
+        return torch.zeros_like(x).scatter_(dim, indices, values)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], None, None]:
+        (indices,) = ctx.saved_tensors
+        kept = grad_output.gather(ctx.dim, indices)
+        return torch.zeros_like(grad_output).scatter_(ctx.dim, indices, kept), None, None
+
+
+def keep_top_k(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    return KeepTopK.apply(x, min(k, x.shape[dim]), dim)
+
+
+def _check_k_fits(k: int, model: Autoencoder) -> None:
+    if k > model.code_dim:
+        raise ConfigError("sparsity.k", k, f"must be <= the code size model.code_dim={model.code_dim}")
+
+
+@dataclass
+class TopKConfig(GroupConfig):
+    name: str = "topk"
+    k: int = number(16, ge=1)  # code units kept per sample
+
+
+class TopK(Sparsity):
+    """Per-sample k-sparse codes (Makhzani & Frey, 2013): each sample keeps its k largest units."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return keep_top_k(code, self.k, dim=1)
+
+
+@register("sparsity", "topk", TopKConfig)
+def build_topk(config: TopKConfig, model: Autoencoder) -> Sparsity:
+    _check_k_fits(config.k, model)
+    return TopK(config.k)
+
+
+@dataclass
+class LifetimeConfig(GroupConfig):
+    name: str = "lifetime"
+    k: Optional[int] = number(None, ge=1)  # samples kept per unit; overrides rate when set
+    rate: float = number(0.05, gt=0, le=1)  # fraction of the batch kept per unit
+
+
+class Lifetime(Sparsity):
+    """Lifetime winner-take-all (Makhzani & Frey, 2015): during training each unit keeps its k largest
+    activations across the minibatch; at evaluation codes pass unchanged."""
+
+    def __init__(self, k: Optional[int], rate: float) -> None:
+        super().__init__()
+        self.k, self.rate = k, rate
+
+    def kept_per_unit(self, batch_size: int) -> int:
+        k = self.k if self.k is not None else round(self.rate * batch_size)
+        return max(1, min(k, batch_size))  # a k larger than the batch keeps the whole batch
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return code
+        return keep_top_k(code, self.kept_per_unit(code.shape[0]), dim=0)
+
+
+@register("sparsity", "lifetime", LifetimeConfig)
+def build_lifetime(config: LifetimeConfig, model: Autoencoder) -> Sparsity:
+    return Lifetime(config.k, config.rate)
+
+
+@dataclass
+class BatchTopKConfig(GroupConfig):
+    name: str = "batch_topk"
+    k: int = number(16, ge=1)  # average code units kept per sample: k x batch_size kept per batch
+    threshold_momentum: float = number(0.01, gt=0, le=1)  # EMA weight of each batch's threshold
+
+
+class BatchTopK(Sparsity):
+    """BatchTopK (Bussmann et al., 2024): training keeps the k x batch_size largest activations of the
+    whole batch. Evaluation keeps activations above a threshold estimated during training (an EMA of
+    the smallest kept activation per batch), so it does not depend on batch composition."""
+
+    def __init__(self, k: int, momentum: float) -> None:
+        super().__init__()
+        self.k, self.momentum = k, momentum
+        self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("threshold_seen", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return code * (code > self.threshold)
+        flat = code.reshape(1, -1)
+        kept = keep_top_k(flat, self.k * code.shape[0], dim=1)
+        self._update_threshold(flat.detach(), kept.detach())
+        return kept.view_as(code)
+
+    @torch.no_grad()
+    def _update_threshold(self, flat: torch.Tensor, kept: torch.Tensor) -> None:
+        # The smallest kept value, computed on the device without a host sync.
+        smallest = torch.where(kept != 0, flat, torch.full_like(flat, float("inf"))).min()
+        smallest = torch.where(torch.isfinite(smallest), smallest, self.threshold)
+        blended = torch.lerp(self.threshold, smallest, self.momentum)
+        self.threshold.copy_(torch.where(self.threshold_seen, blended, smallest))
+        self.threshold_seen.fill_(True)
+
+
+@register("sparsity", "batch_topk", BatchTopKConfig)
+def build_batch_topk(config: BatchTopKConfig, model: Autoencoder) -> Sparsity:
+    _check_k_fits(config.k, model)
+    return BatchTopK(config.k, config.threshold_momentum)

@@ -1,0 +1,59 @@
+"""Sweeps end in a comparison; `autoenc report` rebuilds it for any finished runs."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import TINY, run_main
+
+
+def read_summary(folder: Path) -> list[dict]:
+    with open(folder / "summary.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def topk_sweep(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        assert run_main(["train", "-m", "sparsity=topk", "k=2,8", *TINY]) == 0
+    finally:
+        os.chdir(previous)
+    (sweep,) = (root / "outputs" / "sweeps").iterdir()
+    return sweep
+
+
+def test_multirun_writes_summary_frontier_and_dictionary_grid(topk_sweep):
+    rows = read_summary(topk_sweep)
+    assert [row["label"] for row in rows] == ["k=2", "k=8"]
+    assert [float(row["l0"]) for row in rows] == [2.0, 8.0]
+    assert all(row["status"] == "completed" and float(row["val_mse"]) > 0 for row in rows)
+    assert float(rows[0]["val_mse"]) > float(rows[1]["val_mse"])  # fewer active units, worse fit
+    for figure in ("frontier.png", "dictionaries.png"):
+        with Image.open(topk_sweep / "figures" / figure) as image:
+            assert image.width > 200
+    for job in ("0", "1"):
+        assert (topk_sweep / job / "figures" / "code_density.png").is_file()
+
+
+def test_report_rebuilds_from_a_sweep_folder_and_from_run_folders(topk_sweep, tmp_path, capsys):
+    (topk_sweep / "summary.csv").unlink()
+    assert run_main(["report", str(topk_sweep)]) == 0
+    assert len(read_summary(topk_sweep)) == 2
+    assert "k=8" in capsys.readouterr().out
+    out = tmp_path / "chosen"
+    assert run_main(["report", str(topk_sweep / "1"), str(topk_sweep / "0"), "--out", str(out)]) == 0
+    assert [row["run"] for row in read_summary(out)] == ["1", "0"]
+    assert (out / "figures" / "frontier.png").is_file()
+
+
+def test_report_on_a_folder_without_runs_is_a_one_line_error(tmp_path, capsys):
+    assert run_main(["report", str(tmp_path)]) == 2
+    assert "holds no run folders" in capsys.readouterr().err
