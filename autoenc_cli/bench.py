@@ -130,8 +130,8 @@ def sparsity_layer_rows(device: torch.device, repeats: int) -> list[str]:
         code = torch.randn(batch, units, generator=torch.Generator().manual_seed(0)).to(device)
         k_sample, k_unit = 16, max(1, round(0.05 * batch))
         cases = {
-            f"topk k={k_sample}": (TopK(k_sample), lambda x: naive_topk(x, k_sample)),
-            f"lifetime k={k_unit} (5%)": (Lifetime(k_unit, 0.05).train(), lambda x: naive_lifetime(x, k_unit)),
+            f"topk k={k_sample}": (TopK(k_sample), lambda x, k=k_sample: naive_topk(x, k)),
+            f"lifetime k={k_unit} (5%)": (Lifetime(k_unit, 0.05).train(), lambda x, k=k_unit: naive_lifetime(x, k)),
         }
         for name, (layer, naive) in cases.items():
             fast, slow = forward_backward_seconds(layer, code, repeats), forward_backward_seconds(naive, code, repeats)
@@ -146,7 +146,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
     args = parser.parse_args(argv)
-    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else platform.processor() or platform.machine()
+    device_name = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available() and args.device != "cpu"
+        else platform.processor() or platform.machine()
+    )
     lines = [
         f"Machine: {device_name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
         f"median of {args.repeats} repeats x {args.epochs} epochs.",
@@ -156,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     for name, overrides in CASES.items():
         result = measure(overrides, args.device, args.epochs, args.repeats)
-        lines.append(f"| {name} | {result['autoenc']:,.0f} | {result['bare']:,.0f} | {result['autoenc'] / result['bare']:.2f}x |")
+        lines.append(
+            f"| {name} | {result['autoenc']:,.0f} | {result['bare']:,.0f} | {result['autoenc'] / result['bare']:.2f}x |"
+        )
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     lines += [
         "",

@@ -26,6 +26,10 @@ class Experiment:
     noise: Noise
     phases: list[Phase]
 
+    def validation_noise_generator(self) -> torch.Generator:
+        """A fresh generator with a fixed seed: every validation pass sees the same corruption."""
+        return torch.Generator(device=self.device).manual_seed(self.run.seed + 2)
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":

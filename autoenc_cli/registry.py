@@ -18,7 +18,10 @@ from autoenc_cli.errors import ConfigError
 COMPONENT_MODULES = (
     "autoenc_cli.models.layers",
     "autoenc_cli.models.fc",
-    "autoenc_cli.data.sources",
+    "autoenc_cli.models.conv",
+    "autoenc_cli.data.embedded",
+    "autoenc_cli.data.torchvision_sets",
+    "autoenc_cli.data.files",
     "autoenc_cli.training.losses",
     "autoenc_cli.training.optimizers",
     "autoenc_cli.training.schedules",
@@ -26,6 +29,7 @@ COMPONENT_MODULES = (
     "autoenc_cli.sparsity.hard",
     "autoenc_cli.sparsity.penalties",
     "autoenc_cli.noise.none",
+    "autoenc_cli.noise.corruptions",
 )
 
 

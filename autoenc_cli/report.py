@@ -15,8 +15,12 @@ def main(argv: Sequence[str]) -> int:
         "figures/dictionaries.png, and prints a table.",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep folder, or run folders")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write (default: the sweep folder, or outputs/reports/<time> for a list of runs)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write (default: the sweep folder, or outputs/reports/<time> for a list of runs)",
+    )
     args = parser.parse_args(list(argv))
     from autoenc_cli.artifacts.console import console
     from autoenc_cli.artifacts.sweep_report import find_runs, write_report
@@ -27,5 +31,7 @@ def main(argv: Sequence[str]) -> int:
         out = args.paths[0] if single_sweep else Path("outputs") / "reports" / time.strftime("%Y-%m-%d_%H-%M-%S")
     _, table = write_report(args.paths, out)
     console.print(table)
-    console.print(f"report: [bold]{out}[/] (summary.csv, figures/frontier.png, figures/dictionaries.png)", soft_wrap=True)
+    console.print(
+        f"report: [bold]{out}[/] (summary.csv, figures/frontier.png, figures/dictionaries.png)", soft_wrap=True
+    )
     return 0

@@ -13,8 +13,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from autoenc_cli.artifacts.console import ProgressBars, console, metrics_table
-from autoenc_cli.artifacts.run_folder import RunFolder
 from autoenc_cli.artifacts.run_figures import render_run_figures
+from autoenc_cli.artifacts.run_folder import RunFolder
 from autoenc_cli.baselines.pca import pca_baseline_mse
 from autoenc_cli.errors import UserAbort, UserError
 from autoenc_cli.experiment import Experiment, build_experiment
@@ -78,6 +78,8 @@ def final_metrics(experiment: Experiment, result: FitResult) -> dict[str, Any]:
         "l0": last["l0"],
         "dead_fraction": last["dead_fraction"],
         "dense_fraction": last["dense_fraction"],
+        "mean_activation": last["mean_activation"],
+        **{key: last[key] for key in ("val_psnr_noisy", "val_psnr_denoised") if key in last},
         "best_val_loss": result.best_val_loss,
         "best_epoch": result.best_epoch,
         "epochs": len(result.history),

@@ -43,7 +43,12 @@ def run_cli(argv: Sequence[str], cwd: Path, env: dict | None = None) -> subproce
     environment = {**os.environ, **(env or {})}
     environment.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [sys.executable, "-m", "autoenc_cli", *argv], cwd=cwd, env=environment, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "autoenc_cli", *argv],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

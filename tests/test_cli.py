@@ -9,11 +9,10 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY, only_run_dir, read_metrics, run_cli, run_main
 from PIL import Image
 
 from autoenc_cli.training.checkpoint import load_checkpoint
-
-from conftest import TINY, only_run_dir, read_metrics, run_cli, run_main
 
 RUN_FILES = [
     "metrics.json",
@@ -35,7 +34,16 @@ def test_train_writes_a_complete_run_folder(tmp_path):
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), name
     metrics = read_metrics(run_dir)
-    for key in ("train_loss", "val_loss", "val_mse", "epochs", "code_dim", "num_parameters", "train_seconds", "samples_per_second"):
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_mse",
+        "epochs",
+        "code_dim",
+        "num_parameters",
+        "train_seconds",
+        "samples_per_second",
+    ):
         assert key in metrics, key
     assert metrics["status"] == "completed" and metrics["epochs"] == 3 and metrics["code_dim"] == 64
     assert metrics["num_parameters"] == 784 * 64 + 64 + 64 * 784 + 784
@@ -53,7 +61,9 @@ def test_train_writes_a_complete_run_folder(tmp_path):
 
 
 def test_multirun_runs_one_job_per_value(tmp_path):
-    result = run_cli(["train", "-m", "model.code_dim=4,8", *TINY, "trainer.epochs=1", "trainer.figures=false"], cwd=tmp_path)
+    result = run_cli(
+        ["train", "-m", "model.code_dim=4,8", *TINY, "trainer.epochs=1", "trainer.figures=false"], cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
     code_dims = sorted(json.loads((sweep / job / "metrics.json").read_text())["code_dim"] for job in ("0", "1"))
@@ -71,7 +81,11 @@ def test_help_lists_commands_and_groups(tmp_path, capsys):
 
 
 def test_top_level_help_does_not_import_torch():
-    code = "import sys; from autoenc_cli.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules, 'hydra' in sys.modules)"
+    code = (
+        "import sys; from autoenc_cli.cli import main\n"
+        "try: main(['--help'])\nexcept SystemExit: pass\n"
+        "print('torch' in sys.modules, 'hydra' in sys.modules)"
+    )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip().endswith("False False")
 
@@ -88,14 +102,27 @@ def test_user_config_dir_adds_options(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine" / "model").mkdir(parents=True)
     (tmp_path / "mine" / "model" / "wide.yaml").write_text("name: fc\ncode_dim: 7\nencoder: [{width: 16}]\n")
-    assert run_main(["train", "--config-dir", str(tmp_path / "mine"), "model=wide", *TINY, "trainer.epochs=1", "trainer.figures=false"]) == 0
+    assert (
+        run_main(
+            [
+                "train",
+                "--config-dir",
+                str(tmp_path / "mine"),
+                "model=wide",
+                *TINY,
+                "trainer.epochs=1",
+                "trainer.figures=false",
+            ]
+        )
+        == 0
+    )
     assert read_metrics(only_run_dir(tmp_path))["code_dim"] == 7
 
 
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["model=nope"], "model=nope is not an option; choose one of fc"),
+        (["model=nope"], "model=nope is not an option; choose one of conv, conv_deconv, fc, sparse_fc"),
         (["model.code_dimm=3"], "model.code_dimm"),
         (["optimizer.lr=abc"], "optimizer.lr='abc' has the wrong type; expected float"),
         (["optimizer.lr=-1"], "optimizer.lr=-1.0 is not allowed: must be > 0"),
@@ -145,6 +172,8 @@ def test_device_cuda_runs(tmp_path, monkeypatch):
 def test_back_to_back_runs_get_their_own_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
-        assert run_main(["train", *TINY, "trainer.epochs=1", "trainer.figures=false", "trainer.pca_baseline=false"]) == 0
+        assert (
+            run_main(["train", *TINY, "trainer.epochs=1", "trainer.figures=false", "trainer.pca_baseline=false"]) == 0
+        )
     runs = sorted((tmp_path / "outputs" / "runs").iterdir())
     assert len(runs) == 2 and all((run / "metrics.json").is_file() for run in runs)

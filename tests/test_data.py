@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from autoenc_cli.data.sources import Mnist5kConfig, TorchvisionConfig, load_fashion_mnist, load_mnist, load_mnist_5k
+from autoenc_cli.data.embedded import Mnist5kConfig, load_mnist_5k
 from autoenc_cli.data.tensors import Split, iterate_batches
+from autoenc_cli.data.torchvision_sets import TorchvisionConfig, load_fashion_mnist, load_mnist
 from autoenc_cli.errors import DataError
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import compose_config
 from torch import nn
 
 from autoenc_cli.errors import ConfigError
@@ -11,8 +12,6 @@ from autoenc_cli.experiment import build_model
 from autoenc_cli.models.fc import FCModelConfig, build_fc
 from autoenc_cli.models.layers import LayerSpec
 from autoenc_cli.schema.resolve import resolve
-
-from conftest import compose_config
 
 
 def linear_shapes(module: nn.Module) -> list[tuple[int, int]]:
@@ -31,7 +30,9 @@ def test_default_model_is_784_64_784_leaky_relu():
 
 
 def test_layer_descriptors_expand_and_mirror():
-    config = FCModelConfig(code_dim=30, encoder=[LayerSpec(width=100, num_layers=2, activation="relu"), LayerSpec(width=50)])
+    config = FCModelConfig(
+        code_dim=30, encoder=[LayerSpec(width=100, num_layers=2, activation="relu"), LayerSpec(width=50)]
+    )
     model = build_fc(config, (1, 10, 10))
     assert linear_shapes(model.encoder) == [(100, 100), (100, 100), (100, 50), (50, 30)]
     assert linear_shapes(model.decoder) == [(30, 50), (50, 100), (100, 100), (100, 100)]

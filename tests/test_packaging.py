@@ -23,15 +23,31 @@ def wheel_install(tmp_path_factory) -> Path:
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path_factory.mktemp("wheels")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(source)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = wheels.glob("autoenc-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "autoenc_cli/configs/train.yaml" in names and "autoenc_cli/configs/model/fc.yaml" in names
     assert "autoenc_cli/data/mnist_5k.npz" in names and "autoenc_cli/data/MNIST_5K_README.md" in names
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     return target
 
 
@@ -39,12 +55,19 @@ def test_wheel_install_finds_configs_and_data_from_any_folder(wheel_install, tmp
     env = {**os.environ, "PYTHONPATH": str(wheel_install)}
     where = subprocess.run(
         [sys.executable, "-c", "import autoenc_cli, autoenc_cli.configs; print(autoenc_cli.__file__)"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert where.startswith(str(wheel_install))
     run = subprocess.run(
         [sys.executable, "-m", "autoenc_cli", "train", "data.limit=200", "trainer.epochs=1", "trainer.figures=false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stderr
     assert len(list((tmp_path / "outputs" / "runs").glob("*/metrics.json"))) == 1

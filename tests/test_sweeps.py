@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import TINY, run_main
+from PIL import Image
 
 
 def read_summary(folder: Path) -> list[dict]:

@@ -47,7 +47,8 @@ class ProgressBars:
     def on_epoch_end(self, row: dict[str, Any], improved: bool, trainer: Any) -> None:
         self.progress.update(self.steps, completed=self.progress.tasks[self.steps].total)
         self.progress.update(
-            self.epochs, advance=1,
+            self.epochs,
+            advance=1,
             status=f"train {row['train_loss']:.5f}  val {row['val_loss']:.5f}  lr {row['lr']:.2g}",
         )
 

@@ -65,8 +65,14 @@ def latent_map(path: Path, codes: torch.Tensor, labels: Optional[torch.Tensor]) 
         ax.set_yticks(starts, [str(int(labels[start])) for start in starts], fontsize=7)
     limit = codes.abs().max().item() or 1.0
     signed = bool((codes < 0).any())
-    image = ax.imshow(codes.numpy(), aspect="auto", interpolation="nearest", cmap="RdBu_r" if signed else "viridis",
-                      vmin=-limit if signed else 0, vmax=limit)
+    image = ax.imshow(
+        codes.numpy(),
+        aspect="auto",
+        interpolation="nearest",
+        cmap="RdBu_r" if signed else "viridis",
+        vmin=-limit if signed else 0,
+        vmax=limit,
+    )
     figure.colorbar(image, ax=ax, label="activation")
     ax.set_xlabel("code unit")
     ax.set_ylabel(ylabel)

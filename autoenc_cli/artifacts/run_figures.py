@@ -23,6 +23,17 @@ def render_run_figures(
     model.eval()
     shown = val.images[:RECONSTRUCTION_SAMPLES]
     batch = val.take(LATENT_MAP_SAMPLES)
+    noise = experiment.noise
+    if noise.active:
+        noisy = noise(shown, experiment.validation_noise_generator())
+        rows = [
+            ("noisy input", noisy.clamp(0, 1)),
+            ("reconstruction", model(noisy).reconstruction),
+            ("clean target", shown),
+        ]
+        figures.image_rows(
+            figures_dir / "denoising.png", rows, "Denoising: noisy validation inputs, reconstructions, clean targets"
+        )
     written = [
         figures.reconstructions(figures_dir / "reconstructions.png", shown, model(shown).reconstruction),
         figures.latent_map(figures_dir / "latent_map.png", model.encode(batch.images), batch.labels),

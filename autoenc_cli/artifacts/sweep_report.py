@@ -15,8 +15,18 @@ from rich.table import Table
 from autoenc_cli.errors import UserError
 from autoenc_cli.training.checkpoint import atomic_write_bytes
 
-SUMMARY_METRICS = ("val_mse", "l0", "dead_fraction", "dense_fraction", "val_loss", "val_penalty", "pca_val_mse",
-                   "code_dim", "epochs", "train_seconds")
+SUMMARY_METRICS = (
+    "val_mse",
+    "l0",
+    "dead_fraction",
+    "dense_fraction",
+    "val_loss",
+    "val_penalty",
+    "pca_val_mse",
+    "code_dim",
+    "epochs",
+    "train_seconds",
+)
 
 
 @dataclass
@@ -48,7 +58,9 @@ def find_runs(paths: Sequence[Path]) -> list[Path]:
         if is_run_folder(path) and not (path / "multirun.yaml").is_file():
             runs.append(path)
             continue
-        children = sorted((child for child in path.iterdir() if child.is_dir() and is_run_folder(child)), key=_job_order)
+        children = sorted(
+            (child for child in path.iterdir() if child.is_dir() and is_run_folder(child)), key=_job_order
+        )
         if not children:
             raise UserError(f"'{path}' holds no run folders (folders with metrics.json or .hydra/)")
         runs += children
@@ -79,8 +91,14 @@ def label_runs(records: list[RunRecord]) -> None:
 
 def summary_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     return [
-        {"run": record.path.name, "label": record.label, "status": record.status, "overrides": " ".join(record.overrides),
-         **{metric: record.metrics.get(metric) for metric in SUMMARY_METRICS}, "path": str(record.path)}
+        {
+            "run": record.path.name,
+            "label": record.label,
+            "status": record.status,
+            "overrides": " ".join(record.overrides),
+            **{metric: record.metrics.get(metric) for metric in SUMMARY_METRICS},
+            "path": str(record.path),
+        }
         for record in records
     ]
 
@@ -91,7 +109,12 @@ def summary_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
     for column in columns:
         table.add_column(column, justify="right" if column not in ("label", "status") else "left")
     for row in rows:
-        table.add_row(*[f"{row[c]:.5g}" if isinstance(row[c], float) else ("" if row[c] is None else str(row[c])) for c in columns])
+        table.add_row(
+            *[
+                f"{row[c]:.5g}" if isinstance(row[c], float) else ("" if row[c] is None else str(row[c]))
+                for c in columns
+            ]
+        )
     return table
 
 
@@ -109,7 +132,9 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
     atomic_write_bytes(out_dir / "summary.csv", buffer.getvalue().encode())
     finished = [r for r in records if r.status == "completed" and r.metrics.get("l0") is not None]
     if finished:
-        figures.frontier(out_dir / "figures" / "frontier.png", [(r.label, r.metrics["l0"], r.metrics["val_mse"]) for r in finished])
+        figures.frontier(
+            out_dir / "figures" / "frontier.png", [(r.label, r.metrics["l0"], r.metrics["val_mse"]) for r in finished]
+        )
     dictionaries: list[tuple[str, Optional[Path]]] = [(r.label, r.path / "figures" / "dictionary.png") for r in records]
     figures.image_panels(out_dir / "figures" / "dictionaries.png", dictionaries, "Decoder features per run")
     return rows, summary_table(rows, f"{len(records)} runs in {out_dir}")

@@ -52,7 +52,9 @@ def as_images(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor.float()
 
 
-def split_by_fraction(images: torch.Tensor, labels: Optional[torch.Tensor], val_fraction: float, seed: int) -> tuple[Split, Split]:
+def split_by_fraction(
+    images: torch.Tensor, labels: Optional[torch.Tensor], val_fraction: float, seed: int
+) -> tuple[Split, Split]:
     """Seeded shuffle, then the first ``round(val_fraction * N)`` samples validate and the rest train."""
     count = images.shape[0]
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 from torch import nn
 
@@ -41,25 +41,36 @@ class FCModelConfig(GroupConfig):
                 raise ConfigError(f"decoder[{index}].width", None, "only the last decoder layer may omit its width")
         last = (self.decoder or [LayerSpec(width=1)])[-1]
         if last.width is None and last.num_layers != 1:
-            raise ConfigError(f"decoder[{len(self.decoder or []) - 1}].num_layers", last.num_layers, "must be 1 when width is null")
+            raise ConfigError(
+                f"decoder[{len(self.decoder or []) - 1}].num_layers", last.num_layers, "must be 1 when width is null"
+            )
 
 
-def decoder_layers(config: FCModelConfig, input_size: int) -> list[tuple[int, str]]:
-    """The decoder's (width, activation) per layer: mirrored, or explicit and checked to end at the input."""
-    if config.decoder is None:
-        hidden = [(width, act) for width, act in reversed(expand(config.encoder))]
-        return hidden + [(input_size, config.output_activation)]
-    layers = expand(config.decoder)
-    last_width = layers[-1][0]
+def fc_decoder(
+    specs: Optional[list[LayerSpec]],
+    code_dim: int,
+    input_size: int,
+    output_activation: str,
+    mirror_of: Sequence[LayerSpec] = (),
+) -> tuple[nn.Sequential, str]:
+    """A fully-connected decoder producing logits, and the name of its output activation.
+
+    With ``specs`` null the hidden layers mirror ``mirror_of`` (an encoder) and ``output_activation``
+    applies. Explicit ``specs`` list every layer, code side first; the last is the output layer, whose
+    width must be the data's input size (or null) and whose activation is the output's.
+    """
+    if specs is None:
+        hidden = list(reversed(expand(mirror_of)))
+        return mlp(code_dim, [*hidden, (input_size, "linear")]), output_activation
+    layers = expand(specs)
+    last_width, last_activation = layers[-1]
     if last_width is not None and last_width != input_size:
         raise ConfigError(
-            f"model.decoder[{len(config.decoder) - 1}].width",
+            f"model.decoder[{len(specs) - 1}].width",
             last_width,
             f"the decoder must end at the data's input size {input_size} (or leave it null)",
         )
-    layers[-1] = (input_size, layers[-1][1])
-    # The output layer's activation is the model's output activation (kept apart for logit losses).
-    return layers
+    return mlp(code_dim, [*layers[:-1], (input_size, "linear")]), last_activation
 
 
 @register("model", "fc", FCModelConfig)
@@ -68,7 +79,9 @@ def build_fc(config: FCModelConfig, input_shape: tuple[int, ...]) -> Autoencoder
     encoder = nn.Sequential(
         nn.Flatten(), mlp(input_size, expand(config.encoder) + [(config.code_dim, config.code_activation)])
     )
-    layers = decoder_layers(config, input_size)
-    output_activation = layers[-1][1] if config.decoder is not None else config.output_activation
-    decoder = mlp(config.code_dim, [*layers[:-1], (input_size, "linear")])
-    return Autoencoder(encoder, decoder, input_shape, config.code_dim, config.code_activation, activation(output_activation))
+    decoder, output_activation = fc_decoder(
+        config.decoder, config.code_dim, input_size, config.output_activation, config.encoder
+    )
+    return Autoencoder(
+        encoder, decoder, input_shape, config.code_dim, config.code_activation, activation(output_activation)
+    )

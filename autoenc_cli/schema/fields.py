@@ -64,7 +64,7 @@ def check_tree(node: Any) -> None:
     for field in dataclasses.fields(node):
         value = getattr(node, field.name)
         _check_field(field, value)
-        _with_prefix(lambda: check_tree(value), field.name)
+        _with_prefix(lambda value=value: check_tree(value), field.name)
     own_check = getattr(node, "check", None)
     if callable(own_check):
         own_check()

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.registry import REGISTRY
@@ -16,7 +16,10 @@ from autoenc_cli.schema.root import GROUPS, SHORTHANDS, TrainConfig
 
 def resolve(cfg: DictConfig) -> TrainConfig:
     """Validate every group against its registered schema and return the typed run config."""
-    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        raise UserError(f"{error.full_key} must be set, e.g. {error.full_key}=...") from None
     assert isinstance(plain, dict)
     groups = {group: plain.pop(group, None) for group in GROUPS}
     plain.pop("hydra", None)

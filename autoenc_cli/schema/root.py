@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from autoenc_cli.errors import ConfigError
-from autoenc_cli.schema.fields import choice, number
+from autoenc_cli.schema.fields import number
 
 # Config groups whose options are looked up in the registry by their ``name`` key.
 GROUPS = ("data", "model", "loss", "optimizer", "schedule", "sparsity", "noise")

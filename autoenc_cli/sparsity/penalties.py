@@ -65,7 +65,8 @@ class KLPenalty(Sparsity):
 def build_kl(config: KLConfig, model: Autoencoder) -> Sparsity:
     if model.code_activation not in UNIT_INTERVAL_ACTIVATIONS:
         raise ConfigError(
-            "model.code_activation", model.code_activation,
+            "model.code_activation",
+            model.code_activation,
             "sparsity=kl needs codes in (0, 1): use model.code_activation=sigmoid",
         )
     return KLPenalty(config.lam, config.rho)

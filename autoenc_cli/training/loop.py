@@ -68,7 +68,8 @@ class Trainer:
         self.result = FitResult()
 
     def fit(self) -> FitResult:
-        for self.phase_index, phase in enumerate(self.experiment.phases):
+        for index, phase in enumerate(self.experiment.phases):
+            self.phase_index = index
             self._run_phase(phase)
         return self.result
 
@@ -114,13 +115,24 @@ class Trainer:
     def validate(self) -> tuple[dict[str, float], CodeStatistics]:
         """Validation with a fixed corruption (re-seeded every time) so epochs compare fairly."""
         experiment = self.experiment
-        generator = torch.Generator(device=experiment.device).manual_seed(experiment.run.seed + 2)
         return evaluate(
-            experiment.model, experiment.objective, experiment.data.val, experiment.run.trainer.eval_batch_size,
-            experiment.noise if experiment.noise.active else None, generator,
+            experiment.model,
+            experiment.objective,
+            experiment.data.val,
+            experiment.run.trainer.eval_batch_size,
+            experiment.noise if experiment.noise.active else None,
+            experiment.validation_noise_generator(),
         )
 
-    def _record(self, phase: Phase, train_loss: float, val: dict[str, float], codes: CodeStatistics, train_seconds: float, seconds: float) -> None:
+    def _record(
+        self,
+        phase: Phase,
+        train_loss: float,
+        val: dict[str, float],
+        codes: CodeStatistics,
+        train_seconds: float,
+        seconds: float,
+    ) -> None:
         result = self.result
         result.train_seconds += train_seconds
         result.final_codes = codes
@@ -135,6 +147,8 @@ class Trainer:
             "l0": val["l0"],
             "dead_fraction": val["dead_fraction"],
             "dense_fraction": val["dense_fraction"],
+            "mean_activation": val["mean_activation"],
+            **{f"val_{key}": val[key] for key in ("psnr_noisy", "psnr_denoised") if key in val},
             "lr": self.policy.lr if self.policy else float("nan"),
             "seconds": seconds,
         }

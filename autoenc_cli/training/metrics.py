@@ -35,7 +35,14 @@ def psnr(mse: float, peak: float = 1.0) -> float:
 
 
 @torch.inference_mode()
-def evaluate(model: Autoencoder, objective: Objective, split: Split, batch_size: int, noise: Noise | None = None, generator: torch.Generator | None = None) -> tuple[dict[str, float], CodeStatistics]:
+def evaluate(
+    model: Autoencoder,
+    objective: Objective,
+    split: Split,
+    batch_size: int,
+    noise: Noise | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, float], CodeStatistics]:
     """Mean loss terms, MSE per pixel and code statistics over ``split``; one host sync at the end.
 
     With ``noise`` the model sees corrupted inputs and is scored against the clean ones.
@@ -43,7 +50,8 @@ def evaluate(model: Autoencoder, objective: Objective, split: Split, batch_size:
     was_training = model.training
     model.eval()
     device = split.images.device
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, reconstruction, penalty, squared error
+    # loss, reconstruction, penalty, squared error, |code| sum, squared error of the noisy input
+    sums = torch.zeros(6, device=device, dtype=torch.float64)
     active_per_unit = torch.zeros(model.code_dim, device=device, dtype=torch.float64)
     for clean in iterate_batches(split, batch_size):
         inputs = noise(clean, generator) if noise is not None else clean
@@ -51,12 +59,20 @@ def evaluate(model: Autoencoder, objective: Objective, split: Split, batch_size:
         terms = objective(output, clean)
         count = clean.shape[0]
         penalty = terms.penalty if terms.penalty is not None else torch.zeros((), device=device)
-        sums += torch.stack([terms.total * count, terms.reconstruction * count, penalty * count,
-                             (output.reconstruction.float() - clean).pow(2).sum()]).double()
+        sums += torch.stack(
+            [
+                terms.total * count,
+                terms.reconstruction * count,
+                penalty * count,
+                (output.reconstruction.float() - clean).pow(2).sum(),
+                output.code.abs().sum(),
+                (inputs - clean).pow(2).sum(),
+            ]
+        ).double()
         active_per_unit += (output.code != 0).sum(dim=0).double()
     model.train(was_training)
     samples, pixels = len(split), len(split) * model.input_size
-    loss, reconstruction, penalty, squared_error = sums.tolist()
+    loss, reconstruction, penalty, squared_error, code_abs, noisy_error = sums.tolist()
     frequency = (active_per_unit / samples).float()
     stats = CodeStatistics(frequency, l0=active_per_unit.sum().item() / samples)
     metrics = {
@@ -68,5 +84,9 @@ def evaluate(model: Autoencoder, objective: Objective, split: Split, batch_size:
         "l0": stats.l0,
         "dead_fraction": stats.dead_fraction,
         "dense_fraction": stats.dense_fraction,
+        "mean_activation": code_abs / (samples * model.code_dim),
     }
+    if noise is not None:
+        metrics["psnr_noisy"] = psnr(noisy_error / pixels)
+        metrics["psnr_denoised"] = psnr(squared_error / pixels)
     return metrics, stats

@@ -42,7 +42,9 @@ class SGDConfig(GroupConfig):
 
 @register("optimizer", "adam", AdamConfig)
 def build_adam(config: AdamConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    return torch.optim.Adam(parameters, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay)
+    return torch.optim.Adam(
+        parameters, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay
+    )
 
 
 @register("optimizer", "sgd", SGDConfig)

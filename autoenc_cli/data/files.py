@@ -1,0 +1,113 @@
+"""A user's own data: arrays in a .npz file, or a folder of image files."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+
+from autoenc_cli.data.base import DataConfig, make_bundle
+from autoenc_cli.data.tensors import DataBundle, as_images
+from autoenc_cli.errors import ConfigError, DataError
+from autoenc_cli.registry import register
+from autoenc_cli.schema import number
+
+
+@dataclass
+class NpzConfig(DataConfig):
+    name: str = "npz"
+    path: str = MISSING  # a .npz with `images` (N x H x W or N x C x H x W) and optional `labels`
+
+
+@register("data", "npz", NpzConfig)
+def load_npz(config: NpzConfig) -> DataBundle:
+    """A user's own arrays: uint8 images in 0..255 or float images in [0, 1]."""
+    path = Path(config.path)
+    if not path.is_file():
+        raise DataError(f"data.path='{config.path}' is not a file; give a .npz with an 'images' array")
+    try:
+        with np.load(path) as arrays:
+            names = list(arrays.keys())
+            if "images" not in names:
+                raise DataError(
+                    f"data.path='{config.path}' has no 'images' array (it has: {', '.join(names) or 'nothing'})"
+                )
+            images, labels = arrays["images"], arrays["labels"] if "labels" in names else None
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
+        raise DataError(
+            f"data.path='{config.path}' is not a readable .npz file ({str(error).splitlines()[0]})"
+        ) from None
+    return make_bundle(*_checked_arrays(images, labels, config.path), config, num_classes=None)
+
+
+def _checked_arrays(
+    images: np.ndarray, labels: Optional[np.ndarray], source: str
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    if images.ndim not in (3, 4) or images.shape[0] < 2:
+        raise DataError(f"'{source}': images must be N x H x W or N x C x H x W with N >= 2; got shape {images.shape}")
+    if images.ndim == 4 and images.shape[1] > 4 and images.shape[-1] <= 4:
+        raise DataError(f"'{source}': images of shape {images.shape} look channels-last; store them as N x C x H x W")
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.floating):
+            raise DataError(f"'{source}': images must be uint8 or float; got {images.dtype}")
+        if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+            raise DataError(f"'{source}': float images must lie in [0, 1]; got {images.min():.3g}..{images.max():.3g}")
+    if labels is not None and labels.shape != (images.shape[0],):
+        raise DataError(f"'{source}': labels must have shape ({images.shape[0]},); got {labels.shape}")
+    return as_images(images), torch.as_tensor(labels).long() if labels is not None else None
+
+
+@dataclass
+class ImageFolderConfig(DataConfig):
+    name: str = "image_folder"
+    path: str = MISSING  # a folder of image files; one level of subfolders are taken as classes
+    image_size: list[int] = field(default_factory=lambda: [32, 32])  # height, width after resizing
+    channels: int = number(3, ge=1, le=3)  # 1 (grayscale) or 3 (RGB)
+
+    def check(self) -> None:
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ConfigError("image_size", self.image_size, "two positive numbers: [height, width]")
+        if self.channels == 2:
+            raise ConfigError("channels", 2, "1 (grayscale) or 3 (RGB)")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@register("data", "image_folder", ImageFolderConfig)
+def load_image_folder(config: ImageFolderConfig) -> DataBundle:
+    """Every image under ``path``, resized to ``image_size``; subfolder names become labels.
+
+    Decoding is per file, once, at load time; training then runs from the tensors.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(config.path)
+    if not root.is_dir():
+        raise DataError(f"data.path='{config.path}' is not a folder of images")
+    files = sorted(path for path in root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    if len(files) < 2:
+        raise DataError(
+            f"data.path='{config.path}' holds {len(files)} image files ({', '.join(IMAGE_SUFFIXES)}); need at least 2"
+        )
+    mode, (height, width) = ("L" if config.channels == 1 else "RGB"), config.image_size
+    arrays = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                arrays.append(np.asarray(image.convert(mode).resize((width, height), Image.BILINEAR)))
+        except (UnidentifiedImageError, OSError) as error:
+            raise DataError(f"'{file}' is not a readable image ({error})") from None
+    images = np.stack(arrays)
+    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+    classes = sorted({file.parent.relative_to(root).parts[0] for file in files if file.parent != root})
+    labels = None
+    if classes and all(file.parent != root for file in files):
+        index = {name: position for position, name in enumerate(classes)}
+        labels = torch.tensor([index[file.relative_to(root).parts[0]] for file in files])
+    return make_bundle(as_images(images), labels, config, num_classes=len(classes) or None)
