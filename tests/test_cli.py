@@ -177,3 +177,29 @@ def test_back_to_back_runs_get_their_own_folders(tmp_path, monkeypatch):
         )
     runs = sorted((tmp_path / "outputs" / "runs").iterdir())
     assert len(runs) == 2 and all((run / "metrics.json").is_file() for run in runs)
+
+
+def test_denoising_conv_run_writes_the_denoising_figure_and_psnr(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *TINY, "model=conv", "noise=mask", "noise.rate=0.5"]) == 0
+    run_dir = only_run_dir(tmp_path)
+    metrics = read_metrics(run_dir)
+    assert metrics["val_psnr_noisy"] > 0 and metrics["val_psnr_denoised"] > 0 and metrics["code_dim"] == 128
+    with Image.open(run_dir / "figures" / "denoising.png") as image:
+        assert image.height > 100
+
+
+def test_switching_data_needs_no_model_edits(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    images = np.random.default_rng(0).integers(0, 256, (60, 3, 16, 16), dtype=np.uint8)
+    np.savez(tmp_path / "mine.npz", images=images, labels=np.arange(60) % 4)
+    for model in ("conv", "conv_deconv", "fc"):
+        overrides = [f"data.path={tmp_path / 'mine.npz'}", f"model={model}", "model.encoder=[{channels: 4, kernel: 3}]"]
+        if model == "fc":
+            overrides[-1] = "model.code_dim=16"
+        assert run_main(["train", "data=npz", *overrides, "trainer.epochs=1", f"output_root={model}"]) == 0
+        (run_dir,) = (tmp_path / model / "runs").iterdir()
+        assert read_metrics(run_dir)["status"] == "completed"
+        assert (run_dir / "figures" / "dictionary.png").is_file()

@@ -74,3 +74,107 @@ def test_missing_data_root_without_download_is_a_clear_error(tmp_path):
         load_mnist(TorchvisionConfig(root=str(tmp_path / "nowhere")))
     with pytest.raises(DataError, match="Dataset not found"):
         load_mnist(TorchvisionConfig(root=str(tmp_path)))
+
+
+def test_cifar10_loads_colour_images_channels_first(tmp_path, monkeypatch):
+    import pickle
+
+    from torchvision.datasets import cifar
+
+    from autoenc_cli.data.torchvision_sets import load_cifar10
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, count in [*((f"data_batch_{i}", 6) for i in range(1, 6)), ("test_batch", 4)]:
+        batch = {"data": rng.integers(0, 256, size=(count, 3072), dtype=np.uint8), "labels": list(range(count))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    # The fake files cannot match the real archive's checksums.
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    bundle = load_cifar10(TorchvisionConfig(name="cifar10", root=str(tmp_path), val_fraction=0.2))
+    assert bundle.input_shape == (3, 32, 32) and (len(bundle.train), len(bundle.val), len(bundle.test)) == (24, 6, 4)
+    raw = pickle.loads((folder / "test_batch").read_bytes())["data"][0]
+    torch.testing.assert_close(bundle.test.images[0], torch.tensor(raw).view(3, 32, 32).float() / 255)
+
+
+def test_npz_accepts_uint8_and_float_with_or_without_channels(tmp_path):
+    from autoenc_cli.data.files import NpzConfig, load_npz
+
+    rng = np.random.default_rng(0)
+    cases = {
+        "gray_uint8.npz": {"images": rng.integers(0, 256, (20, 6, 5), dtype=np.uint8), "labels": np.arange(20) % 3},
+        "rgb_float.npz": {"images": rng.random((20, 3, 4, 4)).astype(np.float32)},
+    }
+    for name, arrays in cases.items():
+        np.savez(tmp_path / name, **arrays)
+    gray = load_npz(NpzConfig(path=str(tmp_path / "gray_uint8.npz")))
+    assert gray.input_shape == (1, 6, 5) and len(gray.train) == 16 and gray.train.labels is not None
+    rgb = load_npz(NpzConfig(path=str(tmp_path / "rgb_float.npz")))
+    assert rgb.input_shape == (3, 4, 4) and rgb.train.labels is None and rgb.train.images.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"pixels": np.zeros((4, 2, 2))}, "has no 'images' array (it has: pixels)"),
+        ({"images": np.zeros((4, 4))}, "must be N x H x W or N x C x H x W"),
+        ({"images": np.full((4, 2, 2), 255.0)}, "float images must lie in [0, 1]"),
+        ({"images": np.zeros((4, 8, 8, 3), dtype=np.uint8)}, "look channels-last"),
+        ({"images": np.zeros((4, 2, 2), dtype=np.uint8), "labels": np.zeros(3)}, "labels must have shape (4,)"),
+    ],
+)
+def test_malformed_npz_files_give_clear_errors(tmp_path, arrays, message):
+    from autoenc_cli.data.files import NpzConfig, load_npz
+
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError) as caught:
+        load_npz(NpzConfig(path=str(tmp_path / "bad.npz")))
+    assert message in str(caught.value)
+
+
+def test_missing_or_corrupt_npz(tmp_path):
+    from autoenc_cli.data.files import NpzConfig, load_npz
+
+    with pytest.raises(DataError, match="is not a file"):
+        load_npz(NpzConfig(path=str(tmp_path / "nope.npz")))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="is not a readable .npz file"):
+        load_npz(NpzConfig(path=str(tmp_path / "junk.npz")))
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(folder)))
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+
+
+def test_image_folder_resizes_and_labels_by_subfolder(tmp_path):
+    from autoenc_cli.data.files import ImageFolderConfig, load_image_folder
+
+    write_images(tmp_path / "cats", 5, (40, 30))
+    write_images(tmp_path / "dogs", 5, (20, 25))
+    bundle = load_image_folder(ImageFolderConfig(path=str(tmp_path), image_size=[16, 12], channels=3))
+    assert bundle.input_shape == (3, 16, 12) and len(bundle.train) + len(bundle.val) == 10
+    assert (
+        bundle.num_classes == 2
+        and sorted(torch.cat([bundle.train.labels, bundle.val.labels]).tolist()) == [0] * 5 + [1] * 5
+    )
+    gray = load_image_folder(ImageFolderConfig(path=str(tmp_path / "cats"), image_size=[8, 8], channels=1))
+    assert gray.input_shape == (1, 8, 8) and gray.train.labels is None
+
+
+def test_image_folder_errors(tmp_path):
+    from autoenc_cli.data.files import ImageFolderConfig, load_image_folder
+
+    with pytest.raises(DataError, match="is not a folder of images"):
+        load_image_folder(ImageFolderConfig(path=str(tmp_path / "missing")))
+    with pytest.raises(DataError, match="holds 0 image files"):
+        load_image_folder(ImageFolderConfig(path=str(tmp_path)))
+    write_images(tmp_path, 2, (4, 4))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png' is not a readable image"):
+        load_image_folder(ImageFolderConfig(path=str(tmp_path)))
