@@ -13,7 +13,6 @@ from autoenc_cli.registry import REGISTRY, Registry
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.schema.root import GROUPS, TrainConfig, TrainerConfig
 
-
 # Options with a mandatory value (``???``) and what the tests fill in.
 REQUIRED = {"npz": ["data.path=images.npz"], "image_folder": ["data.path=images"]}
 
