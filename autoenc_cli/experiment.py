@@ -60,5 +60,5 @@ def build_experiment(run: TrainConfig, data: DataBundle | None = None) -> Experi
     model = build_model(run, data.input_shape).to(device)
     objective = Objective(REGISTRY.build("loss", run.loss, model), model.code_transform)
     noise = REGISTRY.build("noise", run.noise)
-    phases = REGISTRY.build("schedule", run.schedule, run.trainer)
+    phases = REGISTRY.build("schedule", run.schedule, run.trainer, model)
     return Experiment(run, device, data, model, objective, noise, phases)

@@ -46,8 +46,9 @@ class CheckpointWriter:
         if improved:
             self.folder.save_checkpoint("best", state)
 
-    def on_phase_end(self, phase: Any) -> None:
-        pass
+    def on_phase_end(self, phase: Any, trainer: Trainer) -> None:
+        if len(trainer.experiment.phases) > 1:  # one checkpoint per stage boundary
+            self.folder.save_checkpoint(phase.name, {**trainer.state_dict(), "config": self.config_yaml})
 
 
 class FanOut:
@@ -137,7 +138,8 @@ def train_job(cfg: DictConfig) -> dict[str, Any]:
     console.print(
         f"[bold]autoenc train[/] {run.model.name} {experiment.data.input_shape}->{model.code_dim} "
         f"on {run.data.name} ({len(experiment.data.train)} train / {len(experiment.data.val)} val), "
-        f"device {experiment.device}, {run.trainer.epochs} epochs",
+        f"device {experiment.device}, "
+        + ", ".join(f"{phase.name} {phase.epochs} epochs" for phase in experiment.phases),
         soft_wrap=True,
     )
     metrics = execute(experiment, RunFolder(run_dir), OmegaConf.to_yaml(cfg))

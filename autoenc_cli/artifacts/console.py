@@ -52,7 +52,7 @@ class ProgressBars:
             status=f"train {row['train_loss']:.5f}  val {row['val_loss']:.5f}  lr {row['lr']:.2g}",
         )
 
-    def on_phase_end(self, phase: Any) -> None:
+    def on_phase_end(self, phase: Any, trainer: Any) -> None:
         pass
 
     def reset_steps(self) -> None:

@@ -158,3 +158,49 @@ def image_panels(path: Path, panels: Sequence[tuple[str, Optional[Path]]], title
         ax.set_title(label, fontsize=9)
     figure.suptitle(title)
     return _save(figure, path)
+
+
+def stages(path: Path, history: Sequence[dict[str, Any]]) -> Path:
+    """Train and validation loss across the phases of a layer-wise schedule, one colour per stage."""
+    figure, ax = plt.subplots(figsize=(7, 4))
+    names = list(dict.fromkeys(row["stage"] for row in history))
+    colours = plt.get_cmap("tab10")
+    for index, name in enumerate(names):
+        rows = [row for row in history if row["stage"] == name]
+        epochs = [row["epoch"] for row in rows]
+        ax.plot(epochs, [row["train_loss"] for row in rows], color=colours(index), linestyle="--", alpha=0.7)
+        ax.plot(epochs, [row["val_loss"] for row in rows], color=colours(index), marker=".", label=name)
+        ax.axvspan(epochs[0] - 0.5, epochs[-1] + 0.5, color=colours(index), alpha=0.06)
+    if all(row["train_loss"] > 0 and row["val_loss"] > 0 for row in history):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (dashed: train, solid: validation)")
+    ax.set_title("Loss across layer-wise stages and fine-tuning")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def latent_scatter(path: Path, codes: torch.Tensor, labels: Optional[torch.Tensor]) -> Path:
+    """Validation codes in 2-D (directly, or their first two principal components), coloured by label."""
+    codes = codes.detach().double().cpu()
+    if codes.shape[1] == 2:
+        points, axis_names = codes, ("code unit 1", "code unit 2")
+    else:
+        centred = codes - codes.mean(dim=0)
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        points, axis_names = centred @ vh[:2].T, ("principal component 1", "principal component 2")
+    figure, ax = plt.subplots(figsize=(6, 5.5))
+    if labels is None:
+        ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=4, alpha=0.6)
+    else:
+        labels = labels.cpu()
+        for value in torch.unique(labels).tolist():
+            chosen = labels == value
+            ax.scatter(points[chosen, 0].numpy(), points[chosen, 1].numpy(), s=4, alpha=0.7, label=str(value))
+        ax.legend(title="label", markerscale=3, fontsize=7, loc="best")
+    ax.set_xlabel(axis_names[0])
+    ax.set_ylabel(axis_names[1])
+    how = "2-D codes" if codes.shape[1] == 2 else f"2-D PCA of {codes.shape[1]}-D codes"
+    ax.set_title(f"Validation codes ({how})")
+    return _save(figure, path)

@@ -8,11 +8,18 @@ from typing import Any, Sequence
 import torch
 
 from autoenc_cli.artifacts import figures
+from autoenc_cli.data.tensors import iterate_batches
 from autoenc_cli.experiment import Experiment
 from autoenc_cli.training.metrics import CodeStatistics
 
 LATENT_MAP_SAMPLES = 512
 RECONSTRUCTION_SAMPLES = 16
+
+
+def _all_codes(experiment: Experiment) -> torch.Tensor:
+    """Codes of the whole validation split, encoded in evaluation-sized batches."""
+    batch_size = experiment.run.trainer.eval_batch_size
+    return torch.cat([experiment.model.encode(batch) for batch in iterate_batches(experiment.data.val, batch_size)])
 
 
 @torch.inference_mode()
@@ -40,5 +47,8 @@ def render_run_figures(
         figures.dictionary(figures_dir / "dictionary.png", model.dictionary()),
         figures.loss_curve(figures_dir / "loss_curve.png", history),
         figures.code_density(figures_dir / "code_density.png", codes.firing_frequency),
+        figures.latent_scatter(figures_dir / "latent_scatter.png", _all_codes(experiment), val.labels),
     ]
+    if len({row["stage"] for row in history}) > 1:
+        written.append(figures.stages(figures_dir / "stages.png", history))
     return written

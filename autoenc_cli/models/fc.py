@@ -6,11 +6,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+import torch
 from torch import nn
 
 from autoenc_cli.errors import ConfigError
 from autoenc_cli.models.autoencoder import Autoencoder
-from autoenc_cli.models.layers import LayerSpec, activation, check_activation, expand, mlp
+from autoenc_cli.models.layers import LayerSpec, TiedLinear, activation, check_activation, expand, mlp
 from autoenc_cli.registry import register
 from autoenc_cli.schema import number
 from autoenc_cli.schema.root import GroupConfig
@@ -27,6 +28,7 @@ class FCModelConfig(GroupConfig):
     # output layer: its width must be the data's input size (or null) and its activation is the output's.
     decoder: Optional[list[LayerSpec]] = None
     output_activation: str = "sigmoid"  # of the mirrored decoder's output layer
+    tied: bool = False  # decoder layers use the transposed encoder weights (with biases of their own)
 
     def check(self) -> None:
         check_activation("code_activation", self.code_activation)
@@ -73,15 +75,64 @@ def fc_decoder(
     return mlp(code_dim, [*layers[:-1], (input_size, "linear")]), last_activation
 
 
+class FCAutoencoder(Autoencoder):
+    """A fully-connected autoencoder whose decoder mirrors its encoder layer for layer.
+
+    ``encoder`` is (Flatten, block 1, ..., block n) and ``decoder`` (block n', ..., block 1'), block i'
+    mapping layer i's output back to layer i's input. Greedy layer-wise training sets ``depth`` to
+    use only the outer ``depth`` pairs; ``None`` uses the whole network.
+    """
+
+    depth: Optional[int] = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.encoder) - 1
+
+    @property
+    def is_tied(self) -> bool:
+        return any(isinstance(module, TiedLinear) for module in self.decoder.modules())
+
+    def layer_pair(self, index: int) -> tuple[nn.Module, nn.Module]:
+        """Encoder layer ``index`` (0 = next to the input) and its mirror decoder layer."""
+        return self.encoder[1 + index], self.decoder[self.num_layers - 1 - index]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.depth is None:
+            return super().encode(x)
+        return self.encoder[: 1 + self.depth](x)  # an inner stage's code: no sparsity transform
+
+    def decode_logits(self, code: torch.Tensor) -> torch.Tensor:
+        decoder = self.decoder if self.depth is None else self.decoder[self.num_layers - self.depth :]
+        return decoder(code).view(code.shape[0], *self.input_shape)
+
+    def untie(self) -> None:
+        """Give every tied decoder layer its own copy of the transposed weight, keeping its bias."""
+        for block in self.decoder:
+            if isinstance(block[0], TiedLinear):
+                block[0] = block[0].untied()
+
+
+def is_mirror(config: FCModelConfig) -> bool:
+    if config.decoder is None:
+        return True
+    hidden = [width for width, _ in reversed(expand(config.encoder))]
+    return [width for width, _ in expand(config.decoder)][:-1] == hidden
+
+
 @register("model", "fc", FCModelConfig)
-def build_fc(config: FCModelConfig, input_shape: tuple[int, ...]) -> Autoencoder:
+def build_fc(config: FCModelConfig, input_shape: tuple[int, ...]) -> FCAutoencoder:
     input_size = math.prod(input_shape)
-    encoder = nn.Sequential(
-        nn.Flatten(), mlp(input_size, expand(config.encoder) + [(config.code_dim, config.code_activation)])
-    )
+    encoder_layers = expand(config.encoder) + [(config.code_dim, config.code_activation)]
+    encoder = nn.Sequential(nn.Flatten(), *mlp(input_size, encoder_layers))
     decoder, output_activation = fc_decoder(
         config.decoder, config.code_dim, input_size, config.output_activation, config.encoder
     )
-    return Autoencoder(
+    if config.tied:
+        if not is_mirror(config):
+            raise ConfigError("model.tied", True, "needs a decoder that mirrors the encoder (leave model.decoder null)")
+        for position, block in enumerate(decoder):
+            block[0] = TiedLinear(encoder[len(encoder) - 1 - position][0])
+    return FCAutoencoder(
         encoder, decoder, input_shape, config.code_dim, config.code_activation, activation(output_activation)
     )

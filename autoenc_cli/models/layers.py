@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from autoenc_cli.errors import ConfigError
@@ -54,9 +56,46 @@ def expand(specs: Iterable[LayerSpec]) -> list[tuple[Optional[int], str]]:
 
 
 def mlp(in_features: int, layers: list[tuple[int, str]]) -> nn.Sequential:
-    """Linear + activation for each (width, activation), chained from ``in_features``."""
-    modules: list[nn.Module] = []
+    """One block (Linear, activation) per (width, activation), chained from ``in_features``.
+
+    Blocks, not a flat list of modules, so layer-wise training can slice the stack layer by layer.
+    """
+    blocks: list[nn.Module] = []
     for width, activation_name in layers:
-        modules += [nn.Linear(in_features, width), activation(activation_name)]
+        blocks.append(nn.Sequential(nn.Linear(in_features, width), activation(activation_name)))
         in_features = width
-    return nn.Sequential(*modules)
+    return nn.Sequential(*blocks)
+
+
+class TiedLinear(nn.Module):
+    """A decoder layer that uses the transpose of an encoder layer's weight, with a bias of its own.
+
+    The encoder layer is held outside the module tree, so the shared weight is registered (and counted,
+    saved and optimised) once, as the encoder's.
+    """
+
+    def __init__(self, source: nn.Linear) -> None:
+        super().__init__()
+        self._source = (source,)
+        self.bias = nn.Parameter(torch.zeros(source.in_features))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._source[0].weight.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self._source[0].weight.t(), self.bias)
+
+    def untied(self) -> nn.Linear:
+        """An ordinary layer with a copy of the transposed weight and this bias: the same outputs."""
+        source = self._source[0]
+        layer = nn.Linear(
+            source.out_features, source.in_features, device=source.weight.device, dtype=source.weight.dtype
+        )
+        with torch.no_grad():
+            layer.weight.copy_(source.weight.t())
+            layer.bias.copy_(self.bias)
+        return layer
+
+    def extra_repr(self) -> str:
+        return f"tied to Linear({self._source[0].in_features}, {self._source[0].out_features}) transposed"

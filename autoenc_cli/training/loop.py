@@ -24,7 +24,7 @@ class Observer(Protocol):
 
     def on_epoch_end(self, row: dict[str, Any], improved: bool, trainer: "Trainer") -> None: ...
 
-    def on_phase_end(self, phase: Phase) -> None: ...
+    def on_phase_end(self, phase: Phase, trainer: "Trainer") -> None: ...
 
 
 class SilentObserver:
@@ -37,7 +37,7 @@ class SilentObserver:
     def on_epoch_end(self, row: dict[str, Any], improved: bool, trainer: "Trainer") -> None:
         pass
 
-    def on_phase_end(self, phase: Phase) -> None:
+    def on_phase_end(self, phase: Phase, trainer: "Trainer") -> None:
         pass
 
 
@@ -78,6 +78,8 @@ class Trainer:
         parameters = list(phase.prepare(model))
         self.optimizer = REGISTRY.build("optimizer", run.optimizer, parameters)
         self.policy = LearningRatePolicy(self.optimizer, run.schedule, phase.epochs)
+        # "Best" compares like with like: within a phase (an early stage's shallow net is another model).
+        self.result.best_val_loss, self.result.best_epoch = float("inf"), 0
         train = self.experiment.data.train
         steps_per_epoch = -(-len(train) // run.data.batch_size)
         self.observer.on_phase_start(phase, steps_per_epoch)
@@ -90,7 +92,7 @@ class Trainer:
             self._record(phase, train_loss, val, codes, train_seconds, time.perf_counter() - started)
             if self.policy.should_stop():
                 break
-        self.observer.on_phase_end(phase)
+        self.observer.on_phase_end(phase, self)
 
     def _train_epoch(self) -> float:
         experiment = self.experiment

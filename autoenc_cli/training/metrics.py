@@ -52,7 +52,7 @@ def evaluate(
     device = split.images.device
     # loss, reconstruction, penalty, squared error, |code| sum, squared error of the noisy input
     sums = torch.zeros(6, device=device, dtype=torch.float64)
-    active_per_unit = torch.zeros(model.code_dim, device=device, dtype=torch.float64)
+    active_per_unit = torch.zeros((), device=device, dtype=torch.float64)  # becomes (code width,) below
     for clean in iterate_batches(split, batch_size):
         inputs = noise(clean, generator) if noise is not None else clean
         output = model(inputs)
@@ -69,7 +69,7 @@ def evaluate(
                 (inputs - clean).pow(2).sum(),
             ]
         ).double()
-        active_per_unit += (output.code != 0).sum(dim=0).double()
+        active_per_unit = active_per_unit + (output.code != 0).sum(dim=0).double()
     model.train(was_training)
     samples, pixels = len(split), len(split) * model.input_size
     loss, reconstruction, penalty, squared_error, code_abs, noisy_error = sums.tolist()
@@ -84,7 +84,7 @@ def evaluate(
         "l0": stats.l0,
         "dead_fraction": stats.dead_fraction,
         "dense_fraction": stats.dense_fraction,
-        "mean_activation": code_abs / (samples * model.code_dim),
+        "mean_activation": code_abs / (samples * active_per_unit.numel()),
     }
     if noise is not None:
         metrics["psnr_noisy"] = psnr(noisy_error / pixels)

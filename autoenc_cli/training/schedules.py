@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
+from autoenc_cli.errors import ConfigError
 from autoenc_cli.registry import register
 from autoenc_cli.schema import choice, number
 from autoenc_cli.schema.root import GroupConfig, TrainerConfig
@@ -82,5 +83,69 @@ def train_everything(model: nn.Module) -> Iterable[nn.Parameter]:
 
 
 @register("schedule", "standard", StandardScheduleConfig)
-def build_standard(config: StandardScheduleConfig, trainer: TrainerConfig) -> list[Phase]:
+def build_standard(config: StandardScheduleConfig, trainer: TrainerConfig, model: nn.Module) -> list[Phase]:
     return [Phase("train", trainer.epochs, train_everything)]
+
+
+@dataclass
+class GreedyScheduleConfig(LearningRateConfig):
+    name: str = "greedy"
+    epochs_per_stage: int = number(10, ge=1)
+    stage_epochs: Optional[list[int]] = None  # one entry per encoder layer; overrides epochs_per_stage
+    untie: bool = True  # fine-tune with untied decoder weights (needs model.tied=true)
+
+    def check(self) -> None:
+        if self.stage_epochs is not None and any(epochs < 1 for epochs in self.stage_epochs):
+            raise ConfigError("stage_epochs", self.stage_epochs, "every stage needs >= 1 epoch")
+
+
+def train_only(model: nn.Module, modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    """Freeze ``model`` except ``modules``; return their distinct parameters."""
+    model.requires_grad_(False)
+    trainable = {id(p): p for module in modules for p in module.parameters()}
+    for parameter in trainable.values():
+        parameter.requires_grad_(True)
+    return list(trainable.values())
+
+
+def stage(index: int) -> Callable[[nn.Module], Iterable[nn.Parameter]]:
+    """Stage ``index``: layer pair ``index`` trains on top of the frozen, already trained outer pairs."""
+
+    def prepare(model: nn.Module) -> Iterable[nn.Parameter]:
+        model.depth = index + 1
+        return train_only(model, model.layer_pair(index))
+
+    return prepare
+
+
+def finetune(untie: bool) -> Callable[[nn.Module], Iterable[nn.Parameter]]:
+    def prepare(model: nn.Module) -> Iterable[nn.Parameter]:
+        model.depth = None
+        if untie:
+            model.untie()
+        return train_everything(model)
+
+    return prepare
+
+
+@register("schedule", "greedy", GreedyScheduleConfig)
+def build_greedy(config: GreedyScheduleConfig, trainer: TrainerConfig, model: nn.Module) -> list[Phase]:
+    """Greedy layer-wise pre-training (Hinton & Salakhutdinov 2006; Bengio et al. 2007), then fine-tuning
+    of the whole network for trainer.epochs epochs."""
+    from autoenc_cli.models.fc import FCAutoencoder
+
+    if not isinstance(model, FCAutoencoder):
+        raise ConfigError("schedule.name", "greedy", "needs a fully-connected model (model=fc or sparse_fc)")
+    stage_epochs = config.stage_epochs or [config.epochs_per_stage] * model.num_layers
+    if len(stage_epochs) != model.num_layers:
+        raise ConfigError(
+            "schedule.stage_epochs",
+            stage_epochs,
+            f"give one entry per encoder layer: the model has {model.num_layers} ({model.num_layers - 1} hidden + code)",
+        )
+    if config.untie and not model.is_tied:
+        raise ConfigError(
+            "schedule.untie", True, "needs model.tied=true (there is nothing to untie); or set schedule.untie=false"
+        )
+    stages = [Phase(f"stage{index + 1}", epochs, stage(index)) for index, epochs in enumerate(stage_epochs)]
+    return [*stages, Phase("finetune", trainer.epochs, finetune(config.untie))]
