@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import hydra
@@ -15,6 +16,21 @@ CONFIG_PATH = "pkg://autoenc_cli.configs"
 # A short random token, cached per config like Hydra's ${now:}, keeps run folders unique even
 # when two runs start in the same second.
 OmegaConf.register_new_resolver("autoenc_uid", lambda: secrets.token_hex(3), use_cache=True, replace=True)
+
+
+def resumed_run_dir(resume: Any, new_run_dir: str) -> str:
+    """``resume=RUN_DIR`` (or ``RUN_DIR/checkpoints/NAME.pt``) continues in that folder."""
+    if resume in (None, ""):
+        return new_run_dir
+    path = Path(str(resume))
+    return str(path.parent.parent if path.suffix == ".pt" else path)
+
+
+# A resumed run keeps the original .hydra/ record and writes its own under .hydra/resumed/.
+OmegaConf.register_new_resolver("autoenc_run_dir", resumed_run_dir, replace=True)
+OmegaConf.register_new_resolver(
+    "autoenc_hydra_subdir", lambda resume: ".hydra" if resume in (None, "") else ".hydra/resumed", replace=True
+)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

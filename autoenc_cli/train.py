@@ -19,6 +19,7 @@ from autoenc_cli.baselines.pca import pca_baseline_mse
 from autoenc_cli.errors import UserAbort, UserError
 from autoenc_cli.experiment import Experiment, build_experiment
 from autoenc_cli.schema.resolve import resolve
+from autoenc_cli.training.checkpoint import load_checkpoint
 from autoenc_cli.training.loop import FitResult, Trainer
 from autoenc_cli.training.metrics import psnr
 
@@ -103,13 +104,20 @@ def discard_if_empty(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def execute(experiment: Experiment, folder: RunFolder, config_yaml: str, show_progress: bool = True) -> dict[str, Any]:
+def execute(
+    experiment: Experiment,
+    folder: RunFolder,
+    config_yaml: str,
+    show_progress: bool = True,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train, then write metrics.json and figures; a failure still leaves a metrics.json marked failed."""
     started = time.perf_counter()
     total_epochs = sum(phase.epochs for phase in experiment.phases)
     try:
-        with ProgressBars(total_epochs, enabled=show_progress) as bars:
-            result = Trainer(experiment, FanOut(bars, CheckpointWriter(folder, config_yaml))).fit()
+        done = resume["epoch"] if resume else 0
+        with ProgressBars(total_epochs, completed=done, enabled=show_progress) as bars:
+            result = Trainer(experiment, FanOut(bars, CheckpointWriter(folder, config_yaml))).fit(resume)
         metrics = final_metrics(experiment, result)
         if experiment.run.trainer.figures:
             render_run_figures(experiment, folder.figures, result.history, result.final_codes)
@@ -121,11 +129,34 @@ def execute(experiment: Experiment, folder: RunFolder, config_yaml: str, show_pr
     return metrics
 
 
+def resume_checkpoint(resume: str) -> Path:
+    path = Path(resume)
+    checkpoint = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    if not checkpoint.is_file():
+        raise UserError(
+            f"resume='{resume}' has no checkpoint; give a run folder with checkpoints/last.pt or a .pt file"
+        )
+    return checkpoint
+
+
+def load_resume(cfg: DictConfig, task_overrides: list[str]) -> tuple[dict[str, Any], DictConfig]:
+    """The checkpoint to continue from and the run's own saved config."""
+    others = [override for override in task_overrides if not override.startswith("resume=")]
+    if others:
+        raise UserError(f"resume continues a run with its saved config; drop the other overrides: {' '.join(others)}")
+    state = load_checkpoint(resume_checkpoint(str(cfg.resume)))
+    saved = OmegaConf.create(state["config"])
+    return state, saved
+
+
 def train_job(cfg: DictConfig) -> dict[str, Any]:
     """Hydra task function behind ``autoenc train``."""
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
+    resume_state = None
     try:
+        if cfg.resume:
+            resume_state, cfg = load_resume(cfg, list(hydra_config.overrides.task))
         run = resolve(cfg)
         experiment = build_experiment(run)
     except UserError as error:
@@ -142,7 +173,9 @@ def train_job(cfg: DictConfig) -> dict[str, Any]:
         + ", ".join(f"{phase.name} {phase.epochs} epochs" for phase in experiment.phases),
         soft_wrap=True,
     )
-    metrics = execute(experiment, RunFolder(run_dir), OmegaConf.to_yaml(cfg))
+    if resume_state is not None:
+        console.print(f"resuming after epoch {resume_state['epoch']} ({resume_state['history'][-1]['stage']})")
+    metrics = execute(experiment, RunFolder(run_dir), OmegaConf.to_yaml(cfg), resume=resume_state)
     log.info("metrics %s", metrics)
     console.print(metrics_table(metrics, title="final metrics"))
     console.print(f"run folder: [bold]{run_dir}[/]", soft_wrap=True)

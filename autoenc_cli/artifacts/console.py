@@ -14,7 +14,7 @@ console = Console(stderr=False)
 class ProgressBars:
     """An epoch bar and a step bar with the running loss; used as the training loop's observer."""
 
-    def __init__(self, total_epochs: int, enabled: bool = True) -> None:
+    def __init__(self, total_epochs: int, completed: int = 0, enabled: bool = True) -> None:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -26,7 +26,7 @@ class ProgressBars:
             disable=not enabled,
             transient=False,
         )
-        self.epochs = self.progress.add_task("epochs", total=total_epochs, status="")
+        self.epochs = self.progress.add_task("epochs", total=total_epochs, completed=completed, status="")
         self.steps: Optional[Any] = None
 
     def __enter__(self) -> "ProgressBars":
@@ -54,10 +54,6 @@ class ProgressBars:
 
     def on_phase_end(self, phase: Any, trainer: Any) -> None:
         pass
-
-    def reset_steps(self) -> None:
-        if self.steps is not None:
-            self.progress.update(self.steps, completed=0)
 
 
 def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table:

@@ -45,6 +45,7 @@ class TrainConfig:
     output_root: str = "outputs"
     k: Optional[int] = number(None, ge=1)
     lam: Optional[float] = number(None, ge=0)
+    resume: Optional[str] = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     # Filled with registry-typed schema instances by ``autoenc_cli.schema.resolve``.
     data: Any = None

@@ -9,10 +9,15 @@ from typing import Any, Optional, Protocol
 import torch
 
 from autoenc_cli.data.tensors import iterate_batches
+from autoenc_cli.errors import UserError
 from autoenc_cli.experiment import Experiment
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.training.metrics import CodeStatistics, evaluate
 from autoenc_cli.training.schedules import LearningRatePolicy, Phase
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)[:200]
 
 
 class Observer(Protocol):
@@ -65,33 +70,42 @@ class Trainer:
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.policy: Optional[LearningRatePolicy] = None
         self.phase_index = 0
+        self.epoch_in_phase = 0
         self.result = FitResult()
 
-    def fit(self) -> FitResult:
+    def fit(self, resume: Optional[dict[str, Any]] = None) -> FitResult:
+        """Run every phase; with ``resume`` (a ``state_dict()``), continue exactly where it was taken."""
+        start_phase = resume["phase_index"] if resume else 0
+        if resume:
+            self._restore_progress(resume)
         for index, phase in enumerate(self.experiment.phases):
+            if index < start_phase:
+                phase.prepare(self.experiment.model)  # replay structural changes (e.g. untying) in order
+                continue
             self.phase_index = index
-            self._run_phase(phase)
+            self._run_phase(phase, resume if index == start_phase else None)
         return self.result
 
-    def _run_phase(self, phase: Phase) -> None:
+    def _run_phase(self, phase: Phase, resume: Optional[dict[str, Any]] = None) -> None:
         run, model = self.experiment.run, self.experiment.model
         parameters = list(phase.prepare(model))
         self.optimizer = REGISTRY.build("optimizer", run.optimizer, parameters)
         self.policy = LearningRatePolicy(self.optimizer, run.schedule, phase.epochs)
+        self.epoch_in_phase = 0
         # "Best" compares like with like: within a phase (an early stage's shallow net is another model).
         self.result.best_val_loss, self.result.best_epoch = float("inf"), 0
-        train = self.experiment.data.train
-        steps_per_epoch = -(-len(train) // run.data.batch_size)
+        if resume:
+            self._restore_phase(resume)
+        steps_per_epoch = -(-len(self.experiment.data.train) // run.data.batch_size)
         self.observer.on_phase_start(phase, steps_per_epoch)
-        for _ in range(phase.epochs):
+        while self.epoch_in_phase < phase.epochs and not self.policy.should_stop():
             started = time.perf_counter()
             train_loss = self._train_epoch()
             train_seconds = time.perf_counter() - started
             val, codes = self.validate()
             self.policy.step(val["loss"])
+            self.epoch_in_phase += 1
             self._record(phase, train_loss, val, codes, train_seconds, time.perf_counter() - started)
-            if self.policy.should_stop():
-                break
         self.observer.on_phase_end(phase, self)
 
     def _train_epoch(self) -> float:
@@ -168,11 +182,36 @@ class Trainer:
             "optimizer": self.optimizer.state_dict() if self.optimizer else {},
             "policy": self.policy.state_dict() if self.policy else {},
             "phase_index": self.phase_index,
+            "epoch_in_phase": self.epoch_in_phase,
             "epoch": len(self.result.history),
             "history": [dict(row) for row in self.result.history],
+            "best": [self.result.best_val_loss, float(self.result.best_epoch)],
+            "progress": [self.result.train_seconds, float(self.result.samples_seen)],
             "rng": {
                 "torch": torch.get_rng_state(),
                 "batches": self.batch_generator.get_state(),
-                "noise": self.noise_generator.get_state(),
+                "noise": self.noise_generator.get_state().cpu(),
             },
         }
+
+    def _restore_progress(self, state: dict[str, Any]) -> None:
+        self.result.history = [dict(row) for row in state["history"]]
+        self.result.train_seconds, samples_seen = state["progress"]
+        self.result.samples_seen = int(samples_seen)
+        torch.set_rng_state(state["rng"]["torch"])
+        self.batch_generator.set_state(state["rng"]["batches"])
+        self.noise_generator.set_state(state["rng"]["noise"])
+
+    def _restore_phase(self, state: dict[str, Any]) -> None:
+        """Load weights, optimizer and LR policy after the phase set the model up (frozen, tied or not)."""
+        try:
+            self.experiment.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise UserError(
+                f"the checkpoint does not fit the model built from its config ({_first_line(error)})"
+            ) from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.policy.load_state_dict(state["policy"])
+        self.epoch_in_phase = state["epoch_in_phase"]
+        best_val_loss, best_epoch = state["best"]
+        self.result.best_val_loss, self.result.best_epoch = best_val_loss, int(best_epoch)

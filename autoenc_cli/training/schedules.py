@@ -141,7 +141,7 @@ def build_greedy(config: GreedyScheduleConfig, trainer: TrainerConfig, model: nn
         raise ConfigError(
             "schedule.stage_epochs",
             stage_epochs,
-            f"give one entry per encoder layer: the model has {model.num_layers} ({model.num_layers - 1} hidden + code)",
+            f"one entry per encoder layer: the model has {model.num_layers} ({model.num_layers - 1} hidden + code)",
         )
     if config.untie and not model.is_tied:
         raise ConfigError(
