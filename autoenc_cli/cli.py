@@ -67,12 +67,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         code = _load(COMMANDS[command][0])(rest)
     except UserAbort as abort:
-        fail(str(abort))
+        fail(str(abort), abort.error.exit_code)
     except Exception as error:  # noqa: BLE001 - user mistakes become one line, bugs keep their traceback
         from autoenc_cli.error_report import one_line_or_none
 
         message = one_line_or_none(error)
         if message is None or keep_traceback:
             raise
-        fail(message)
+        fail(message, getattr(error, "exit_code", 2))
     sys.exit(code or 0)

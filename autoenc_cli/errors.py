@@ -8,6 +8,8 @@ from typing import Any
 class UserError(Exception):
     """A mistake the user can fix (bad config, missing file); printed as one line, exit code 2."""
 
+    exit_code = 2
+
 
 class ConfigError(UserError):
     """A config value that is not allowed. ``key`` is the dotted path, filled in as the error bubbles up."""
@@ -27,6 +29,16 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A data set that cannot be loaded: missing, empty or malformed."""
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C or SIGTERM: the step finished, a checkpoint was written, the run can be resumed."""
+
+    exit_code = 130
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 class UserAbort(BaseException):

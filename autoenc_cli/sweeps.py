@@ -51,6 +51,14 @@ class SweepCallback(Callback):
         from autoenc_cli.artifacts.sweep_report import write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        _, table = write_report([sweep_dir], sweep_dir)
+        rows, table = write_report([sweep_dir], sweep_dir)
         console.print(table)
         console.print(f"sweep summary: [bold]{sweep_dir / 'summary.csv'}[/]", soft_wrap=True)
+        unfinished = [f"{row['run']} ({row['label']})" for row in rows if row["status"] != "completed"]
+        if unfinished:
+            raise UserAbort(
+                UserError(
+                    f"{len(unfinished)} of {len(rows)} sweep jobs did not complete: {', '.join(unfinished)}; "
+                    f"see summary.csv, and finish them with the same command plus resume={sweep_dir}"
+                )
+            )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -16,7 +19,7 @@ from autoenc_cli.artifacts.console import ProgressBars, console, metrics_table
 from autoenc_cli.artifacts.run_figures import render_run_figures
 from autoenc_cli.artifacts.run_folder import RunFolder
 from autoenc_cli.baselines.pca import pca_baseline_mse
-from autoenc_cli.errors import UserAbort, UserError
+from autoenc_cli.errors import TrainingInterrupted, UserAbort, UserError
 from autoenc_cli.experiment import Experiment, build_experiment
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.training.checkpoint import load_checkpoint
@@ -104,6 +107,26 @@ def discard_if_empty(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+@contextmanager
+def stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """Ctrl-C or SIGTERM asks the trainer to stop after the current step; a second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = signal.Signals(signum).name
+
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def execute(
     experiment: Experiment,
     folder: RunFolder,
@@ -111,16 +134,26 @@ def execute(
     show_progress: bool = True,
     resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train, then write metrics.json and figures; a failure still leaves a metrics.json marked failed."""
+    """Train, then write metrics.json and figures. An interruption saves a resumable checkpoint; any
+    failure leaves a metrics.json marked interrupted or failed."""
     started = time.perf_counter()
     total_epochs = sum(phase.epochs for phase in experiment.phases)
+    done = resume["epoch"] if resume else 0
     try:
-        done = resume["epoch"] if resume else 0
         with ProgressBars(total_epochs, completed=done, enabled=show_progress) as bars:
-            result = Trainer(experiment, FanOut(bars, CheckpointWriter(folder, config_yaml))).fit(resume)
+            trainer = Trainer(experiment, FanOut(bars, CheckpointWriter(folder, config_yaml)))
+            with stop_on_signals(trainer):
+                result = trainer.fit(resume)
         metrics = final_metrics(experiment, result)
         if experiment.run.trainer.figures:
             render_run_figures(experiment, folder.figures, result.history, result.final_codes)
+    except TrainingInterrupted as interruption:
+        folder.save_checkpoint("last", {**trainer.state_dict(), "config": config_yaml})
+        folder.write_history(trainer.result.history)
+        folder.write_metrics({"status": "interrupted", "stopped": str(interruption), "signal": trainer.stop_requested})
+        raise TrainingInterrupted(
+            f"{trainer.stop_requested} {interruption}: checkpoint saved; continue with: autoenc train resume={folder.path}"
+        ) from None
     except BaseException as error:
         folder.write_metrics({"status": "failed", "error": f"{type(error).__name__}: {error}"})
         raise
@@ -139,44 +172,108 @@ def resume_checkpoint(resume: str) -> Path:
     return checkpoint
 
 
-def load_resume(cfg: DictConfig, task_overrides: list[str]) -> tuple[dict[str, Any], DictConfig]:
+def load_resume(resume: str) -> tuple[dict[str, Any], DictConfig]:
     """The checkpoint to continue from and the run's own saved config."""
-    others = [override for override in task_overrides if not override.startswith("resume=")]
-    if others:
-        raise UserError(f"resume continues a run with its saved config; drop the other overrides: {' '.join(others)}")
-    state = load_checkpoint(resume_checkpoint(str(cfg.resume)))
-    saved = OmegaConf.create(state["config"])
-    return state, saved
+    state = load_checkpoint(resume_checkpoint(resume))
+    return state, OmegaConf.create(state["config"])
 
 
-def train_job(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra task function behind ``autoenc train``."""
-    hydra_config = HydraConfig.get()
-    run_dir = Path(hydra_config.runtime.output_dir)
-    resume_state = None
+def saved_overrides(run_dir: Path) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    return [str(item) for item in OmegaConf.load(path)] if path.is_file() else []
+
+
+def without_resume(overrides: list[str]) -> list[str]:
+    return [override for override in overrides if not override.startswith("resume=")]
+
+
+def job_status(run_dir: Path) -> str:
     try:
-        if cfg.resume:
-            resume_state, cfg = load_resume(cfg, list(hydra_config.overrides.task))
-        run = resolve(cfg)
-        experiment = build_experiment(run)
-    except UserError as error:
-        discard_if_empty(run_dir)
-        if hydra_config.mode == RunMode.RUN:
-            raise UserAbort(error) from None
-        raise
-    model = experiment.model
+        return str(RunFolder(run_dir).read_metrics().get("status", "unknown"))
+    except (FileNotFoundError, ValueError):
+        return "not started"
+
+
+def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str], multirun: bool) -> tuple[Any, Any]:
+    """The config and the checkpoint state to train from, honouring ``resume``.
+
+    A single run resumes from RUN_DIR or a .pt with its saved config. In a sweep, ``resume=SWEEP_DIR``
+    re-runs the same command: finished jobs are skipped (None, None), interrupted or failed ones
+    continue from their last checkpoint, jobs that never started start now.
+    """
+    if not cfg.resume:
+        return cfg, None
+    if not multirun:
+        others = without_resume(task_overrides)
+        if others:
+            raise UserError(f"resume continues a run with its saved config; drop the other overrides: {' '.join(others)}")
+        state, saved = load_resume(str(cfg.resume))
+        return saved, state
+    if job_status(run_dir) == "completed":
+        return None, None
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        return cfg, None
+    if without_resume(saved_overrides(run_dir)) != without_resume(task_overrides):
+        raise UserError(
+            f"'{run_dir}' was run with [{' '.join(without_resume(saved_overrides(run_dir)))}]; "
+            "resume a sweep with the command that started it"
+        )
+    state, saved = load_resume(str(run_dir))
+    return saved, state
+
+
+def run_training(cfg: DictConfig, run_dir: Path, task_overrides: list[str], multirun: bool) -> dict[str, Any]:
+    cfg, resume_state = prepare(cfg, run_dir, task_overrides, multirun)
+    if cfg is None:
+        console.print(f"already completed, skipped: {run_dir}", soft_wrap=True)
+        return RunFolder(run_dir).read_metrics()
+    run = resolve(cfg)
+    experiment = build_experiment(run)
     log.info("run folder %s", run_dir)
     console.print(
-        f"[bold]autoenc train[/] {run.model.name} {experiment.data.input_shape}->{model.code_dim} "
+        f"[bold]autoenc train[/] {run.model.name} {experiment.data.input_shape}->{experiment.model.code_dim} "
         f"on {run.data.name} ({len(experiment.data.train)} train / {len(experiment.data.val)} val), "
         f"device {experiment.device}, "
         + ", ".join(f"{phase.name} {phase.epochs} epochs" for phase in experiment.phases),
         soft_wrap=True,
     )
     if resume_state is not None:
-        console.print(f"resuming after epoch {resume_state['epoch']} ({resume_state['history'][-1]['stage']})")
+        console.print(f"resuming after {resume_state['epoch']} epochs (+{resume_state['step_in_epoch']} steps)")
     metrics = execute(experiment, RunFolder(run_dir), OmegaConf.to_yaml(cfg), resume=resume_state)
     log.info("metrics %s", metrics)
     console.print(metrics_table(metrics, title="final metrics"))
     console.print(f"run folder: [bold]{run_dir}[/]", soft_wrap=True)
+    return metrics
+
+
+def train_job(cfg: DictConfig) -> dict[str, Any]:
+    """Hydra task function behind ``autoenc train``.
+
+    A single run reports a user mistake as one line. In a sweep a failed job is recorded (metrics.json
+    and the sweep summary say failed) and the other jobs go on; an interruption stops the sweep.
+    """
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    multirun = hydra_config.mode == RunMode.MULTIRUN
+    try:
+        return run_training(cfg, run_dir, list(hydra_config.overrides.task), multirun)
+    except TrainingInterrupted as error:
+        raise UserAbort(error) from None
+    except UserError as error:
+        discard_if_empty(run_dir)
+        if not multirun:
+            raise UserAbort(error) from None
+        return record_job_failure(run_dir, error)
+    except Exception as error:
+        if not multirun:
+            raise
+        log.exception("job failed")
+        return record_job_failure(run_dir, error)
+
+
+def record_job_failure(run_dir: Path, error: BaseException) -> dict[str, Any]:
+    message = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+    console.print(f"[red]job failed[/]: {message}", soft_wrap=True)
+    metrics = {"status": "failed", "error": message}
+    RunFolder(run_dir).write_metrics(metrics)
     return metrics

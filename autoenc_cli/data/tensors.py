@@ -65,12 +65,12 @@ def split_by_fraction(
 
 
 def iterate_batches(
-    split: Split, batch_size: int, generator: Optional[torch.Generator] = None
+    split: Split, batch_size: int, generator: Optional[torch.Generator] = None, skip_batches: int = 0
 ) -> Iterator[torch.Tensor]:
     """Yield image batches by slicing a (seeded) permutation; no per-sample Python work.
 
     The permutation is drawn on the CPU generator (so CPU and CUDA runs see the same order) and
-    moved to the data's device once per epoch.
+    moved to the data's device once per epoch. ``skip_batches`` resumes an epoch part-way through.
     """
     count = len(split)
     if generator is None:
@@ -78,5 +78,5 @@ def iterate_batches(
             yield split.images[start : start + batch_size]
         return
     order = torch.randperm(count, generator=generator).to(split.images.device)
-    for start in range(0, count, batch_size):
+    for start in range(skip_batches * batch_size, count, batch_size):
         yield split.images[order[start : start + batch_size]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
@@ -9,7 +10,7 @@ from typing import Any, Optional, Protocol
 import torch
 
 from autoenc_cli.data.tensors import iterate_batches
-from autoenc_cli.errors import UserError
+from autoenc_cli.errors import TrainingDiverged, TrainingInterrupted, UserError
 from autoenc_cli.experiment import Experiment
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.training.metrics import CodeStatistics, evaluate
@@ -71,6 +72,10 @@ class Trainer:
         self.policy: Optional[LearningRatePolicy] = None
         self.phase_index = 0
         self.epoch_in_phase = 0
+        self.step_in_epoch = 0  # steps done in the current epoch (non-zero only when interrupted mid-epoch)
+        self.running_loss = torch.zeros((), device=experiment.device)
+        self.epoch_batch_state = self.batch_generator.get_state()
+        self.stop_requested: Optional[str] = None  # set by a signal handler: stop after the current step
         self.result = FitResult()
 
     def fit(self, resume: Optional[dict[str, Any]] = None) -> FitResult:
@@ -109,24 +114,45 @@ class Trainer:
         self.observer.on_phase_end(phase, self)
 
     def _train_epoch(self) -> float:
+        """One epoch (or the rest of one, after a mid-epoch resume); returns the mean training loss."""
         experiment = self.experiment
         model, objective, noise, optimizer = experiment.model, experiment.objective, experiment.noise, self.optimizer
         log_every = experiment.run.trainer.log_every
         model.train()
-        running = torch.zeros((), device=experiment.device)
-        steps = 0
-        for clean in iterate_batches(experiment.data.train, experiment.run.data.batch_size, self.batch_generator):
+        self.epoch_batch_state = self.batch_generator.get_state()  # replays this epoch's order on resume
+        batches = iterate_batches(
+            experiment.data.train, experiment.run.data.batch_size, self.batch_generator, self.step_in_epoch
+        )
+        for clean in batches:
             output = model(noise(clean, self.noise_generator))
             loss = objective(output, clean).total
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            running += loss.detach()
-            steps += 1
-            if steps % log_every == 0:
-                self.observer.on_step(steps, (running / steps).item())
+            self.running_loss += loss.detach()
+            self.step_in_epoch += 1
             self.result.samples_seen += clean.shape[0]
-        return (running / max(steps, 1)).item()
+            if self.step_in_epoch % log_every == 0:
+                self.observer.on_step(self.step_in_epoch, self._mean_loss())
+            if self.stop_requested:
+                raise TrainingInterrupted(self._where())
+        mean = self._mean_loss()
+        self.step_in_epoch, self.running_loss = 0, torch.zeros((), device=experiment.device)
+        return mean
+
+    def _mean_loss(self) -> float:
+        """Read the running loss back from the device (the only per-step sync) and check it is finite."""
+        mean = (self.running_loss / max(self.step_in_epoch, 1)).item()
+        if not math.isfinite(mean):
+            kept = self.result.history[-1]["epoch"] if self.result.history else 0
+            raise TrainingDiverged(
+                f"the training loss became {mean} {self._where()}; checkpoints/last.pt keeps the last good epoch "
+                f"({kept}) and the run is marked failed; try a lower optimizer.lr"
+            )
+        return mean
+
+    def _where(self) -> str:
+        return f"in epoch {len(self.result.history) + 1}, by step {self.step_in_epoch}"
 
     def validate(self) -> tuple[dict[str, float], CodeStatistics]:
         """Validation with a fixed corruption (re-seeded every time) so epochs compare fairly."""
@@ -187,9 +213,12 @@ class Trainer:
             "history": [dict(row) for row in self.result.history],
             "best": [self.result.best_val_loss, float(self.result.best_epoch)],
             "progress": [self.result.train_seconds, float(self.result.samples_seen)],
+            "step_in_epoch": self.step_in_epoch,
+            "running_loss": self.running_loss.detach().cpu(),
             "rng": {
                 "torch": torch.get_rng_state(),
-                "batches": self.batch_generator.get_state(),
+                # Mid-epoch, the state the epoch's order was drawn from, so a resume replays it.
+                "batches": self.epoch_batch_state if self.step_in_epoch else self.batch_generator.get_state(),
                 "noise": self.noise_generator.get_state().cpu(),
             },
         }
@@ -201,6 +230,8 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.batch_generator.set_state(state["rng"]["batches"])
         self.noise_generator.set_state(state["rng"]["noise"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.running_loss = state["running_loss"].to(self.experiment.device)
 
     def _restore_phase(self, state: dict[str, Any]) -> None:
         """Load weights, optimizer and LR policy after the phase set the model up (frozen, tied or not)."""
