@@ -12,6 +12,17 @@ def _first_line(text: object) -> str:
     return lines[0] if lines else ""
 
 
+def _raised_inside_config_libraries(error: BaseException) -> bool:
+    """True when the innermost frame of the traceback belongs to hydra or omegaconf."""
+    traceback = error.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    filename = traceback.tb_frame.f_code.co_filename.replace("\\", "/")
+    return "/hydra/" in filename or "/omegaconf/" in filename
+
+
 def one_line_or_none(error: BaseException) -> Optional[str]:
     """The one-line message for a user mistake, or None for an unexpected error (a bug)."""
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
@@ -19,12 +30,17 @@ def one_line_or_none(error: BaseException) -> Optional[str]:
 
     if isinstance(error, UserError):
         return str(error)
+    if isinstance(error, OSError) and error.filename:  # e.g. an output folder that cannot be written
+        return f"cannot write or read '{error.filename}': {error.strerror or error}"
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
         choices = ", ".join(sorted(error.options)) or "(none)"
         return f"{group}={option} is not an option; choose one of {choices}"
     if isinstance(error, OverrideParseException):
         return f"malformed override: {_first_line(error)}"
+    if isinstance(error, (ValueError, TypeError, KeyError)) and _raised_inside_config_libraries(error):
+        # Hydra sometimes rejects a malformed override with a plain ValueError while composing.
+        return f"invalid override or config: {_first_line(error)}"
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         message = _first_line(error)
         cause = error.__cause__

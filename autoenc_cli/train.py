@@ -152,7 +152,8 @@ def execute(
         folder.write_history(trainer.result.history)
         folder.write_metrics({"status": "interrupted", "stopped": str(interruption), "signal": trainer.stop_requested})
         raise TrainingInterrupted(
-            f"{trainer.stop_requested} {interruption}: checkpoint saved; continue with: autoenc train resume={folder.path}"
+            f"{trainer.stop_requested} {interruption}: checkpoint saved; "
+            f"continue with: autoenc train resume={folder.path}"
         ) from None
     except BaseException as error:
         folder.write_metrics({"status": "failed", "error": f"{type(error).__name__}: {error}"})
@@ -206,7 +207,9 @@ def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str], multirun:
     if not multirun:
         others = without_resume(task_overrides)
         if others:
-            raise UserError(f"resume continues a run with its saved config; drop the other overrides: {' '.join(others)}")
+            raise UserError(
+                f"resume continues a run with its saved config; drop the other overrides: {' '.join(others)}"
+            )
         state, saved = load_resume(str(cfg.resume))
         return saved, state
     if job_status(run_dir) == "completed":

@@ -90,35 +90,33 @@ def test_bad_values_give_one_line_errors(overrides, message):
     assert message in text and "\n" not in text
 
 
-def _numeric_bounded_fields(schema: type, prefix: str):
+def _bounded_fields(schema: type, prefix: str):
     for field in dataclasses.fields(schema):
-        bounds = field.metadata.get("bounds")
-        if bounds:
-            yield f"{prefix}{field.name}", bounds
+        if field.metadata.get("bounds"):
+            yield f"{prefix}{field.name}", field.metadata["bounds"]
 
 
-def _all_bounded_knobs():
-    knobs = list(_numeric_bounded_fields(TrainConfig, ""))
-    knobs += list(_numeric_bounded_fields(TrainerConfig, "trainer."))
+def bounded_knobs() -> list[tuple[list[str], str, dict]]:
+    """Every numeric knob with bounds: (overrides that select its option, its key, its bounds)."""
+    schemas = [([], TrainConfig, ""), ([], TrainerConfig, "trainer.")]
     for group in GROUPS:
         for option in group_options(group):
             schema = REGISTRY.entry(group, compose_config([f"{group}={option}"])[group].name).schema
-            choice = " ".join([f"{group}={option}", *REQUIRED.get(option, [])])
-            knobs += [(f"{choice} {key}", bounds) for key, bounds in _numeric_bounded_fields(schema, f"{group}.")]
-    return knobs
+            schemas.append(([f"{group}={option}", *REQUIRED.get(option, [])], schema, f"{group}."))
+    return [
+        (choice, key, bounds) for choice, schema, prefix in schemas for key, bounds in _bounded_fields(schema, prefix)
+    ]
 
 
-@pytest.mark.parametrize(("knob", "bounds"), _all_bounded_knobs(), ids=lambda value: str(value))
-def test_every_bounded_numeric_knob_rejects_out_of_range_values(knob, bounds):
-    *choice, key = knob.split(" ")
-    bad = {
-        "gt": lambda limit: limit,
-        "ge": lambda limit: limit - 1,
-        "lt": lambda limit: limit,
-        "le": lambda limit: limit + 1,
-    }
-    for name, limit in bounds.items():
-        value = bad[name](limit)
+def out_of_range_values(bounds: dict) -> list:
+    """One value just outside each bound."""
+    step = {"gt": 0, "ge": -1, "lt": 0, "le": 1}
+    return [limit + step[name] for name, limit in bounds.items()]
+
+
+@pytest.mark.parametrize(("choice", "key", "bounds"), bounded_knobs(), ids=lambda value: str(value))
+def test_every_bounded_numeric_knob_rejects_out_of_range_values(choice, key, bounds):
+    for value in out_of_range_values(bounds):
         with pytest.raises(ConfigError) as caught:
             resolve(compose_config([*choice, f"{key}={value}"]))
         assert caught.value.key == key

@@ -112,8 +112,12 @@ def test_sigterm_finishes_the_step_saves_and_resumes_bit_for_bit(tmp_path):
     assert run_cli(["train", *SLOW], cwd=reference_root).returncode == 0
     environment = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "autoenc_cli", "train", *SLOW], cwd=stopped_root, env=environment,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "autoenc_cli", "train", *SLOW],
+        cwd=stopped_root,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -137,14 +141,13 @@ def test_sigterm_finishes_the_step_saves_and_resumes_bit_for_bit(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     import pytest
+    from conftest import compose_config
 
     from autoenc_cli.artifacts.run_folder import RunFolder
     from autoenc_cli.errors import TrainingDiverged
     from autoenc_cli.experiment import build_experiment
     from autoenc_cli.schema.resolve import resolve
     from autoenc_cli.train import execute
-
-    from conftest import compose_config
 
     experiment = build_experiment(resolve(compose_config([*TINY, "trainer.epochs=3", "trainer.figures=false"])))
     objective, calls = experiment.objective, []
@@ -187,8 +190,14 @@ def test_disk_full_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeyp
 def test_a_failing_sweep_job_does_not_stop_the_others_and_resume_finishes_the_sweep(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     images = tmp_path / "images.npz"
-    sweep = ["train", "-m", "data=npz", f"data.path={images},{tmp_path / 'missing.npz'}", "trainer.epochs=1",
-             "trainer.figures=false"]
+    sweep = [
+        "train",
+        "-m",
+        "data=npz",
+        f"data.path={images},{tmp_path / 'missing.npz'}",
+        "trainer.epochs=1",
+        "trainer.figures=false",
+    ]
     import numpy as np
 
     np.savez(images, images=np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
