@@ -16,6 +16,12 @@ from autoenc_cli.errors import UserAbort
 # command -> (module:function taking the remaining argv, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("autoenc_cli.hydra_app:train", "train an autoencoder from config groups (Hydra overrides; -m sweeps)"),
+    "eval": (
+        "autoenc_cli.evaluation.commands:eval_main",
+        "score a run: MSE, PSNR, PCA baseline, semi-supervised probes",
+    ),
+    "encode": ("autoenc_cli.evaluation.commands:encode_main", "write a run's codes for a data set to .npz"),
+    "reconstruct": ("autoenc_cli.evaluation.commands:reconstruct_main", "reconstruct (denoise) your images with a run"),
     "report": ("autoenc_cli.report:main", "compare finished runs: a sweep folder or run folders"),
 }
 
@@ -33,6 +39,8 @@ Examples:
   autoenc train -m model.code_dim=16,32,64
   autoenc train -m model=sparse_fc sparsity=topk k=5,16,32
   autoenc report outputs/sweeps/<sweep>
+  autoenc eval run=outputs/runs/<run> probe.labels_per_class=10,100,all
+  autoenc encode run=outputs/runs/<run> out=codes.npz
 """
 
 

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from autoenc_cli.artifacts.console import ProgressBars, console, metrics_table
+from autoenc_cli.artifacts.html_report import write_html_report
 from autoenc_cli.artifacts.run_figures import render_run_figures
 from autoenc_cli.artifacts.run_folder import RunFolder
 from autoenc_cli.baselines.pca import pca_baseline_mse
@@ -160,6 +161,7 @@ def execute(
         raise
     metrics["wall_seconds"] = time.perf_counter() - started
     folder.write_metrics(metrics)
+    write_html_report(folder.path)
     return metrics
 
 

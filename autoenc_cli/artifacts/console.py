@@ -67,3 +67,16 @@ def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table:
             text = str(value)
         table.add_row(key, text)
     return table
+
+
+def probe_table(probe: dict[str, Any]) -> Table:
+    """Probe accuracy per labels-per-class row and feature column (codes, pixels, pca, finetune)."""
+    counts = [key for key in probe if key != "classifier"]
+    columns = sorted({name for key in counts for name in probe[key] if name != "labelled_samples"})
+    table = Table(title=f"probe accuracy ({probe['classifier']})", header_style="bold")
+    for column in ["labels/class", "labelled", *columns]:
+        table.add_column(column, justify="right")
+    for key in counts:
+        row = probe[key]
+        table.add_row(key, str(row["labelled_samples"]), *[f"{row[name]:.4f}" for name in columns])
+    return table

@@ -46,10 +46,12 @@ def load_npz(config: NpzConfig) -> DataBundle:
 
 
 def _checked_arrays(
-    images: np.ndarray, labels: Optional[np.ndarray], source: str
+    images: np.ndarray, labels: Optional[np.ndarray], source: str, minimum: int = 2
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    if images.ndim not in (3, 4) or images.shape[0] < 2:
-        raise DataError(f"'{source}': images must be N x H x W or N x C x H x W with N >= 2; got shape {images.shape}")
+    if images.ndim not in (3, 4) or images.shape[0] < minimum:
+        raise DataError(
+            f"'{source}': images must be N x H x W or N x C x H x W with N >= {minimum}; got shape {images.shape}"
+        )
     if images.ndim == 4 and images.shape[1] > 4 and images.shape[-1] <= 4:
         raise DataError(f"'{source}': images of shape {images.shape} look channels-last; store them as N x C x H x W")
     if images.dtype != np.uint8:
@@ -79,13 +81,55 @@ class ImageFolderConfig(DataConfig):
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def image_files(root: Path) -> list[Path]:
+    return sorted(path for path in root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+
+
+def read_image_files(files: list[Path], channels: int, size: tuple[int, int]) -> np.ndarray:
+    """Decode and resize each file once: (N, C, H, W) uint8."""
+    from PIL import Image, UnidentifiedImageError
+
+    mode, (height, width) = ("L" if channels == 1 else "RGB"), size
+    arrays = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                arrays.append(np.asarray(image.convert(mode).resize((width, height), Image.BILINEAR)))
+        except (UnidentifiedImageError, OSError) as error:
+            raise DataError(f"'{file}' is not a readable image ({error})") from None
+    images = np.stack(arrays)
+    return images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+
+
+def read_user_images(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
+    """Images for a trained model: a .npz with ``images`` of exactly ``shape``, or a folder resized to it."""
+    if path.is_dir():
+        files = image_files(path)
+        if not files:
+            raise DataError(f"input='{path}' holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return as_images(read_image_files(files, shape[0], (shape[1], shape[2])))
+    if path.suffix != ".npz" or not path.is_file():
+        raise DataError(f"input='{path}' is neither a .npz file nor a folder of images")
+    try:
+        with np.load(path) as arrays:
+            if "images" not in arrays:
+                raise DataError(f"input='{path}' has no 'images' array")
+            images, _ = _checked_arrays(arrays["images"], None, str(path), minimum=1)
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
+        raise DataError(f"input='{path}' is not a readable .npz file ({str(error).splitlines()[0]})") from None
+    if tuple(images.shape[1:]) != tuple(shape):
+        raise DataError(
+            f"input='{path}' holds images of shape {tuple(images.shape[1:])}; the model takes {tuple(shape)}"
+        )
+    return images
+
+
 @register("data", "image_folder", ImageFolderConfig)
 def load_image_folder(config: ImageFolderConfig) -> DataBundle:
     """Every image under ``path``, resized to ``image_size``; subfolder names become labels.
 
     Decoding is per file, once, at load time; training then runs from the tensors.
     """
-    from PIL import Image, UnidentifiedImageError
 
     root = Path(config.path)
     if not root.is_dir():
@@ -95,16 +139,7 @@ def load_image_folder(config: ImageFolderConfig) -> DataBundle:
         raise DataError(
             f"data.path='{config.path}' holds {len(files)} image files ({', '.join(IMAGE_SUFFIXES)}); need at least 2"
         )
-    mode, (height, width) = ("L" if config.channels == 1 else "RGB"), config.image_size
-    arrays = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                arrays.append(np.asarray(image.convert(mode).resize((width, height), Image.BILINEAR)))
-        except (UnidentifiedImageError, OSError) as error:
-            raise DataError(f"'{file}' is not a readable image ({error})") from None
-    images = np.stack(arrays)
-    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+    images = read_image_files(files, config.channels, tuple(config.image_size))
     classes = sorted({file.parent.relative_to(root).parts[0] for file in files if file.parent != root})
     labels = None
     if classes and all(file.parent != root for file in files):

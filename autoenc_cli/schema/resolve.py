@@ -23,12 +23,12 @@ def resolve(cfg: DictConfig) -> TrainConfig:
     assert isinstance(plain, dict)
     groups = {group: plain.pop(group, None) for group in GROUPS}
     plain.pop("hydra", None)
-    run = _typed(TrainConfig, plain, "")
+    run = typed(TrainConfig, plain, "")
     for group, node in groups.items():
         if not isinstance(node, dict):
             raise ConfigError(group, node, f"must be a config group; choose one of {', '.join(REGISTRY.names(group))}")
         schema = REGISTRY.entry(group, node.get("name")).schema
-        setattr(run, group, _typed(schema, node, group))
+        setattr(run, group, typed(schema, node, group))
     _apply_shorthands(run)
     check_tree(run)
     return run
@@ -45,7 +45,7 @@ def _apply_shorthands(run: TrainConfig) -> None:
         setattr(target, key, value)
 
 
-def _typed(schema: type, node: dict, path: str) -> Any:
+def typed(schema: type, node: dict, path: str) -> Any:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         return OmegaConf.to_object(merged)
@@ -56,6 +56,8 @@ def _typed(schema: type, node: dict, path: str) -> Any:
 def _one_line(error: OmegaConfBaseException, schema: type, path: str) -> UserError:
     key = str(error.full_key or error.key or "")
     full_key = f"{path}.{key}" if path and key else path or key
+    if isinstance(error, MissingMandatoryValue):
+        return UserError(f"{full_key} must be set, e.g. {full_key}=...")
     if isinstance(error, ConfigKeyError):
         allowed = ", ".join(OmegaConf.structured(schema).keys())
         return UserError(f"unknown key '{full_key}'; allowed keys{f' in {path}' if path else ''}: {allowed}")

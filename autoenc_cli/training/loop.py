@@ -205,6 +205,7 @@ class Trainer:
         experiment = self.experiment
         return {
             "model": experiment.model.state_dict(),
+            "input_shape": list(experiment.model.input_shape),
             "optimizer": self.optimizer.state_dict() if self.optimizer else {},
             "policy": self.policy.state_dict() if self.policy else {},
             "phase_index": self.phase_index,

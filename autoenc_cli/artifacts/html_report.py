@@ -1,0 +1,99 @@
+"""report.html: one offline page per run with its config, metrics, evaluation and every figure."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from autoenc_cli.training.checkpoint import atomic_write_bytes
+
+FIGURE_CAPTIONS = {
+    "reconstructions": "Validation inputs (top) and their reconstructions (bottom).",
+    "denoising": "Noisy inputs, reconstructions and clean targets.",
+    "latent_map": "Codes of 512 validation samples (rows, sorted by label) by code unit (columns).",
+    "latent_scatter": "Validation codes in 2-D (directly, or the first two principal components), by label.",
+    "dictionary": "The image each code unit writes (decoder response to a one-hot code), grey = 0.",
+    "code_density": "How often each code unit is active on the validation split.",
+    "loss_curve": "Train and validation loss per epoch.",
+    "stages": "Loss across greedy layer-wise stages and fine-tuning.",
+}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
+td, th { border-bottom: 1px solid #ddd; padding: 0.2rem 0.8rem; text-align: left; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; border: 1px solid #eee; }
+pre { background: #f6f6f6; padding: 1rem; overflow-x: auto; }
+.status-completed { color: #1a7f37; } .status-failed, .status-interrupted { color: #cf222e; }
+"""
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f'<td class="number">{value:.6g}</td>'
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f'<td class="number">{value}</td>'
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def _table(rows: dict[str, Any]) -> str:
+    body = "".join(f"<tr><th>{html.escape(str(key))}</th>{_cell(value)}</tr>" for key, value in rows.items())
+    return f"<table>{body}</table>"
+
+
+def _probe_table(probe: dict[str, Any]) -> str:
+    counts = [key for key in probe if key != "classifier"]
+    columns = sorted({name for key in counts for name in probe[key] if name != "labelled_samples"})
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in ["labels per class", "labelled samples", *columns])
+    rows = "".join(
+        f"<tr><th>{html.escape(key)}</th>{_cell(probe[key]['labelled_samples'])}"
+        + "".join(_cell(probe[key].get(name, "")) for name in columns)
+        + "</tr>"
+        for key in counts
+    )
+    return f"<p>Accuracy of a {html.escape(probe['classifier'])} classifier.</p><table><tr>{head}</tr>{rows}</table>"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def write_html_report(run_dir: Path) -> Path:
+    """(Re)write RUN_DIR/report.html from what the folder holds; images are linked relatively."""
+    metrics, evaluation = _read_json(run_dir / "metrics.json"), _read_json(run_dir / "eval.json")
+    status = str(metrics.get("status", "unknown"))
+    parts = [
+        f"<h1>autoenc run {html.escape(run_dir.name)}</h1>",
+        f'<p>Status: <strong class="status-{html.escape(status)}">{html.escape(status)}</strong></p>',
+        "<h2>Metrics</h2>",
+        _table(metrics),
+    ]
+    if evaluation:
+        parts += ["<h2>Evaluation</h2>", _table({k: v for k, v in evaluation.items() if k != "probe"})]
+        if "probe" in evaluation:
+            parts += ["<h3>Semi-supervised probe</h3>", _probe_table(evaluation["probe"])]
+    figures = sorted((run_dir / "figures").glob("*.png"))
+    if figures:
+        parts.append("<h2>Figures</h2>")
+    for figure in figures:
+        caption = FIGURE_CAPTIONS.get(figure.stem, figure.stem.replace("_", " "))
+        parts.append(
+            f'<figure><img src="figures/{html.escape(figure.name)}" alt="{html.escape(figure.stem)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    config = run_dir / ".hydra" / "config.yaml"
+    if config.is_file():
+        parts += ["<h2>Config</h2>", f"<pre>{html.escape(config.read_text())}</pre>"]
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>autoenc {html.escape(run_dir.name)}</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
+    path = run_dir / "report.html"
+    atomic_write_bytes(path, page.encode())
+    return path

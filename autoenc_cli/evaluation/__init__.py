@@ -1,0 +1,1 @@
+"""Using trained runs: evaluation with baselines and probes, encoding, reconstruction."""

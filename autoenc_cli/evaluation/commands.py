@@ -1,0 +1,289 @@
+"""``autoenc eval``, ``autoenc encode`` and ``autoenc reconstruct``: KEY=VALUE arguments composed with
+the same config machinery as ``train`` (``data=...`` picks another data set of the same shape)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from omegaconf import MISSING, OmegaConf
+
+from autoenc_cli.errors import ConfigError, UserError
+from autoenc_cli.schema import check_tree, choice, number
+
+HELP = {
+    "eval": "autoenc eval run=RUN_DIR [split=val|test] [checkpoint=best|last|PATH] [data=OPTION] "
+    "[probe.labels_per_class=10,100,all] [probe.model=logistic|mlp] [probe.finetune=true] [out=FILE]",
+    "encode": "autoenc encode run=RUN_DIR out=codes.npz [split=train|val|test|all] [checkpoint=...] [data=OPTION]",
+    "reconstruct": "autoenc reconstruct run=RUN_DIR input=FILE.npz|DIR out=OUT.npz|DIR [checkpoint=...]",
+}
+
+
+@dataclass
+class ProbeConfig:
+    labels_per_class: list[str] = field(default_factory=lambda: ["10", "100", "all"])
+    model: str = choice("logistic", ("logistic", "mlp"))
+    finetune: bool = False
+    steps: int = number(100, ge=1)
+    l2: float = number(1e-4, ge=0)
+    seed: int = number(0, ge=0)
+
+    def counts(self) -> list[Optional[int]]:
+        """Labels per class as numbers; None for ``all``."""
+        counts: list[Optional[int]] = []
+        for value in self.labels_per_class:
+            if str(value) == "all":
+                counts.append(None)
+            elif str(value).isdigit() and int(value) > 0:
+                counts.append(int(value))
+            else:
+                raise ConfigError("probe.labels_per_class", value, "positive whole numbers or 'all'")
+        return counts
+
+
+@dataclass
+class UseRunConfig:
+    run: str = MISSING
+    checkpoint: str = "best"
+    device: str = "auto"
+    batch_size: int = number(1024, ge=1)
+    data: Any = None
+
+
+@dataclass
+class EvalConfig(UseRunConfig):
+    split: str = choice("val", ("val", "test", "train"))
+    out: Optional[str] = None
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+@dataclass
+class EncodeConfig(UseRunConfig):
+    out: str = MISSING
+    split: str = choice("val", ("train", "val", "test", "all"))
+
+
+@dataclass
+class ReconstructConfig(UseRunConfig):
+    input: str = MISSING
+    out: str = MISSING
+
+
+def _as_list_argument(argument: str, key: str) -> str:
+    """``probe.labels_per_class=10,100,all`` as typed reads as a sweep to Hydra; make it a list (one
+    value too)."""
+    name, _, value = argument.partition("=")
+    if name == key and not value.startswith("["):
+        return f"{name}=[{value}]"
+    return argument
+
+
+def compose_command(config_name: str, schema: type, argv: Sequence[str]) -> Any:
+    from hydra import compose, initialize_config_module
+
+    from autoenc_cli.registry import REGISTRY
+    from autoenc_cli.schema.resolve import typed
+
+    if any(argument in ("-h", "--help") for argument in argv):
+        print(HELP[config_name])
+        raise SystemExit(0)
+    overrides = [_as_list_argument(argument, "probe.labels_per_class") for argument in argv]
+    with initialize_config_module(config_module="autoenc_cli.configs", version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    data = plain.pop("data", None)
+    config = typed(schema, plain, "")
+    if data is not None:
+        config.data = typed(REGISTRY.entry("data", data.get("name")).schema, data, "data")
+    check_tree(config)
+    return config
+
+
+def _split(experiment: Any, name: str) -> Any:
+    split = getattr(experiment.data, name)
+    if split is None:
+        raise UserError(f"split={name}: the data set {experiment.run.data.name} has no {name} split; use split=val")
+    return split
+
+
+@torch.inference_mode()
+def encode_split(model: Any, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat(
+        [model.encode(images[start : start + batch_size]) for start in range(0, images.shape[0], batch_size)]
+    )
+
+
+@torch.inference_mode()
+def reconstruct_images(model: Any, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat(
+        [model(images[start : start + batch_size]).reconstruction for start in range(0, images.shape[0], batch_size)]
+    )
+
+
+def evaluate_run(config: EvalConfig) -> dict[str, Any]:
+    from autoenc_cli.baselines.pca import PCA
+    from autoenc_cli.evaluation.loading import load_trained
+    from autoenc_cli.training.metrics import evaluate, psnr
+
+    run_dir = Path(config.run)
+    experiment = load_trained(run_dir, config.checkpoint, config.data, config.device)
+    model, train, split = experiment.model, experiment.data.train, _split(experiment, config.split)
+    noise = experiment.noise if experiment.noise.active else None
+    scores, _ = evaluate(
+        model, experiment.objective, split, config.batch_size, noise, experiment.validation_noise_generator()
+    )
+    input_size = model.input_size
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "checkpoint": config.checkpoint,
+        "data": experiment.run.data.name,
+        "split": config.split,
+        "samples": len(split),
+        "mse": scores["mse"],
+        "squared_error_per_image": scores["squared_error_per_image"],
+        "psnr": psnr(scores["mse"]),
+        "l0": scores["l0"],
+        "dead_fraction": scores["dead_fraction"],
+        "dense_fraction": scores["dense_fraction"],
+        "code_dim": model.code_dim,
+        "input_size": input_size,
+        "compression_ratio": input_size / model.code_dim,
+    }
+    if noise is not None:
+        result["psnr_noisy"], result["psnr_denoised"] = scores["psnr_noisy"], scores["psnr_denoised"]
+    pca: Optional[PCA] = None
+    if model.code_dim < min(input_size, len(train)):
+        pca = PCA(model.code_dim).fit(train.images)
+        result["pca_mse"] = pca.reconstruction_mse(split.images)
+        result["pca_squared_error_per_image"] = result["pca_mse"] * input_size
+        result["ae_pca_mse_ratio"] = result["mse"] / result["pca_mse"]
+    if train.labels is not None and split.labels is not None:
+        result["probe"] = run_probes(config.probe, experiment, split, pca)
+    return result
+
+
+def run_probes(probe: ProbeConfig, experiment: Any, split: Any, pca: Any) -> dict[str, Any]:
+    from autoenc_cli.evaluation.probe import finetune_encoder, labelled_subset, probe_features
+
+    model, train, batch = experiment.model, experiment.data.train, 1024
+    num_classes = int(max(train.labels.max(), split.labels.max()).item()) + 1
+    features = {
+        "codes": (encode_split(model, train.images, batch), encode_split(model, split.images, batch)),
+        "pixels": (train.images.flatten(1), split.images.flatten(1)),
+    }
+    if pca is not None:
+        features["pca"] = (pca.encode(train.images), pca.encode(split.images))
+    results: dict[str, Any] = {"classifier": probe.model}
+    for count in probe.counts():
+        chosen = labelled_subset(train.labels, count, probe.seed)
+        labels = train.labels[chosen]
+        entry = {"labelled_samples": int(chosen.numel())}
+        for name, (train_features, test_features) in features.items():
+            entry[name] = probe_features(
+                train_features[chosen],
+                labels,
+                test_features,
+                split.labels,
+                num_classes,
+                probe.model,
+                probe.steps,
+                probe.l2,
+            )
+        if probe.finetune:
+            entry["finetune"] = finetune_encoder(
+                model, train.images[chosen], labels, split.images, split.labels, num_classes, probe.steps
+            )
+        results["all" if count is None else str(count)] = entry
+    return results
+
+
+def eval_main(argv: Sequence[str]) -> int:
+    from autoenc_cli.artifacts.console import console, metrics_table, probe_table
+    from autoenc_cli.artifacts.html_report import write_html_report
+    from autoenc_cli.training.checkpoint import atomic_write_bytes
+
+    config = compose_command("eval", EvalConfig, argv)
+    result = evaluate_run(config)
+    out = Path(config.out) if config.out else Path(config.run) / "eval.json"
+    atomic_write_bytes(out, (json.dumps(_json_ready(result), indent=2) + "\n").encode())
+    console.print(metrics_table({k: v for k, v in result.items() if k != "probe"}, title=f"eval: {config.split} split"))
+    if "probe" in result:
+        console.print(probe_table(result["probe"]))
+    if not config.out:
+        write_html_report(Path(config.run))
+    console.print(f"wrote {out}", soft_wrap=True)
+    return 0
+
+
+def encode_main(argv: Sequence[str]) -> int:
+    from autoenc_cli.artifacts.console import console
+    from autoenc_cli.evaluation.loading import load_trained
+
+    config = compose_command("encode", EncodeConfig, argv)
+    experiment = load_trained(Path(config.run), config.checkpoint, config.data, config.device)
+    names = ("train", "val", "test") if config.split == "all" else (config.split,)
+    splits = [
+        (name, _split(experiment, name)) for name in names if config.split != "all" or getattr(experiment.data, name)
+    ]
+    codes = torch.cat([encode_split(experiment.model, split.images, config.batch_size) for _, split in splits])
+    arrays = {
+        "codes": codes.float().cpu().numpy(),
+        "split": np.concatenate([np.full(len(split), name) for name, split in splits]),
+    }
+    if all(split.labels is not None for _, split in splits):
+        arrays["labels"] = torch.cat([split.labels for _, split in splits]).cpu().numpy()
+    _save_npz(Path(config.out), arrays)
+    console.print(f"wrote {codes.shape[0]} codes of size {codes.shape[1]} to {config.out}", soft_wrap=True)
+    return 0
+
+
+def reconstruct_main(argv: Sequence[str]) -> int:
+    from autoenc_cli.artifacts.console import console
+    from autoenc_cli.data.files import read_user_images
+    from autoenc_cli.evaluation.loading import load_trained
+
+    config = compose_command("reconstruct", ReconstructConfig, argv)
+    experiment = load_trained(Path(config.run), config.checkpoint, None, config.device)
+    shape = experiment.model.input_shape
+    images = read_user_images(Path(config.input), shape).to(experiment.device)
+    outputs = reconstruct_images(experiment.model, images, config.batch_size).clamp(0, 1).cpu()
+    out = Path(config.out)
+    if out.suffix == ".npz":
+        _save_npz(out, {"inputs": images.cpu().numpy(), "reconstructions": outputs.numpy()})
+    else:
+        _save_pngs(out, outputs)
+    console.print(f"wrote {outputs.shape[0]} reconstructions to {out}", soft_wrap=True)
+    return 0
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    import io
+
+    from autoenc_cli.training.checkpoint import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path if path.suffix == ".npz" else path.with_suffix(".npz"), buffer.getvalue())
+
+
+def _save_pngs(folder: Path, images: torch.Tensor) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    width = max(4, int(math.log10(max(images.shape[0], 1))) + 1)
+    for index, image in enumerate((images * 255).round().to(torch.uint8)):
+        array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+        Image.fromarray(array).save(folder / f"{index:0{width}d}.png")
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

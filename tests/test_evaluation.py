@@ -1,0 +1,190 @@
+"""Using trained runs: eval (metrics, PCA, probes), encode, reconstruct, report.html."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, run_main
+
+from autoenc_cli.evaluation.probe import labelled_subset
+
+PROBE_FAST = ["probe.labels_per_class=5,all", "probe.steps=30"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trained")
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        assert run_main(["train", *TINY, "trainer.epochs=3"]) == 0
+    finally:
+        os.chdir(previous)
+    (run_dir,) = (root / "outputs" / "runs").iterdir()
+    return run_dir
+
+
+def test_eval_reports_reconstruction_pca_compression_and_probes(trained_run):
+    assert run_main(["eval", f"run={trained_run}", *PROBE_FAST]) == 0
+    result = json.loads((trained_run / "eval.json").read_text())
+    assert result["split"] == "val" and result["samples"] == 80 and result["compression_ratio"] == 784 / 64
+    assert result["squared_error_per_image"] == pytest.approx(result["mse"] * 784)
+    assert result["ae_pca_mse_ratio"] == pytest.approx(result["mse"] / result["pca_mse"])
+    assert 10 * np.log10(1 / result["mse"]) == pytest.approx(result["psnr"])
+    probe = result["probe"]
+    assert probe["5"]["labelled_samples"] == 50 and probe["all"]["labelled_samples"] == 320
+    for features in ("codes", "pixels", "pca"):
+        assert 0.2 < probe["all"][features] <= 1.0  # well above chance (0.1) on 10 classes
+
+
+def test_eval_options_finetune_mlp_checkpoint_and_out(trained_run, tmp_path):
+    out = tmp_path / "eval_last.json"
+    argv = [
+        "eval",
+        f"run={trained_run}",
+        "checkpoint=last",
+        "probe.model=mlp",
+        "probe.finetune=true",
+        "probe.labels_per_class=all",
+        "probe.steps=20",
+        f"out={out}",
+    ]
+    assert run_main(argv) == 0
+    probe = json.loads(out.read_text())["probe"]
+    assert probe["classifier"] == "mlp" and 0 <= probe["all"]["finetune"] <= 1
+
+
+def test_eval_on_another_data_set_of_the_same_shape(trained_run, tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "same.npz", images=images)
+    out = tmp_path / "other.json"
+    assert run_main(["eval", f"run={trained_run}", "data=npz", f"data.path={tmp_path / 'same.npz'}", f"out={out}"]) == 0
+    assert json.loads(out.read_text())["data"] == "npz" and "probe" not in json.loads(out.read_text())
+
+
+def test_eval_mistakes_are_one_line_errors(trained_run, tmp_path, capsys):
+    np.savez(tmp_path / "small.npz", images=np.zeros((10, 8, 8), dtype=np.uint8))
+    (tmp_path / "not_a_checkpoint.pt").write_bytes(b"hello")
+    cases = {
+        "the run's model takes (1, 28, 28)": ["data=npz", f"data.path={tmp_path / 'small.npz'}"],
+        "has no test split": ["split=test"],
+        "is not a readable autoenc checkpoint": [f"checkpoint={tmp_path / 'not_a_checkpoint.pt'}"],
+        "positive whole numbers or 'all'": ["probe.labels_per_class=[ten]"],
+    }
+    for expected, extra in cases.items():
+        assert run_main(["eval", f"run={trained_run}", *extra]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, err
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    assert run_main(["eval", f"run={empty}"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_an_incompatible_config_is_rejected(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *TINY, "trainer.epochs=1", "model.code_dim=8", "trainer.figures=false"]) == 0
+    (other,) = (tmp_path / "outputs" / "runs").iterdir()
+    mixed = tmp_path / "mixed"
+    shutil.copytree(trained_run, mixed)
+    state = torch.load(other / "checkpoints" / "best.pt", weights_only=True)
+    state["config"] = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)["config"]
+    torch.save(state, mixed / "checkpoints" / "best.pt")
+    assert run_main(["eval", f"run={mixed}"]) == 2
+    assert "the checkpoint does not fit the model built from its config" in capsys.readouterr().err
+
+
+def test_encode_writes_codes_and_labels(trained_run, tmp_path):
+    assert run_main(["encode", f"run={trained_run}", f"out={tmp_path / 'codes.npz'}", "split=all"]) == 0
+    with np.load(tmp_path / "codes.npz") as arrays:
+        assert arrays["codes"].shape == (400, 64) and arrays["labels"].shape == (400,)
+        assert sorted(set(arrays["split"].tolist())) == ["train", "val"]
+
+
+def test_reconstruct_from_npz_and_folder(trained_run, tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "mine.npz", images=images)
+    assert (
+        run_main(["reconstruct", f"run={trained_run}", f"input={tmp_path / 'mine.npz'}", f"out={tmp_path / 'out.npz'}"])
+        == 0
+    )
+    with np.load(tmp_path / "out.npz") as arrays:
+        assert arrays["reconstructions"].shape == (6, 1, 28, 28)
+        assert 0 <= arrays["reconstructions"].min() and arrays["reconstructions"].max() <= 1
+    assert (
+        run_main(["reconstruct", f"run={trained_run}", f"input={tmp_path / 'mine.npz'}", f"out={tmp_path / 'pngs'}"])
+        == 0
+    )
+    assert len(list((tmp_path / "pngs").glob("*.png"))) == 6
+    assert (
+        run_main(["reconstruct", f"run={trained_run}", f"input={tmp_path / 'pngs'}", f"out={tmp_path / 'again.npz'}"])
+        == 0
+    )
+
+
+def test_report_html_embeds_metrics_and_every_figure(trained_run):
+    assert run_main(["eval", f"run={trained_run}", *PROBE_FAST]) == 0
+    page = (trained_run / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    figures = sorted(path.name for path in (trained_run / "figures").glob("*.png"))
+    assert sorted(Path(source).name for source in sources) == figures and len(figures) >= 6
+    assert all((trained_run / source).is_file() for source in sources)
+    assert "val_mse" in page and "Semi-supervised probe" in page and "code_dim: 64" in page
+
+
+def _browser() -> str | None:
+    return next(
+        (path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))), None
+    )
+
+
+@pytest.mark.skipif(_browser() is None, reason="needs a headless Chromium (apt-get install chromium)")
+def test_report_renders_in_a_headless_browser_without_broken_images(trained_run, tmp_path):
+    checker = trained_run / "report_check.html"
+    script = (
+        "<script>window.addEventListener('load', () => { const broken = [...document.images]"
+        ".filter(i => !i.complete || i.naturalWidth === 0).length; document.title = 'broken=' + broken + "
+        "' images=' + document.images.length; });</script>"
+    )
+    checker.write_text((trained_run / "report.html").read_text().replace("</body>", script + "</body>"))
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
+    try:
+        dom = subprocess.run(
+            [_browser(), *flags, "--dump-dom", checker.as_uri()], capture_output=True, text=True, timeout=120
+        ).stdout
+        shot = tmp_path / "report.png"
+        subprocess.run(
+            [_browser(), *flags, "--window-size=1200,2400", f"--screenshot={shot}", checker.as_uri()],
+            capture_output=True,
+            timeout=120,
+        )
+    finally:
+        checker.unlink()
+    title = re.search(r"<title>(.*?)</title>", dom).group(1)
+    assert title.startswith("broken=0 images=") and int(title.split("images=")[1]) >= 6, title
+    assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_labelled_subset_takes_exactly_n_per_class():
+    labels = torch.tensor([0, 1, 2] * 20 + [3])
+    chosen = labelled_subset(labels, 5, seed=0)
+    counts = torch.bincount(labels[chosen], minlength=4).tolist()
+    assert counts == [5, 5, 5, 1] and chosen.unique().numel() == chosen.numel()
+    assert not torch.equal(chosen.sort().values, labelled_subset(labels, 5, seed=1).sort().values)
+    assert labelled_subset(labels, None, seed=0).numel() == labels.numel()
