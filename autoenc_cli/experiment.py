@@ -12,6 +12,7 @@ from autoenc_cli.models.autoencoder import Autoencoder
 from autoenc_cli.noise.base import Noise
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.schema.root import TrainConfig
+from autoenc_cli.training.distributed import World, current_world, init_process_group
 from autoenc_cli.training.losses import Objective
 from autoenc_cli.training.schedules import Phase
 
@@ -25,18 +26,25 @@ class Experiment:
     objective: Objective
     noise: Noise
     phases: list[Phase]
+    world: World = World()
 
     def validation_noise_generator(self) -> torch.Generator:
         """A fresh generator with a fixed seed: every validation pass sees the same corruption."""
         return torch.Generator(device=self.device).manual_seed(self.run.seed + 2)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(name: str, world: World = World()) -> torch.device:
+    """``auto`` picks CUDA when present; under torchrun each rank takes the GPU of its local rank."""
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"trainer.device='{name}' but CUDA is not available here; use trainer.device=cpu or auto")
-    return torch.device(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and world.is_distributed:
+        name = f"cuda:{world.local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -54,11 +62,13 @@ def build_model(run: TrainConfig, input_shape: tuple[int, ...]) -> Autoencoder:
 
 
 def build_experiment(run: TrainConfig, data: DataBundle | None = None) -> Experiment:
-    device = resolve_device(run.trainer.device)
+    world = current_world()
+    device = resolve_device(run.trainer.device, world)
+    init_process_group(world, device)
     seed_everything(run.seed, run.trainer.deterministic)
     data = (data or REGISTRY.build("data", run.data)).to(device)
     model = build_model(run, data.input_shape).to(device)
     objective = Objective(REGISTRY.build("loss", run.loss, model), model.code_transform)
     noise = REGISTRY.build("noise", run.noise)
     phases = REGISTRY.build("schedule", run.schedule, run.trainer, model)
-    return Experiment(run, device, data, model, objective, noise, phases)
+    return Experiment(run, device, data, model, objective, noise, phases, world)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,7 +20,14 @@ OmegaConf.register_new_resolver("autoenc_uid", lambda: secrets.token_hex(3), use
 
 
 def resumed_run_dir(resume: Any, new_run_dir: str) -> str:
-    """``resume=RUN_DIR`` (or ``RUN_DIR/checkpoints/NAME.pt``) continues in that folder."""
+    """``resume=RUN_DIR`` (or ``RUN_DIR/checkpoints/NAME.pt``) continues in that folder.
+
+    Under torchrun, ranks other than 0 write nothing of their own; Hydra's files for them go to a
+    scratch folder so the run folder is rank 0's alone.
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:
+        return str(Path(tempfile.gettempdir()) / f"autoenc-rank{rank}-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}")
     if resume in (None, ""):
         return new_run_dir
     path = Path(str(resume))

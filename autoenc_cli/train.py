@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -24,6 +25,7 @@ from autoenc_cli.errors import TrainingInterrupted, UserAbort, UserError
 from autoenc_cli.experiment import Experiment, build_experiment
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.training.checkpoint import load_checkpoint
+from autoenc_cli.training.distributed import shutdown as shutdown_distributed
 from autoenc_cli.training.loop import FitResult, Trainer
 from autoenc_cli.training.metrics import psnr
 
@@ -140,6 +142,8 @@ def execute(
     started = time.perf_counter()
     total_epochs = sum(phase.epochs for phase in experiment.phases)
     done = resume["epoch"] if resume else 0
+    if not experiment.world.is_main:  # under torchrun only rank 0 shows progress and writes files
+        return final_metrics(experiment, Trainer(experiment).fit(resume))
     try:
         with ProgressBars(total_epochs, completed=done, enabled=show_progress) as bars:
             trainer = Trainer(experiment, FanOut(bars, CheckpointWriter(folder, config_yaml)))
@@ -234,6 +238,8 @@ def run_training(cfg: DictConfig, run_dir: Path, task_overrides: list[str], mult
         return RunFolder(run_dir).read_metrics()
     run = resolve(cfg)
     experiment = build_experiment(run)
+    if not experiment.world.is_main:
+        return execute(experiment, RunFolder(run_dir), OmegaConf.to_yaml(cfg), resume=resume_state)
     log.info("run folder %s", run_dir)
     console.print(
         f"[bold]autoenc train[/] {run.model.name} {experiment.data.input_shape}->{experiment.model.code_dim} "
@@ -261,7 +267,12 @@ def train_job(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(hydra_config.runtime.output_dir)
     multirun = hydra_config.mode == RunMode.MULTIRUN
     try:
-        return run_training(cfg, run_dir, list(hydra_config.overrides.task), multirun)
+        try:
+            return run_training(cfg, run_dir, list(hydra_config.overrides.task), multirun)
+        finally:
+            shutdown_distributed()
+            if int(os.environ.get("RANK", "0")) > 0:  # a torchrun rank's scratch folder (see hydra_app)
+                shutil.rmtree(run_dir, ignore_errors=True)
     except TrainingInterrupted as error:
         raise UserAbort(error) from None
     except UserError as error:

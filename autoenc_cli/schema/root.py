@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from autoenc_cli.errors import ConfigError
-from autoenc_cli.schema.fields import number
+from autoenc_cli.schema.fields import choice, number
 
 # Config groups whose options are looked up in the registry by their ``name`` key.
 GROUPS = ("data", "model", "loss", "optimizer", "schedule", "sparsity", "noise")
@@ -31,6 +31,8 @@ class TrainerConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms; CPU runs are reproducible anyway
     figures: bool = True
     pca_baseline: bool = True  # fit PCA with code_dim components on the train split for comparison
+    precision: str = choice("fp32", ("fp32", "bf16", "fp16"))  # autocast dtype; fp16 adds a gradient scaler
+    compile: bool = False  # torch.compile the model for training
 
     def check(self) -> None:
         allowed = ("auto", "cpu", "cuda")

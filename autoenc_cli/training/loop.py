@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from autoenc_cli.data.tensors import iterate_batches
 from autoenc_cli.errors import TrainingDiverged, TrainingInterrupted, UserError
@@ -19,6 +20,9 @@ from autoenc_cli.training.schedules import LearningRatePolicy, Phase
 
 def _first_line(error: BaseException) -> str:
     return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)[:200]
+
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Observer(Protocol):
@@ -77,6 +81,28 @@ class Trainer:
         self.epoch_batch_state = self.batch_generator.get_state()
         self.stop_requested: Optional[str] = None  # set by a signal handler: stop after the current step
         self.result = FitResult()
+        self.autocast_dtype = AUTOCAST_DTYPES[run.trainer.precision]
+        self.scaler = torch.amp.GradScaler(experiment.device.type, enabled=run.trainer.precision == "fp16")
+        self.forward_model: torch.nn.Module = experiment.model
+
+    def autocast(self) -> Any:
+        return torch.autocast(
+            self.experiment.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        )
+
+    def _training_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What the training step calls: the model, wrapped for data parallelism and compiled as asked.
+
+        Rebuilt every phase, since a phase may freeze, tie or untie parameters.
+        """
+        experiment = self.experiment
+        module = model
+        if experiment.world.is_distributed:
+            device_ids = [experiment.device.index] if experiment.device.type == "cuda" else None
+            module = DistributedDataParallel(model, device_ids=device_ids)
+        if experiment.run.trainer.compile:
+            module = torch.compile(module)
+        return module
 
     def fit(self, resume: Optional[dict[str, Any]] = None) -> FitResult:
         """Run every phase; with ``resume`` (a ``state_dict()``), continue exactly where it was taken."""
@@ -94,6 +120,7 @@ class Trainer:
     def _run_phase(self, phase: Phase, resume: Optional[dict[str, Any]] = None) -> None:
         run, model = self.experiment.run, self.experiment.model
         parameters = list(phase.prepare(model))
+        self.forward_model = self._training_module(model)
         self.optimizer = REGISTRY.build("optimizer", run.optimizer, parameters)
         self.policy = LearningRatePolicy(self.optimizer, run.schedule, phase.epochs)
         self.epoch_in_phase = 0
@@ -123,12 +150,16 @@ class Trainer:
         batches = iterate_batches(
             experiment.data.train, experiment.run.data.batch_size, self.batch_generator, self.step_in_epoch
         )
+        world, scaler = experiment.world, self.scaler
         for clean in batches:
-            output = model(noise(clean, self.noise_generator))
-            loss = objective(output, clean).total
+            inputs = noise(clean, self.noise_generator)  # the whole global batch, so every rank draws alike
+            inputs, target = world.shard(inputs), world.shard(clean)
+            with self.autocast():
+                loss = objective(self.forward_model(inputs), target).total
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             self.running_loss += loss.detach()
             self.step_in_epoch += 1
             self.result.samples_seen += clean.shape[0]
@@ -136,6 +167,9 @@ class Trainer:
                 self.observer.on_step(self.step_in_epoch, self._mean_loss())
             if self.stop_requested:
                 raise TrainingInterrupted(self._where())
+        if world.is_distributed:  # report the global mean, not rank 0's shard (one sync per epoch)
+            torch.distributed.all_reduce(self.running_loss)
+            self.running_loss /= world.size
         mean = self._mean_loss()
         self.step_in_epoch, self.running_loss = 0, torch.zeros((), device=experiment.device)
         return mean
@@ -157,14 +191,15 @@ class Trainer:
     def validate(self) -> tuple[dict[str, float], CodeStatistics]:
         """Validation with a fixed corruption (re-seeded every time) so epochs compare fairly."""
         experiment = self.experiment
-        return evaluate(
-            experiment.model,
-            experiment.objective,
-            experiment.data.val,
-            experiment.run.trainer.eval_batch_size,
-            experiment.noise if experiment.noise.active else None,
-            experiment.validation_noise_generator(),
-        )
+        with self.autocast():
+            return evaluate(
+                experiment.model,
+                experiment.objective,
+                experiment.data.val,
+                experiment.run.trainer.eval_batch_size,
+                experiment.noise if experiment.noise.active else None,
+                experiment.validation_noise_generator(),
+            )
 
     def _record(
         self,
@@ -207,6 +242,7 @@ class Trainer:
             "model": experiment.model.state_dict(),
             "input_shape": list(experiment.model.input_shape),
             "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "scaler": self.scaler.state_dict(),
             "policy": self.policy.state_dict() if self.policy else {},
             "phase_index": self.phase_index,
             "epoch_in_phase": self.epoch_in_phase,
@@ -244,6 +280,8 @@ class Trainer:
             ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.policy.load_state_dict(state["policy"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch_in_phase = state["epoch_in_phase"]
         best_val_loss, best_epoch = state["best"]
         self.result.best_val_loss, self.result.best_epoch = best_val_loss, int(best_epoch)
