@@ -107,7 +107,10 @@ def summary_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
     table = Table(title=title, header_style="bold")
     columns = ("run", "label", "status", "val_mse", "l0", "dead_fraction", "dense_fraction", "pca_val_mse")
     for column in columns:
-        table.add_column(column, justify="right" if column not in ("label", "status") else "left")
+        left = column in ("label", "status")
+        table.add_column(
+            column, justify="left" if left else "right", overflow="fold", min_width=12 if column == "label" else None
+        )
     for row in rows:
         table.add_row(
             *[
