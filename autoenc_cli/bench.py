@@ -1,7 +1,9 @@
 """Benchmarks, each a ratio against a baseline measured side by side in the same process.
 
-- Training throughput: autoenc's loop against a bare hand-written PyTorch loop, same model, device
-  tensors and batch size, interleaved so machine noise hits both alike (median of repeats).
+- Training throughput, per model: autoenc's loop against (a) a bare hand-written PyTorch loop on the
+  same device tensors and (b) the naive pipeline a tutorial would write (a DataLoader over a
+  per-sample Dataset, per-sample noise transforms, Python-loop top-k masks), interleaved so machine
+  noise hits all alike (median of repeats); plus each loop's peak memory, measured in a child process.
 - Sparsity layers: forward+backward of the batched top-k and lifetime layers against the per-sample
   (per-unit) Python-loop masks a tutorial would write.
 - Noise: batched corruption on tensors against a per-sample Dataset transform behind a DataLoader.
@@ -12,10 +14,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +30,12 @@ from autoenc_cli.training.loop import Trainer
 
 CASES: dict[str, list[str]] = {
     "fc 784-64 (default)": [],
+    "sparse_fc topk k=16": ["model=sparse_fc", "sparsity=topk", "k=16"],
+    "conv (default)": ["model=conv"],
+    "deep_fc 784-1000-500-250-30": ["experiment=deep_fc", "schedule=standard", "model.tied=false"],
+    "fc + gaussian noise 0.5": ["noise=gaussian"],
 }
+LOOPS = ("autoenc", "bare", "naive")
 
 
 def compose(overrides: Sequence[str]):
@@ -43,21 +51,73 @@ def bare_loop(experiment: Experiment, epochs: int) -> Callable[[], int]:
     model, images = experiment.model, experiment.data.train.images
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch_size, generator = experiment.run.data.batch_size, torch.Generator().manual_seed(0)
+    noise_generator = torch.Generator(device=images.device).manual_seed(1)
 
-    def run() -> int:
-        seen = 0
-        for _ in range(epochs):
-            order = torch.randperm(images.shape[0], generator=generator).to(images.device)
-            for start in range(0, images.shape[0], batch_size):
-                batch = images[order[start : start + batch_size]]
-                loss = F.mse_loss(model(batch).reconstruction, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                seen += batch.shape[0]
-        return seen
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(images.shape[0], generator=generator).to(images.device)
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[order[start : start + batch_size]]
+            yield experiment.noise(batch, noise_generator), batch
 
-    return run
+    return lambda: train_on(model, optimizer, batches, epochs)
+
+
+def train_on(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    epochs: int,
+) -> int:
+    """The hand-written step: forward, MSE against the clean batch, backward, step. Returns samples seen."""
+    seen = 0
+    for _ in range(epochs):
+        for inputs, clean in batches():
+            loss = F.mse_loss(model(inputs).reconstruction, clean)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += clean.shape[0]
+    return seen
+
+
+class NaiveTopK(torch.nn.Module):
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return naive_topk(code, self.k)
+
+
+def naive_loop(experiment: Experiment, epochs: int) -> Callable[[], int]:
+    """The tutorial pipeline: per-sample Dataset + DataLoader from host memory, per-sample noise, and a
+    per-sample Python loop for top-k."""
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision.transforms import functional as TF
+
+    model, device = experiment.model, experiment.device
+    if isinstance(model.code_transform, TopK):
+        model.code_transform = NaiveTopK(model.code_transform.k)
+    # Stored as a tutorial would: uint8 HxWxC arrays, turned into tensors one sample at a time.
+    images = (experiment.data.train.images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    noise = experiment.noise
+
+    class PerSample(Dataset):
+        def __len__(self) -> int:
+            return images.shape[0]
+
+        def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+            clean = TF.to_tensor(images[index])
+            return (noise(clean[None])[0] if noise.active else clean), clean
+
+    loader = DataLoader(PerSample(), batch_size=experiment.run.data.batch_size, shuffle=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for inputs, clean in loader:
+            yield inputs.to(device), clean.to(device)
+
+    return lambda: train_on(model, optimizer, batches, epochs)
 
 
 def autoenc_loop(experiment: Experiment, epochs: int) -> Callable[[], int]:
@@ -83,16 +143,63 @@ def throughput(run: Callable[[], int], device: torch.device) -> float:
     return seen / (time.perf_counter() - started)
 
 
+LOOP_BUILDERS = {"autoenc": autoenc_loop, "bare": bare_loop, "naive": naive_loop}
+
+
+def build_loop(name: str, overrides: Sequence[str], device: str, epochs: int) -> tuple[Callable[[], int], Experiment]:
+    experiment = build_experiment(resolve(compose([*overrides, f"trainer.device={device}"])))
+    return LOOP_BUILDERS[name](experiment, epochs), experiment
+
+
 def measure(overrides: Sequence[str], device: str, epochs: int, repeats: int) -> dict[str, float]:
-    experiments = [build_experiment(resolve(compose([*overrides, f"trainer.device={device}"]))) for _ in range(2)]
-    loops = {"autoenc": autoenc_loop(experiments[0], epochs), "bare": bare_loop(experiments[1], epochs)}
-    for loop in loops.values():  # warm-up
+    built = {name: build_loop(name, overrides, device, epochs) for name in LOOPS}
+    for loop, _ in built.values():  # warm-up
         loop()
-    samples: dict[str, list[float]] = {name: [] for name in loops}
+    samples: dict[str, list[float]] = {name: [] for name in built}
     for _ in range(repeats):
-        for name, loop in loops.items():
-            samples[name].append(throughput(loop, experiments[0].device))
+        for name, (loop, experiment) in built.items():
+            samples[name].append(throughput(loop, experiment.device))
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_memory_child(case: str, loop_name: str, device: str, epochs: int) -> None:
+    """Run one loop alone and print its peak memory in MiB: CUDA allocations, or, on the CPU, the
+    highest resident set seen by a sampling thread above the resident set before the loop."""
+    import threading
+
+    loop, experiment = build_loop(loop_name, CASES[case], device, epochs)
+    if experiment.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        loop()
+        print(torch.cuda.max_memory_allocated() / 2**20)
+        return
+    baseline, peak, done = resident_mib(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], resident_mib())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    loop()
+    done.set()
+    sampler.join()
+    print(max(peak[0], resident_mib()) - baseline)
+
+
+def peak_memory(case: str, loop_name: str, device: str) -> float:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "autoenc_cli.bench", "--memory-of", case, loop_name, "--device", device]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return float(output.strip().splitlines()[-1])
 
 
 def naive_topk(code: torch.Tensor, k: int) -> torch.Tensor:
@@ -202,7 +309,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    parser.add_argument("--memory-of", nargs=2, metavar=("CASE", "LOOP"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_of:
+        peak_memory_child(*args.memory_of, args.device, epochs=1)
+        return
     device_name = (
         torch.cuda.get_device_name()
         if torch.cuda.is_available() and args.device != "cpu"
@@ -212,13 +324,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"Machine: {device_name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
         f"median of {args.repeats} repeats x {args.epochs} epochs.",
         "",
-        "| model | autoenc loop (samples/s) | bare loop (samples/s) | autoenc / bare |",
-        "| --- | ---: | ---: | ---: |",
+        "| model | autoenc (samples/s) | bare loop | naive pipeline | autoenc / bare | autoenc / naive "
+        "| peak MiB autoenc / bare / naive |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, overrides in CASES.items():
         result = measure(overrides, args.device, args.epochs, args.repeats)
+        memory = (
+            "n/a" if args.no_memory else " / ".join(f"{peak_memory(name, loop, args.device):.0f}" for loop in LOOPS)
+        )
         lines.append(
-            f"| {name} | {result['autoenc']:,.0f} | {result['bare']:,.0f} | {result['autoenc'] / result['bare']:.2f}x |"
+            f"| {name} | {result['autoenc']:,.0f} | {result['bare']:,.0f} | {result['naive']:,.0f} "
+            f"| {result['autoenc'] / result['bare']:.2f}x | {result['autoenc'] / result['naive']:.1f}x | {memory} |"
         )
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     lines += [

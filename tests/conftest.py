@@ -60,3 +60,13 @@ def only_run_dir(root: Path) -> Path:
 
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def train_in(root: Path, argv: Sequence[str]) -> None:
+    """Run ``autoenc`` in ``root`` (for module-scoped fixtures, which cannot use monkeypatch)."""
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        assert run_main(argv) == 0
+    finally:
+        os.chdir(previous)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_main
+from conftest import TINY, run_main, train_in
 
 from autoenc_cli.evaluation.probe import labelled_subset
 
@@ -22,12 +21,7 @@ PROBE_FAST = ["probe.labels_per_class=5,all", "probe.steps=30"]
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trained")
-    previous = Path.cwd()
-    os.chdir(root)
-    try:
-        assert run_main(["train", *TINY, "trainer.epochs=3"]) == 0
-    finally:
-        os.chdir(previous)
+    train_in(root, ["train", *TINY, "trainer.epochs=3"])
     (run_dir,) = (root / "outputs" / "runs").iterdir()
     return run_dir
 

@@ -40,31 +40,39 @@ def assert_same_run(first: Path, second: Path) -> None:
         assert metrics_a[key] == metrics_b[key], key
 
 
+def start_training(cwd: Path, stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
+    environment = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoenc_cli", "train", *SLOW],
+        cwd=cwd,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )
+
+
+def signal_after_epochs(process: subprocess.Popen, root: Path, epochs: int, signum: int) -> Path | None:
+    """Wait until the run has finished ``epochs`` epochs, then signal it a moment into the next one."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        runs = list((root / "outputs" / "runs").glob("*"))
+        if runs and history_rows(runs[0]) >= epochs:
+            time.sleep(0.1)
+            process.send_signal(signum)
+            return runs[0]
+        time.sleep(0.02)
+    return None
+
+
 def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path):
     reference_root, killed_root = tmp_path / "reference", tmp_path / "killed"
     reference_root.mkdir(), killed_root.mkdir()
     assert run_cli(["train", *SLOW], cwd=reference_root).returncode == 0
     reference = only_run_dir(reference_root)
 
-    environment = {**os.environ}
-    environment.pop("HYDRA_FULL_ERROR", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "autoenc_cli", "train", *SLOW],
-        cwd=killed_root,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    run_dir = None
-    while time.monotonic() < deadline and process.poll() is None:
-        runs = list((killed_root / "outputs" / "runs").glob("*"))
-        if runs and history_rows(runs[0]) >= 2:
-            run_dir = runs[0]
-            time.sleep(0.15)  # into the next epoch
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
+    process = start_training(killed_root)
+    run_dir = signal_after_epochs(process, killed_root, 2, signal.SIGKILL)
     process.wait()
     assert run_dir is not None and process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert history_rows(run_dir) < 5 and not (run_dir / "metrics.json").is_file()
@@ -110,23 +118,8 @@ def test_sigterm_finishes_the_step_saves_and_resumes_bit_for_bit(tmp_path):
     reference_root, stopped_root = tmp_path / "reference", tmp_path / "stopped"
     reference_root.mkdir(), stopped_root.mkdir()
     assert run_cli(["train", *SLOW], cwd=reference_root).returncode == 0
-    environment = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "autoenc_cli", "train", *SLOW],
-        cwd=stopped_root,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        runs = list((stopped_root / "outputs" / "runs").glob("*"))
-        if runs and history_rows(runs[0]) >= 1:
-            time.sleep(0.1)
-            process.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.02)
+    process = start_training(stopped_root, stderr=subprocess.PIPE)
+    assert signal_after_epochs(process, stopped_root, 1, signal.SIGTERM) is not None
     stderr = process.communicate(timeout=300)[1]
     run_dir = only_run_dir(stopped_root)
     assert process.returncode == 130, stderr

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_main
+from conftest import TINY, run_main, train_in
 from PIL import Image
 
 
@@ -19,12 +18,7 @@ def read_summary(folder: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def topk_sweep(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
-    previous = Path.cwd()
-    os.chdir(root)
-    try:
-        assert run_main(["train", "-m", "sparsity=topk", "k=2,8", *TINY]) == 0
-    finally:
-        os.chdir(previous)
+    train_in(root, ["train", "-m", "sparsity=topk", "k=2,8", *TINY])
     (sweep,) = (root / "outputs" / "sweeps").iterdir()
     return sweep
 

@@ -100,14 +100,19 @@ def loss_curve(path: Path, history: Sequence[dict[str, Any]]) -> Path:
     for previous, row in zip(history, history[1:]):
         if row["stage"] != previous["stage"]:
             ax.axvline(row["epoch"] - 0.5, color="grey", linestyle=":", linewidth=1)
+    return _save(_finish_loss_axes(figure, ax, history, "loss", "Loss"), path)
+
+
+def _finish_loss_axes(figure: Any, ax: Any, history: Sequence[dict[str, Any]], ylabel: str, title: str) -> Any:
+    """Log scale when every loss is positive, labels, grid and legend."""
     if all(row["train_loss"] > 0 and row["val_loss"] > 0 for row in history):
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("Loss")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(figure, path)
+    ax.legend(fontsize=8)
+    return figure
 
 
 def code_density(path: Path, firing_frequency: torch.Tensor) -> Path:
@@ -171,14 +176,8 @@ def stages(path: Path, history: Sequence[dict[str, Any]]) -> Path:
         ax.plot(epochs, [row["train_loss"] for row in rows], color=colours(index), linestyle="--", alpha=0.7)
         ax.plot(epochs, [row["val_loss"] for row in rows], color=colours(index), marker=".", label=name)
         ax.axvspan(epochs[0] - 0.5, epochs[-1] + 0.5, color=colours(index), alpha=0.06)
-    if all(row["train_loss"] > 0 and row["val_loss"] > 0 for row in history):
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (dashed: train, solid: validation)")
-    ax.set_title("Loss across layer-wise stages and fine-tuning")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(figure, path)
+    title = "Loss across layer-wise stages and fine-tuning"
+    return _save(_finish_loss_axes(figure, ax, history, "loss (dashed: train, solid: validation)", title), path)
 
 
 def latent_scatter(path: Path, codes: torch.Tensor, labels: Optional[torch.Tensor]) -> Path:
