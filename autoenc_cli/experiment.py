@@ -63,6 +63,8 @@ def build_model(run: TrainConfig, input_shape: tuple[int, ...]) -> Autoencoder:
 
 def build_experiment(run: TrainConfig, data: DataBundle | None = None) -> Experiment:
     world = current_world()
+    if run.trainer.threads is not None:  # e.g. one thread per job when a sweep runs jobs in parallel
+        torch.set_num_threads(run.trainer.threads)
     device = resolve_device(run.trainer.device, world)
     init_process_group(world, device)
     seed_everything(run.seed, run.trainer.deterministic)

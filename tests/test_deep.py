@@ -11,7 +11,7 @@ from autoenc_cli.errors import ConfigError
 from autoenc_cli.experiment import build_experiment, build_model
 from autoenc_cli.models.layers import TiedLinear
 from autoenc_cli.schema.resolve import resolve
-from autoenc_cli.train import count_parameters
+from autoenc_cli.session import count_parameters
 from autoenc_cli.training.loop import Trainer
 
 SMALL_DEEP = [*TINY, "experiment=deep_fc_2d", "schedule.epochs_per_stage=1", "trainer.epochs=2"]

@@ -140,7 +140,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     from autoenc_cli.errors import TrainingDiverged
     from autoenc_cli.experiment import build_experiment
     from autoenc_cli.schema.resolve import resolve
-    from autoenc_cli.train import execute
+    from autoenc_cli.session import execute
 
     experiment = build_experiment(resolve(compose_config([*TINY, "trainer.epochs=3", "trainer.figures=false"])))
     objective, calls = experiment.objective, []

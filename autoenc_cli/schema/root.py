@@ -33,6 +33,7 @@ class TrainerConfig:
     pca_baseline: bool = True  # fit PCA with code_dim components on the train split for comparison
     precision: str = choice("fp32", ("fp32", "bf16", "fp16"))  # autocast dtype; fp16 adds a gradient scaler
     compile: bool = False  # torch.compile the model for training
+    threads: Optional[int] = number(None, ge=1)  # CPU threads for torch; null keeps torch's default
 
     def check(self) -> None:
         allowed = ("auto", "cpu", "cuda")
