@@ -60,7 +60,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     overrides = [*QUICK, "trainer.epochs=3", "data.batch_size=32"]
     single = _train(tmp_path, [sys.executable], [*overrides, "output_root=single"])
     assert single.returncode == 0, single.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     double = _train(tmp_path, torchrun, [*overrides, "output_root=double"])
     assert double.returncode == 0, double.stderr
     (single_run,), (double_run,) = (tmp_path / "single" / "runs").iterdir(), (tmp_path / "double" / "runs").iterdir()
