@@ -25,6 +25,9 @@ log = logging.getLogger("autoenc")
 
 HYDRA_OWN_FILES = {".hydra", "train.log"}
 
+# What may change when a single run is resumed: how long it trains and where, not what it is.
+RESUME_OVERRIDABLE = ("trainer.epochs", "trainer.device", "trainer.log_every", "trainer.figures", "trainer.threads")
+
 
 def discard_if_empty(run_dir: Path) -> None:
     """Remove a run folder that holds nothing but Hydra's own files (the run never started)."""
@@ -68,19 +71,23 @@ def job_status(run_dir: Path) -> str:
 def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str], multirun: bool) -> tuple[Any, Any]:
     """The config and the checkpoint state to train from, honouring ``resume``.
 
-    A single run resumes from RUN_DIR or a .pt with its saved config. In a sweep, ``resume=SWEEP_DIR``
+    A single run resumes from RUN_DIR or a .pt with its saved config (``trainer.epochs=N`` may extend
+    it; see RESUME_OVERRIDABLE). In a sweep, ``resume=SWEEP_DIR``
     re-runs the same command: finished jobs are skipped (None, None), interrupted or failed ones
     continue from their last checkpoint, jobs that never started start now.
     """
     if not cfg.resume:
         return cfg, None
     if not multirun:
-        others = without_resume(task_overrides)
-        if others:
-            raise UserError(
-                f"resume continues a run with its saved config; drop the other overrides: {' '.join(others)}"
-            )
         state, saved = load_resume(str(cfg.resume))
+        for override in without_resume(task_overrides):
+            key = override.partition("=")[0]
+            if key not in RESUME_OVERRIDABLE:
+                raise UserError(
+                    f"resume continues a run with its saved config; '{override}' cannot change on resume "
+                    f"(allowed: {', '.join(RESUME_OVERRIDABLE)})"
+                )
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
         return saved, state
     if job_status(run_dir) == "completed":
         return None, None

@@ -107,8 +107,8 @@ def test_resume_errors(tmp_path, monkeypatch, capsys):
     assert "has no checkpoint" in capsys.readouterr().err
     assert run_main(["train", *TINY, "trainer.epochs=1", "trainer.figures=false"]) == 0
     run_dir = only_run_dir(tmp_path)
-    assert run_main(["train", f"resume={run_dir}", "trainer.epochs=3"]) == 2
-    assert "drop the other overrides: trainer.epochs=3" in capsys.readouterr().err
+    assert run_main(["train", f"resume={run_dir}", "model.code_dim=3"]) == 2
+    assert "'model.code_dim=3' cannot change on resume (allowed: trainer.epochs" in capsys.readouterr().err
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"garbage")
     assert run_main(["train", f"resume={run_dir}"]) == 2
     assert "is not a readable autoenc checkpoint" in capsys.readouterr().err
@@ -209,3 +209,15 @@ def test_a_failing_sweep_job_does_not_stop_the_others_and_resume_finishes_the_sw
     assert "already completed, skipped" in out
     assert (sweep_dir / "0" / "metrics.json").read_text() == first_job_metrics  # not retrained
     assert json.loads((sweep_dir / "1" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_resume_with_more_epochs_extends_a_finished_run_exactly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    quick = [*TINY, "trainer.figures=false"]
+    assert run_main(["train", *quick, "trainer.epochs=4", "output_root=straight"]) == 0
+    assert run_main(["train", *quick, "trainer.epochs=2", "output_root=extended"]) == 0
+    (extended,) = (tmp_path / "extended" / "runs").iterdir()
+    assert run_main(["train", f"resume={extended}", "trainer.epochs=4"]) == 0
+    (straight,) = (tmp_path / "straight" / "runs").iterdir()
+    assert_same_run(straight, extended)
+    assert "epochs: 4" in load_checkpoint(extended / "checkpoints" / "last.pt")["config"]

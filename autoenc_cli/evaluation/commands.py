@@ -171,7 +171,7 @@ def run_probes(probe: ProbeConfig, experiment: Any, split: Any, pca: Any) -> dic
     from autoenc_cli.evaluation.probe import finetune_encoder, labelled_subset, probe_features
 
     model, train, batch = experiment.model, experiment.data.train, 1024
-    num_classes = int(max(train.labels.max(), split.labels.max()).item()) + 1
+    num_classes = experiment.data.num_classes or int(max(train.labels.max(), split.labels.max()).item()) + 1
     features = {
         "codes": (encode_split(model, train.images, batch), encode_split(model, split.images, batch)),
         "pixels": (train.images.flatten(1), split.images.flatten(1)),
