@@ -182,3 +182,10 @@ def test_labelled_subset_takes_exactly_n_per_class():
     assert counts == [5, 5, 5, 1] and chosen.unique().numel() == chosen.numel()
     assert not torch.equal(chosen.sort().values, labelled_subset(labels, 5, seed=1).sort().values)
     assert labelled_subset(labels, None, seed=0).numel() == labels.numel()
+
+
+@pytest.mark.parametrize("command", ["eval", "encode", "reconstruct"])
+def test_command_help_lists_the_options(command, capsys):
+    assert run_main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: autoenc {command} run=RUN_DIR") and "checkpoint: best" in out

@@ -90,7 +90,10 @@ def compose_command(config_name: str, schema: type, argv: Sequence[str]) -> Any:
     from autoenc_cli.schema.resolve import typed
 
     if any(argument in ("-h", "--help") for argument in argv):
-        print(HELP[config_name])
+        from importlib import resources
+
+        options = (resources.files("autoenc_cli.configs") / f"{config_name}.yaml").read_text()
+        print(f"usage: {HELP[config_name]}\n\nOptions (KEY=VALUE), with their defaults:\n\n{options}")
         raise SystemExit(0)
     overrides = [_as_list_argument(argument, "probe.labels_per_class") for argument in argv]
     with initialize_config_module(config_module="autoenc_cli.configs", version_base="1.3"):
