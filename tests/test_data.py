@@ -178,3 +178,14 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png' is not a readable image"):
         load_image_folder(ImageFolderConfig(path=str(tmp_path)))
+
+
+def test_a_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    def offline(self, *args, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(MNIST, "download", offline)
+    with pytest.raises(DataError, match="downloading into data.root=.* failed: .*name resolution"):
+        load_mnist(TorchvisionConfig(root=str(tmp_path), download=True))

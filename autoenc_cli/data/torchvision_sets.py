@@ -31,6 +31,9 @@ def _torchvision_split(
         dataset = dataset_class(root=config.root, train=train, download=config.download)
     except RuntimeError as error:
         raise DataError(f"data.root='{config.root}': {str(error).splitlines()[0]}") from None
+    except OSError as error:  # a download that could not reach its server, or an unwritable root
+        action = "downloading into" if config.download else "reading"
+        raise DataError(f"{action} data.root='{config.root}' failed: {error}") from None
     images = torch.as_tensor(np.asarray(dataset.data))
     if images.ndim == 4:  # CIFAR keeps N x H x W x C
         images = images.permute(0, 3, 1, 2)
