@@ -76,6 +76,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         code = _load(COMMANDS[command][0])(rest)
     except UserAbort as abort:
         fail(str(abort), abort.error.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a traceback
+        fail("interrupted", 130)
     except Exception as error:  # noqa: BLE001 - user mistakes become one line, bugs keep their traceback
         from autoenc_cli.error_report import one_line_or_none
 
