@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+
 from conftest import TINY, run_cli, run_main
 from test_config import bounded_knobs, out_of_range_values
 

@@ -9,10 +9,11 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY, only_run_dir, read_metrics, run_cli, run_main
 from PIL import Image
 
 from autoenc_cli.training.checkpoint import load_checkpoint
+
+from conftest import TINY, only_run_dir, read_metrics, run_cli, run_main
 
 RUN_FILES = [
     "metrics.json",

@@ -6,12 +6,13 @@ import dataclasses
 from importlib import resources
 
 import pytest
-from conftest import compose_config
 
 from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.registry import REGISTRY, Registry
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.schema.root import GROUPS, TrainConfig, TrainerConfig
+
+from conftest import compose_config
 
 # Options with a mandatory value (``???``) and what the tests fill in.
 REQUIRED = {"npz": ["data.path=images.npz"], "image_folder": ["data.path=images"]}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, compose_config
 from torch import nn
 
 from autoenc_cli.errors import UserError
@@ -12,6 +11,8 @@ from autoenc_cli.experiment import build_experiment, build_model
 from autoenc_cli.models.conv import ConvBlockSpec, ConvDeconvModelConfig, ConvModelConfig, build_conv, build_conv_deconv
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.training.loop import Trainer
+
+from conftest import TINY, compose_config
 
 
 def test_default_conv_is_four_6x6_convs_and_a_2x2_pool_giving_128_units():

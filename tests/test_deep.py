@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, compose_config, only_run_dir, read_metrics, run_main
 from torch import nn
 
 from autoenc_cli.errors import ConfigError
@@ -13,6 +12,8 @@ from autoenc_cli.models.layers import TiedLinear
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.session import count_parameters
 from autoenc_cli.training.loop import Trainer
+
+from conftest import TINY, compose_config, only_run_dir, read_metrics, run_main
 
 SMALL_DEEP = [*TINY, "experiment=deep_fc_2d", "schedule.epochs_per_stage=1", "trainer.epochs=2"]
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_main, train_in
 
 from autoenc_cli.evaluation.probe import labelled_subset
+
+from conftest import TINY, run_main, train_in
 
 PROBE_FAST = ["probe.labels_per_class=5,all", "probe.steps=30"]
 

@@ -6,6 +6,7 @@ import csv
 import importlib.util
 
 import pytest
+
 from conftest import TINY, run_cli
 
 LAUNCHERS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_local": "hydra_plugins.hydra_submitit_launcher"}

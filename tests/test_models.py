@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_config
 from torch import nn
 
 from autoenc_cli.errors import ConfigError
@@ -12,6 +11,8 @@ from autoenc_cli.experiment import build_model
 from autoenc_cli.models.fc import FCModelConfig, build_fc
 from autoenc_cli.models.layers import LayerSpec
 from autoenc_cli.schema.resolve import resolve
+
+from conftest import compose_config
 
 
 def linear_shapes(module: nn.Module) -> list[tuple[int, int]]:

@@ -6,12 +6,13 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, compose_config
 
 from autoenc_cli.experiment import build_experiment
 from autoenc_cli.noise.corruptions import GaussianNoise, MaskingNoise, SaltPepperNoise, choose_pixels
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.training.loop import Trainer
+
+from conftest import TINY, compose_config
 
 
 def seeded(seed: int = 0) -> torch.Generator:

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import TINY, only_run_dir, run_cli, run_main
 
 from autoenc_cli.training.checkpoint import load_checkpoint
+
+from conftest import TINY, only_run_dir, run_cli, run_main
 
 # A wider model so an epoch lasts long enough to be interrupted in the middle.
 SLOW = ["data.limit=2000", "model.encoder=[{width: 512}]", "trainer.epochs=5", "trainer.figures=false"]
@@ -134,13 +135,14 @@ def test_sigterm_finishes_the_step_saves_and_resumes_bit_for_bit(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     import pytest
-    from conftest import compose_config
 
     from autoenc_cli.artifacts.run_folder import RunFolder
     from autoenc_cli.errors import TrainingDiverged
     from autoenc_cli.experiment import build_experiment
     from autoenc_cli.schema.resolve import resolve
     from autoenc_cli.session import execute
+
+    from conftest import compose_config
 
     experiment = build_experiment(resolve(compose_config([*TINY, "trainer.epochs=3", "trainer.figures=false"])))
     objective, calls = experiment.objective, []

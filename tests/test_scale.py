@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, compose_config, read_metrics
 
 from autoenc_cli.experiment import build_experiment
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.training.loop import Trainer
+
+from conftest import TINY, compose_config, read_metrics
 
 QUICK = [*TINY, "trainer.figures=false"]
 

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, compose_config
 
 from autoenc_cli.errors import ConfigError
 from autoenc_cli.experiment import build_experiment, build_model
@@ -14,6 +13,8 @@ from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.sparsity.hard import BatchTopK, Lifetime, TopK, keep_top_k
 from autoenc_cli.sparsity.penalties import KLPenalty, L1Penalty
 from autoenc_cli.training.loop import Trainer
+
+from conftest import TINY, compose_config
 
 
 def distinct(*shape: int, seed: int = 0) -> torch.Tensor:

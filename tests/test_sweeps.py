@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_main, train_in
 from PIL import Image
+
+from conftest import TINY, run_main, train_in
 
 
 def read_summary(folder: Path) -> list[dict]:
@@ -34,6 +36,10 @@ def test_multirun_writes_summary_frontier_and_dictionary_grid(topk_sweep):
             assert image.width > 200
     for job in ("0", "1"):
         assert (topk_sweep / job / "figures" / "code_density.png").is_file()
+    page = (topk_sweep / "report.html").read_text()
+    links = re.findall(r'href="([^"]+)"', page) + re.findall(r'src="([^"]+)"', page)
+    assert links == ["0/report.html", "1/report.html", "figures/frontier.png", "figures/dictionaries.png"]
+    assert all((topk_sweep / link).is_file() for link in links)
 
 
 def test_report_rebuilds_from_a_sweep_folder_and_from_run_folders(topk_sweep, tmp_path, capsys):

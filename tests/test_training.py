@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, compose_config
 
 from autoenc_cli.baselines.pca import PCA, pca_baseline_mse
 from autoenc_cli.errors import UserError
@@ -13,6 +12,8 @@ from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.training.checkpoint import load_checkpoint, save_checkpoint
 from autoenc_cli.training.loop import Trainer
 from autoenc_cli.training.schedules import LearningRatePolicy, StandardScheduleConfig
+
+from conftest import TINY, compose_config
 
 
 def fit(overrides=()):

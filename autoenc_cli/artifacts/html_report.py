@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,37 @@ def _probe_table(probe: dict[str, Any]) -> str:
     return f"<p>Accuracy of a {html.escape(probe['classifier'])} classifier.</p><table><tr>{head}</tr>{rows}</table>"
 
 
+def _page(title: str, parts: list[str]) -> bytes:
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
+    ).encode()
+
+
+def write_comparison_html(out_dir: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> Path:
+    """OUT_DIR/report.html for a sweep or a list of runs: the summary table (each run linked to its
+    own report), the frontier and the dictionaries side by side."""
+    head = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
+    body = []
+    for row in rows:
+        run_report = Path(row["path"]) / "report.html"
+        link = Path(os.path.relpath(run_report, out_dir)).as_posix()
+        name = f'<td><a href="{html.escape(link)}">{html.escape(str(row["run"]))}</a></td>'
+        body.append("<tr>" + name + "".join(_cell("" if row[c] is None else row[c]) for c in columns[1:]) + "</tr>")
+    parts = [f"<h1>autoenc comparison: {len(rows)} runs</h1>", f"<table><tr>{head}</tr>{''.join(body)}</table>"]
+    for figure, caption in (
+        ("frontier.png", "Validation MSE against l0: the sparsity-fidelity trade-off."),
+        ("dictionaries.png", "Each run's decoder features."),
+    ):
+        if (out_dir / "figures" / figure).is_file():
+            parts.append(
+                f'<figure><img src="figures/{figure}" alt="{figure}"><figcaption>{caption}</figcaption></figure>'
+            )
+    path = out_dir / "report.html"
+    atomic_write_bytes(path, _page(f"autoenc comparison {out_dir.name}", parts))
+    return path
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -90,10 +122,6 @@ def write_html_report(run_dir: Path) -> Path:
     config = run_dir / ".hydra" / "config.yaml"
     if config.is_file():
         parts += ["<h2>Config</h2>", f"<pre>{html.escape(config.read_text())}</pre>"]
-    page = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>autoenc {html.escape(run_dir.name)}</title>'
-        f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
-    )
     path = run_dir / "report.html"
-    atomic_write_bytes(path, page.encode())
+    atomic_write_bytes(path, _page(f"autoenc {run_dir.name}", parts))
     return path

@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import OmegaConf
 from rich.table import Table
 
+from autoenc_cli.artifacts.html_report import write_comparison_html
 from autoenc_cli.errors import UserError
 from autoenc_cli.training.checkpoint import atomic_write_bytes
 
@@ -103,9 +104,12 @@ def summary_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     ]
 
 
+TABLE_COLUMNS = ("run", "label", "status", "val_mse", "l0", "dead_fraction", "dense_fraction", "pca_val_mse")
+
+
 def summary_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
     table = Table(title=title, header_style="bold")
-    columns = ("run", "label", "status", "val_mse", "l0", "dead_fraction", "dense_fraction", "pca_val_mse")
+    columns = TABLE_COLUMNS
     for column in columns:
         left = column in ("label", "status")
         table.add_column(
@@ -140,4 +144,5 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
         )
     dictionaries: list[tuple[str, Optional[Path]]] = [(r.label, r.path / "figures" / "dictionary.png") for r in records]
     figures.image_panels(out_dir / "figures" / "dictionaries.png", dictionaries, "Decoder features per run")
+    write_comparison_html(out_dir, rows, TABLE_COLUMNS)
     return rows, summary_table(rows, f"{len(records)} runs in {out_dir}")
