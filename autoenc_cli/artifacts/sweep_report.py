@@ -107,21 +107,18 @@ def summary_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
 TABLE_COLUMNS = ("run", "label", "status", "val_mse", "l0", "dead_fraction", "dense_fraction", "pca_val_mse")
 
 
+# Short headers keep the console table whole in an 80-column log; summary.csv keeps the full names.
+SHORT_HEADERS = {"dead_fraction": "dead", "dense_fraction": "dense", "pca_val_mse": "pca_mse"}
+
+
 def summary_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
     table = Table(title=title, header_style="bold")
-    columns = TABLE_COLUMNS
-    for column in columns:
+    for column in TABLE_COLUMNS:
         left = column in ("label", "status")
-        table.add_column(
-            column, justify="left" if left else "right", overflow="fold", min_width=12 if column == "label" else None
-        )
+        table.add_column(SHORT_HEADERS.get(column, column), justify="left" if left else "right", overflow="fold")
     for row in rows:
-        table.add_row(
-            *[
-                f"{row[c]:.5g}" if isinstance(row[c], float) else ("" if row[c] is None else str(row[c]))
-                for c in columns
-            ]
-        )
+        cells = [row[column] for column in TABLE_COLUMNS]
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v)) for v in cells])
     return table
 
 
