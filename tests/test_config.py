@@ -137,3 +137,13 @@ def test_registry_rejects_duplicates_and_lists_names():
 
 def test_registry_groups_cover_every_config_group():
     assert set(GROUPS) <= set(REGISTRY.groups())
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_preset_resolves(experiment):
+    run = resolve(compose_config([f"experiment={experiment}"]))
+    assert run.model.name == "fc"
+    if experiment == "smoke":
+        assert (run.data.limit, run.trainer.epochs) == (400, 2)
+    else:
+        assert run.schedule.name == "greedy" and run.model.tied
