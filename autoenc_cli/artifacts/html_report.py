@@ -13,16 +13,16 @@ from autoenc_cli.training.checkpoint import atomic_write_bytes
 FIGURE_CAPTIONS = {
     "reconstructions": "Validation inputs (top) and their reconstructions (bottom).",
     "denoising": "Noisy inputs, reconstructions and clean targets.",
+    "dictionary": "The image each code unit writes (decoder response to a one-hot code), grey = 0.",
     "latent_map": "Codes of 512 validation samples (rows, sorted by label) by code unit (columns).",
     "latent_scatter": "Validation codes in 2-D (directly, or the first two principal components), by label.",
-    "dictionary": "The image each code unit writes (decoder response to a one-hot code), grey = 0.",
     "code_density": "How often each code unit is active on the validation split.",
     "loss_curve": "Train and validation loss per epoch.",
     "stages": "Loss across greedy layer-wise stages and fine-tuning.",
 }
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2rem auto; padding: 0 1.5rem; max-width: 1100px; color: #222; }
 table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
 td, th { border-bottom: 1px solid #ddd; padding: 0.2rem 0.8rem; text-align: left; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
@@ -110,7 +110,11 @@ def write_html_report(run_dir: Path) -> Path:
         parts += ["<h2>Evaluation</h2>", _table({k: v for k, v in evaluation.items() if k != "probe"})]
         if "probe" in evaluation:
             parts += ["<h3>Semi-supervised probe</h3>", _probe_table(evaluation["probe"])]
-    figures = sorted((run_dir / "figures").glob("*.png"))
+    order = list(FIGURE_CAPTIONS)  # the captions' order: what was learned first, training curves last
+    figures = sorted(
+        (run_dir / "figures").glob("*.png"),
+        key=lambda path: (order.index(path.stem) if path.stem in order else len(order), path.stem),
+    )
     if figures:
         parts.append("<h2>Figures</h2>")
     for figure in figures:
