@@ -8,9 +8,13 @@ import torch
 class Noise:
     """Corrupts a batch of clean inputs on their device with the given generator; the target stays clean."""
 
+    active = False  # True for options that corrupt: the run then reports denoising PSNRs and figures
+
     def __call__(self, clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return clean
 
-    @property
-    def active(self) -> bool:
-        return False
+
+class Corruption(Noise):
+    """Base of the options that do corrupt the input."""
+
+    active = True

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from autoenc_cli.noise.base import Noise
+from autoenc_cli.noise.base import Corruption, Noise
 from autoenc_cli.registry import register
 from autoenc_cli.schema import number
 from autoenc_cli.schema.root import GroupConfig
@@ -38,7 +38,7 @@ class GaussianConfig(GroupConfig):
     clip: bool = False  # clip the noisy input to [0, 1]
 
 
-class GaussianNoise(Noise):
+class GaussianNoise(Corruption):
     """Additive Gaussian noise with the given mean and variance."""
 
     def __init__(self, mean: float, variance: float, clip: bool) -> None:
@@ -49,10 +49,6 @@ class GaussianNoise(Noise):
         noisy = clean + self.mean + self.std * noise
         return noisy.clamp_(0, 1) if self.clip else noisy
 
-    @property
-    def active(self) -> bool:
-        return True
-
 
 @dataclass
 class MaskConfig(GroupConfig):
@@ -61,7 +57,7 @@ class MaskConfig(GroupConfig):
     value: float = 0.0
 
 
-class MaskingNoise(Noise):
+class MaskingNoise(Corruption):
     """Masking noise: exactly round(rate x pixels) pixels of each image set to a constant."""
 
     def __init__(self, rate: float, value: float) -> None:
@@ -70,10 +66,6 @@ class MaskingNoise(Noise):
     def __call__(self, clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return clean.masked_fill(choose_pixels(clean, self.rate, generator), self.value)
 
-    @property
-    def active(self) -> bool:
-        return True
-
 
 @dataclass
 class SaltPepperConfig(GroupConfig):
@@ -81,7 +73,7 @@ class SaltPepperConfig(GroupConfig):
     rate: float = number(0.2, ge=0, le=1)  # fraction of pixels per image set to 0 or 1
 
 
-class SaltPepperNoise(Noise):
+class SaltPepperNoise(Corruption):
     """Salt-and-pepper noise: exactly round(rate x pixels) pixels per image set to 0 or 1, half each
     on average."""
 
@@ -92,10 +84,6 @@ class SaltPepperNoise(Noise):
         chosen = choose_pixels(clean, self.rate, generator)
         salt = torch.rand(chosen.shape, generator=generator, device=clean.device) < 0.5
         return torch.where(chosen, salt.to(clean.dtype), clean)
-
-    @property
-    def active(self) -> bool:
-        return True
 
 
 @register("noise", "gaussian", GaussianConfig)
