@@ -23,10 +23,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from autoenc_cli.experiment import Experiment, build_experiment
+from autoenc_cli.build import build_model, build_parts
 from autoenc_cli.schema.resolve import resolve
-from autoenc_cli.sparsity.hard import Lifetime, TopK
+from autoenc_cli.sparsity.hard import Lifetime, LifetimeConfig, TopK, TopKConfig
 from autoenc_cli.training.loop import Trainer
+from autoenc_cli.training.parts import RunParts
 
 CASES: dict[str, list[str]] = {
     "fc 784-64 (default)": [],
@@ -46,18 +47,18 @@ def compose(overrides: Sequence[str]):
         return hydra_compose(config_name="train", overrides=list(overrides))
 
 
-def bare_loop(experiment: Experiment, epochs: int) -> Callable[[], int]:
+def bare_loop(parts: RunParts, epochs: int) -> Callable[[], int]:
     """What one would write by hand: shuffled index slices, forward, MSE, backward, step."""
-    model, images = experiment.model, experiment.data.train.images
+    model, images = parts.model, parts.data.train.images
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batch_size, generator = experiment.run.data.batch_size, torch.Generator().manual_seed(0)
+    batch_size, generator = parts.config.data.batch_size, torch.Generator().manual_seed(0)
     noise_generator = torch.Generator(device=images.device).manual_seed(1)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(images.shape[0], generator=generator).to(images.device)
         for start in range(0, images.shape[0], batch_size):
             batch = images[order[start : start + batch_size]]
-            yield experiment.noise(batch, noise_generator), batch
+            yield parts.noise(batch, noise_generator), batch
 
     return lambda: train_on(model, optimizer, batches, epochs)
 
@@ -89,18 +90,18 @@ class NaiveTopK(torch.nn.Module):
         return naive_topk(code, self.k)
 
 
-def naive_loop(experiment: Experiment, epochs: int) -> Callable[[], int]:
+def naive_loop(parts: RunParts, epochs: int) -> Callable[[], int]:
     """The tutorial pipeline: per-sample Dataset + DataLoader from host memory, per-sample noise, and a
     per-sample Python loop for top-k."""
     from torch.utils.data import DataLoader, Dataset
     from torchvision.transforms import functional as TF
 
-    model, device = experiment.model, experiment.device
-    if isinstance(model.code_transform, TopK):
-        model.code_transform = NaiveTopK(model.code_transform.k)
+    model, device = parts.model, parts.device
+    if isinstance(model.code_transform, TopK):  # the same network with the per-sample loop as its top-k
+        model = build_model(parts.config, parts.data.input_shape, NaiveTopK(model.code_transform.k)).to(device)
     # Stored as a tutorial would: uint8 HxWxC arrays, turned into tensors one sample at a time.
-    images = (experiment.data.train.images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    noise = experiment.noise
+    images = (parts.data.train.images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    noise = parts.noise
 
     class PerSample(Dataset):
         def __len__(self) -> int:
@@ -110,7 +111,7 @@ def naive_loop(experiment: Experiment, epochs: int) -> Callable[[], int]:
             clean = TF.to_tensor(images[index])
             return (noise(clean[None])[0] if noise.active else clean), clean
 
-    loader = DataLoader(PerSample(), batch_size=experiment.run.data.batch_size, shuffle=True)
+    loader = DataLoader(PerSample(), batch_size=parts.config.data.batch_size, shuffle=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -120,14 +121,14 @@ def naive_loop(experiment: Experiment, epochs: int) -> Callable[[], int]:
     return lambda: train_on(model, optimizer, batches, epochs)
 
 
-def autoenc_loop(experiment: Experiment, epochs: int) -> Callable[[], int]:
-    trainer = Trainer(experiment)
-    trainer.optimizer = torch.optim.Adam(experiment.model.parameters(), lr=1e-3)
+def autoenc_loop(parts: RunParts, epochs: int) -> Callable[[], int]:
+    trainer = Trainer(parts)
+    trainer.optimizer = torch.optim.Adam(parts.model.parameters(), lr=1e-3)
 
     def run() -> int:
         before = trainer.result.samples_seen
         for _ in range(epochs):
-            trainer._train_epoch()
+            trainer.train_epoch()
         return trainer.result.samples_seen - before
 
     return run
@@ -146,9 +147,9 @@ def throughput(run: Callable[[], int], device: torch.device) -> float:
 LOOP_BUILDERS = {"autoenc": autoenc_loop, "bare": bare_loop, "naive": naive_loop}
 
 
-def build_loop(name: str, overrides: Sequence[str], device: str, epochs: int) -> tuple[Callable[[], int], Experiment]:
-    experiment = build_experiment(resolve(compose([*overrides, f"trainer.device={device}"])))
-    return LOOP_BUILDERS[name](experiment, epochs), experiment
+def build_loop(name: str, overrides: Sequence[str], device: str, epochs: int) -> tuple[Callable[[], int], RunParts]:
+    parts = build_parts(resolve(compose([*overrides, f"trainer.device={device}"])))
+    return LOOP_BUILDERS[name](parts, epochs), parts
 
 
 def measure(overrides: Sequence[str], device: str, epochs: int, repeats: int) -> dict[str, float]:
@@ -157,8 +158,8 @@ def measure(overrides: Sequence[str], device: str, epochs: int, repeats: int) ->
         loop()
     samples: dict[str, list[float]] = {name: [] for name in built}
     for _ in range(repeats):
-        for name, (loop, experiment) in built.items():
-            samples[name].append(throughput(loop, experiment.device))
+        for name, (loop, parts) in built.items():
+            samples[name].append(throughput(loop, parts.device))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -172,8 +173,8 @@ def peak_memory_child(case: str, loop_name: str, device: str, epochs: int) -> No
     highest resident set seen by a sampling thread above the resident set before the loop."""
     import threading
 
-    loop, experiment = build_loop(loop_name, CASES[case], device, epochs)
-    if experiment.device.type == "cuda":
+    loop, parts = build_loop(loop_name, CASES[case], device, epochs)
+    if parts.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         loop()
         print(torch.cuda.max_memory_allocated() / 2**20)
@@ -238,8 +239,11 @@ def sparsity_layer_rows(device: torch.device, repeats: int) -> list[str]:
         code = torch.randn(batch, units, generator=torch.Generator().manual_seed(0)).to(device)
         k_sample, k_unit = 16, max(1, round(0.05 * batch))
         cases = {
-            f"topk k={k_sample}": (TopK(k_sample), lambda x, k=k_sample: naive_topk(x, k)),
-            f"lifetime k={k_unit} (5%)": (Lifetime(k_unit, 0.05).train(), lambda x, k=k_unit: naive_lifetime(x, k)),
+            f"topk k={k_sample}": (TopK(TopKConfig(k=k_sample)), lambda x, k=k_sample: naive_topk(x, k)),
+            f"lifetime k={k_unit} (5%)": (
+                Lifetime(LifetimeConfig(k=k_unit)).train(),
+                lambda x, k=k_unit: naive_lifetime(x, k),
+            ),
         }
         for name, (layer, naive) in cases.items():
             fast, slow = forward_backward_seconds(layer, code, repeats), forward_backward_seconds(naive, code, repeats)
@@ -252,7 +256,7 @@ def noise_rows(repeats: int) -> list[str]:
     from torch.utils.data import DataLoader, Dataset
 
     from autoenc_cli.data.embedded import Mnist5kConfig, load_mnist_5k
-    from autoenc_cli.noise.corruptions import GaussianNoise, MaskingNoise
+    from autoenc_cli.noise.corruptions import GaussianConfig, GaussianNoise, MaskConfig, MaskingNoise
 
     images = load_mnist_5k(Mnist5kConfig()).train.images
     batch_size = 128
@@ -276,8 +280,11 @@ def noise_rows(repeats: int) -> list[str]:
         return noisy.view_as(clean)
 
     cases = {
-        "gaussian variance 0.5": (GaussianNoise(0.0, 0.5, clip=False), lambda x: x + 0.5**0.5 * torch.randn_like(x)),
-        "mask rate 0.5": (MaskingNoise(0.5, 0.0), naive_mask),
+        "gaussian variance 0.5": (
+            GaussianNoise(GaussianConfig(variance=0.5)),
+            lambda x: x + 0.5**0.5 * torch.randn_like(x),
+        ),
+        "mask rate 0.5": (MaskingNoise(MaskConfig(rate=0.5)), naive_mask),
     }
     rows = []
     for name, (batched, per_sample) in cases.items():

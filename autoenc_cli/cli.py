@@ -15,7 +15,7 @@ from autoenc_cli.errors import UserAbort
 
 # command -> (module:function taking the remaining argv, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("autoenc_cli.hydra_app:train", "train an autoencoder from config groups (Hydra overrides; -m sweeps)"),
+    "train": ("autoenc_cli.train:main", "train an autoencoder from config groups (Hydra overrides; -m sweeps)"),
     "eval": (
         "autoenc_cli.evaluation.commands:eval_main",
         "score a run: MSE, PSNR, PCA baseline, semi-supervised probes",

@@ -14,8 +14,9 @@ class UserError(Exception):
 class ConfigError(UserError):
     """A config value that is not allowed. ``key`` is the dotted path, filled in as the error bubbles up."""
 
-    def __init__(self, key: str, value: Any, allowed: str) -> None:
-        self.key, self.value, self.allowed = key, value, allowed
+    def __init__(self, key: str, value: Any, allowed: str, absolute: bool = False) -> None:
+        # absolute: ``key`` is already the full dotted path (a rule in one group about another's key).
+        self.key, self.value, self.allowed, self.absolute = key, value, allowed, absolute
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -23,6 +24,8 @@ class ConfigError(UserError):
 
     def within(self, prefix: str) -> "ConfigError":
         """Return the same error with ``prefix`` prepended to its key (``model`` + ``code_dim``)."""
+        if self.absolute:
+            return self
         key = self.key if self.key.startswith("[") else f".{self.key}" if self.key else ""
         return ConfigError(f"{prefix}{key}", self.value, self.allowed)
 

@@ -1,4 +1,4 @@
-"""Hydra applications behind the subcommands; the YAML groups ship as the package autoenc_cli.configs."""
+"""Running Hydra applications under ``autoenc``; the YAML groups ship as the package autoenc_cli.configs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 CONFIG_PATH = "pkg://autoenc_cli.configs"
 
@@ -41,13 +40,6 @@ OmegaConf.register_new_resolver(
 )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def _train_app(cfg: DictConfig) -> Any:
-    from autoenc_cli.train import train_job
-
-    return train_job(cfg)
-
-
 def run_hydra_app(app: Any, program: str, argv: Sequence[str]) -> None:
     """Run a ``@hydra.main`` app on ``argv``, letting exceptions reach our one-line error reporter."""
     previous_argv, previous_flag = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
@@ -61,7 +53,3 @@ def run_hydra_app(app: Any, program: str, argv: Sequence[str]) -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = previous_flag
-
-
-def train(argv: Sequence[str]) -> None:
-    run_hydra_app(_train_app, "autoenc train", argv)

@@ -1,166 +1,215 @@
-"""The ``autoenc train`` job (Hydra task function): resume, sweep-job failures, one-line errors."""
+"""``autoenc train``: resolve and check the config -> build data, model, objective, phases -> fit with
+callbacks -> write the run's artifacts. ``job`` is the Hydra task function; ``train`` is the run.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import signal
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from autoenc_cli.artifacts.console import console, metrics_table
-from autoenc_cli.artifacts.run_folder import RunFolder
+from autoenc_cli.artifacts.console import ProgressBars, console, metrics_table
+from autoenc_cli.artifacts.html_report import write_html_report
+from autoenc_cli.artifacts.run_figures import render_run_figures
+from autoenc_cli.artifacts.run_folder import RunFolder, RunFolderWriter
+from autoenc_cli.baselines.pca import pca_baseline_mse
+from autoenc_cli.build import build_parts
 from autoenc_cli.errors import TrainingInterrupted, UserAbort, UserError
-from autoenc_cli.experiment import build_experiment
+from autoenc_cli.hydra_app import CONFIG_PATH, run_hydra_app
+from autoenc_cli.resume import resume_point
+from autoenc_cli.schema import TrainConfig
 from autoenc_cli.schema.resolve import resolve
-from autoenc_cli.session import execute
-from autoenc_cli.training.checkpoint import load_checkpoint
 from autoenc_cli.training.distributed import shutdown as shutdown_distributed
+from autoenc_cli.training.loop import FitResult, Trainer
+from autoenc_cli.training.metrics import psnr
+from autoenc_cli.training.parts import RunParts
+from autoenc_cli.training.records import RunSummary, as_dict
 
 log = logging.getLogger("autoenc")
 
+
+def main(argv: Sequence[str]) -> None:
+    run_hydra_app(hydra_task, "autoenc train", argv)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def hydra_task(cfg: DictConfig) -> Optional[dict[str, Any]]:
+    # A launcher plugin pickles this function by value (its name now holds Hydra's wrapper), so it
+    # refers to nothing but ``job``, which pickles by reference.
+    return job(cfg)
+
+
+def job(cfg: DictConfig) -> Optional[dict[str, Any]]:
+    """One run, or one job of a sweep (``resume`` continues it; see ``autoenc_cli.resume``)."""
+    hydra_config = HydraConfig.get()
+    folder = RunFolder(Path(hydra_config.runtime.output_dir))
+    multirun = hydra_config.mode == RunMode.MULTIRUN
+    with job_outcome(folder, multirun):
+        cfg, state = resume_point(cfg, folder.path, list(hydra_config.overrides.task), multirun)
+        if cfg is None:
+            console.print(f"already completed, skipped: {folder.path}", soft_wrap=True)
+            return folder.read_metrics()
+        return as_dict(train(resolve(cfg), OmegaConf.to_yaml(cfg), folder, state))
+    return None
+
+
+def train(
+    config: TrainConfig, config_yaml: str, folder: RunFolder, resume: Optional[dict[str, Any]] = None
+) -> RunSummary:
+    started = time.perf_counter()
+    parts = build_parts(config)
+    if not parts.world.is_main:  # under torchrun only rank 0 shows progress and writes files
+        Trainer(parts).fit(resume)
+        return RunSummary(status="completed")
+    announce(parts, folder, resume)
+    with ProgressBars(sum(phase.epochs for phase in parts.phases), completed=resume["epoch"] if resume else 0) as bars:
+        trainer = Trainer(parts, [bars, RunFolderWriter(folder, config_yaml)])
+        with stop_on_signals(trainer):
+            result = trainer.fit(resume)
+    summary = write_results(folder, parts, trainer.network, result)
+    summary.wall_seconds = time.perf_counter() - started
+    folder.write_metrics(summary)
+    console.print(metrics_table(as_dict(summary), title="final metrics"))
+    console.print(f"run folder: [bold]{folder.path}[/]", soft_wrap=True)
+    return summary
+
+
+def announce(parts: RunParts, folder: RunFolder, resume: Optional[dict[str, Any]]) -> None:
+    config, data = parts.config, parts.data
+    log.info("run folder %s", folder.path)
+    console.print(
+        f"[bold]autoenc train[/] {config.model.name} {data.input_shape}->{parts.model.code_dim} "
+        f"on {config.data.name} ({len(data.train)} train / {len(data.val)} val), device {parts.device}, "
+        + ", ".join(f"{phase.name} {phase.epochs} epochs" for phase in parts.phases),
+        soft_wrap=True,
+    )
+    if resume is not None:
+        console.print(f"resuming after {resume['epoch']} epochs (+{resume['step_in_epoch']} steps)")
+
+
+def write_results(folder: RunFolder, parts: RunParts, network: Any, result: FitResult) -> RunSummary:
+    """metrics.json first, then the optional extras: a figure or the report failing never un-completes a run."""
+    last = result.history[-1]
+    summary = RunSummary(
+        status="completed",
+        train_loss=last.train_loss,
+        val_loss=last.val_loss,
+        val_mse=last.val_mse,
+        val_psnr=psnr(last.val_mse),
+        val_penalty=last.val_penalty,
+        l0=last.l0,
+        dead_fraction=last.dead_fraction,
+        dense_fraction=last.dense_fraction,
+        mean_activation=last.mean_activation,
+        val_psnr_noisy=last.val_psnr_noisy,
+        val_psnr_denoised=last.val_psnr_denoised,
+        best_val_loss=result.best_val_loss,
+        best_epoch=result.best_epoch,
+        epochs=len(result.history),
+        code_dim=network.code_dim,
+        num_parameters=count_parameters(parts.model),
+        train_seconds=result.train_seconds,
+        samples_per_second=result.samples_per_second,
+        device=str(parts.device),
+        seed=parts.config.seed,
+    )
+    folder.write_metrics(summary)
+    trainer_config, data = parts.config.trainer, parts.data
+    if trainer_config.pca_baseline:
+        summary.pca_val_mse = optional(
+            "PCA baseline", lambda: pca_baseline_mse(data.train.images, data.val.images, network.code_dim)
+        )
+    if trainer_config.figures:
+        optional(
+            "figures", lambda: render_run_figures(parts, network, folder.figures, result.history, result.final_codes)
+        )
+    optional("report.html", lambda: write_html_report(folder.path))
+    return summary
+
+
+def optional(what: str, action: Callable[[], Any]) -> Any:
+    """Run an extra that a finished run can do without; a failure is a note in the log, not a failed run."""
+    try:
+        return action()
+    except Exception as error:  # noqa: BLE001 - any failure of an extra is reported, never fatal
+        log.warning("%s skipped: %s: %s", what, type(error).__name__, error)
+        console.print(f"[yellow]note[/]: {what} skipped ({type(error).__name__}: {error})", soft_wrap=True)
+        return None
+
+
+def count_parameters(model: Any) -> int:
+    """Distinct parameters, so a weight shared by two layers counts once."""
+    return sum(parameter.numel() for parameter in {id(p): p for p in model.parameters()}.values())
+
+
+@contextmanager
+def stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """Ctrl-C or SIGTERM asks the trainer to stop after the current step; a second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = signal.Signals(signum).name
+
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 HYDRA_OWN_FILES = {".hydra", "train.log"}
 
-# What may change when a single run is resumed: how long it trains and where, not what it is.
-RESUME_OVERRIDABLE = ("trainer.epochs", "trainer.device", "trainer.log_every", "trainer.figures", "trainer.threads")
+
+@contextmanager
+def job_outcome(folder: RunFolder, multirun: bool) -> Iterator[None]:
+    """How a job ends. A single run reports a user mistake as one line; in a sweep a failed job is
+    recorded (metrics.json and the sweep summary say failed) and the other jobs go on; an interruption
+    stops the sweep. A folder that holds only Hydra's files (nothing started) is removed."""
+    try:
+        try:
+            yield
+        finally:
+            shutdown_distributed()
+            if int(os.environ.get("RANK", "0")) > 0:  # a torchrun rank's scratch folder (see hydra_app)
+                shutil.rmtree(folder.path, ignore_errors=True)
+    except TrainingInterrupted as error:
+        raise UserAbort(
+            TrainingInterrupted(f"{error}: checkpoint saved; continue with: autoenc train resume={folder.path}")
+        ) from None
+    except UserError as error:
+        discard_if_empty(folder.path)
+        if not multirun:
+            raise UserAbort(error) from None
+        record_job_failure(folder, str(error))
+    except Exception as error:
+        if not multirun:
+            raise
+        log.exception("job failed")
+        record_job_failure(folder, f"{type(error).__name__}: {error}")
 
 
 def discard_if_empty(run_dir: Path) -> None:
-    """Remove a run folder that holds nothing but Hydra's own files (the run never started)."""
     if run_dir.is_dir() and {entry.name for entry in run_dir.iterdir()} <= HYDRA_OWN_FILES:
         logging.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def resume_checkpoint(resume: str) -> Path:
-    path = Path(resume)
-    checkpoint = path / "checkpoints" / "last.pt" if path.is_dir() else path
-    if not checkpoint.is_file():
-        raise UserError(
-            f"resume='{resume}' has no checkpoint; give a run folder with checkpoints/last.pt or a .pt file"
-        )
-    return checkpoint
-
-
-def load_resume(resume: str) -> tuple[dict[str, Any], DictConfig]:
-    """The checkpoint to continue from and the run's own saved config."""
-    state = load_checkpoint(resume_checkpoint(resume))
-    return state, OmegaConf.create(state["config"])
-
-
-def saved_overrides(run_dir: Path) -> list[str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
-    return [str(item) for item in OmegaConf.load(path)] if path.is_file() else []
-
-
-def without_resume(overrides: list[str]) -> list[str]:
-    return [override for override in overrides if not override.startswith("resume=")]
-
-
-def job_status(run_dir: Path) -> str:
-    try:
-        return str(RunFolder(run_dir).read_metrics().get("status", "unknown"))
-    except (FileNotFoundError, ValueError):
-        return "not started"
-
-
-def prepare(cfg: DictConfig, run_dir: Path, task_overrides: list[str], multirun: bool) -> tuple[Any, Any]:
-    """The config and the checkpoint state to train from, honouring ``resume``.
-
-    A single run resumes from RUN_DIR or a .pt with its saved config (``trainer.epochs=N`` may extend
-    it; see RESUME_OVERRIDABLE). In a sweep, ``resume=SWEEP_DIR``
-    re-runs the same command: finished jobs are skipped (None, None), interrupted or failed ones
-    continue from their last checkpoint, jobs that never started start now.
-    """
-    if not cfg.resume:
-        return cfg, None
-    if not multirun:
-        state, saved = load_resume(str(cfg.resume))
-        for override in without_resume(task_overrides):
-            key = override.partition("=")[0]
-            if key not in RESUME_OVERRIDABLE:
-                raise UserError(
-                    f"resume continues a run with its saved config; '{override}' cannot change on resume "
-                    f"(allowed: {', '.join(RESUME_OVERRIDABLE)})"
-                )
-            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
-        return saved, state
-    if job_status(run_dir) == "completed":
-        return None, None
-    if not (run_dir / "checkpoints" / "last.pt").is_file():
-        return cfg, None
-    if without_resume(saved_overrides(run_dir)) != without_resume(task_overrides):
-        raise UserError(
-            f"'{run_dir}' was run with [{' '.join(without_resume(saved_overrides(run_dir)))}]; "
-            "resume a sweep with the command that started it"
-        )
-    state, saved = load_resume(str(run_dir))
-    return saved, state
-
-
-def run_training(cfg: DictConfig, run_dir: Path, task_overrides: list[str], multirun: bool) -> dict[str, Any]:
-    cfg, resume_state = prepare(cfg, run_dir, task_overrides, multirun)
-    if cfg is None:
-        console.print(f"already completed, skipped: {run_dir}", soft_wrap=True)
-        return RunFolder(run_dir).read_metrics()
-    run = resolve(cfg)
-    experiment = build_experiment(run)
-    if not experiment.world.is_main:
-        return execute(experiment, RunFolder(run_dir), OmegaConf.to_yaml(cfg), resume=resume_state)
-    log.info("run folder %s", run_dir)
-    console.print(
-        f"[bold]autoenc train[/] {run.model.name} {experiment.data.input_shape}->{experiment.model.code_dim} "
-        f"on {run.data.name} ({len(experiment.data.train)} train / {len(experiment.data.val)} val), "
-        f"device {experiment.device}, "
-        + ", ".join(f"{phase.name} {phase.epochs} epochs" for phase in experiment.phases),
-        soft_wrap=True,
-    )
-    if resume_state is not None:
-        console.print(f"resuming after {resume_state['epoch']} epochs (+{resume_state['step_in_epoch']} steps)")
-    metrics = execute(experiment, RunFolder(run_dir), OmegaConf.to_yaml(cfg), resume=resume_state)
-    log.info("metrics %s", metrics)
-    console.print(metrics_table(metrics, title="final metrics"))
-    console.print(f"run folder: [bold]{run_dir}[/]", soft_wrap=True)
-    return metrics
-
-
-def train_job(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra task function behind ``autoenc train``.
-
-    A single run reports a user mistake as one line. In a sweep a failed job is recorded (metrics.json
-    and the sweep summary say failed) and the other jobs go on; an interruption stops the sweep.
-    """
-    hydra_config = HydraConfig.get()
-    run_dir = Path(hydra_config.runtime.output_dir)
-    multirun = hydra_config.mode == RunMode.MULTIRUN
-    try:
-        try:
-            return run_training(cfg, run_dir, list(hydra_config.overrides.task), multirun)
-        finally:
-            shutdown_distributed()
-            if int(os.environ.get("RANK", "0")) > 0:  # a torchrun rank's scratch folder (see hydra_app)
-                shutil.rmtree(run_dir, ignore_errors=True)
-    except TrainingInterrupted as error:
-        raise UserAbort(error) from None
-    except UserError as error:
-        discard_if_empty(run_dir)
-        if not multirun:
-            raise UserAbort(error) from None
-        return record_job_failure(run_dir, error)
-    except Exception as error:
-        if not multirun:
-            raise
-        log.exception("job failed")
-        return record_job_failure(run_dir, error)
-
-
-def record_job_failure(run_dir: Path, error: BaseException) -> dict[str, Any]:
-    message = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+def record_job_failure(folder: RunFolder, message: str) -> None:
     console.print(f"[red]job failed[/]: {message}", soft_wrap=True)
-    metrics = {"status": "failed", "error": message}
-    RunFolder(run_dir).write_metrics(metrics)
-    return metrics
+    folder.write_metrics(RunSummary(status="failed", error=message))

@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
@@ -17,6 +19,10 @@ from autoenc_cli.cli import main
 
 # Small enough for a 2-core CPU: 400 digits, 2 epochs.
 TINY = ["data.limit=400", "trainer.epochs=2", "trainer.log_every=2"]
+
+# A small .npz of 28 x 28 images for options that need a file (the config check reads its header).
+SAMPLE_NPZ = Path(tempfile.mkdtemp(prefix="autoenc-tests-")) / "images.npz"
+np.savez(SAMPLE_NPZ, images=np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8))
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

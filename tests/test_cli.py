@@ -13,7 +13,7 @@ from PIL import Image
 
 from autoenc_cli.training.checkpoint import load_checkpoint
 
-from conftest import TINY, only_run_dir, read_metrics, run_cli, run_main
+from conftest import SAMPLE_NPZ, TINY, only_run_dir, read_metrics, run_cli, run_main
 
 RUN_FILES = [
     "metrics.json",
@@ -149,6 +149,26 @@ def test_a_bad_value_in_any_sweep_job_fails_before_the_first_job(tmp_path, monke
     err = capsys.readouterr().err
     assert "sweep job [optimizer.lr=-1" in err and "must be > 0" in err
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("sweep", "expected"),
+    [
+        (["model=sparse_fc", "sparsity=topk", "k=100,16"], "sparsity.k=100 is not allowed: must be <= the code size"),
+        (["sparsity=kl", "model.code_activation=sigmoid,relu"], "model.code_activation='relu' is not allowed"),
+        (["loss=bce", "model.output_activation=sigmoid,linear"], "loss.name='bce' is not allowed: needs a sigmoid"),
+        (["model=sparse_fc,conv", "schedule=greedy", "schedule.untie=false"], "schedule.name='greedy' is not allowed"),
+        (["data=npz", f"data.path={SAMPLE_NPZ},missing.npz"], "data.path='missing.npz' is not a file"),
+    ],
+)
+def test_a_rule_across_groups_broken_by_any_sweep_job_refuses_the_whole_sweep(
+    tmp_path, monkeypatch, capsys, sweep, expected
+):
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", "-m", "experiment=smoke", *sweep]) == 2
+    err = capsys.readouterr().err
+    assert "sweep job [" in err and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "outputs").exists()  # no job started
 
 
 def test_subprocess_error_has_no_traceback(tmp_path):

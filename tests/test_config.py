@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from importlib import resources
+from typing import ClassVar
 
 import pytest
 
@@ -12,10 +13,14 @@ from autoenc_cli.registry import REGISTRY, Registry
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.schema.root import GROUPS, TrainConfig, TrainerConfig
 
-from conftest import compose_config
+from conftest import SAMPLE_NPZ, compose_config
 
 # Options with a mandatory value (``???``) and what the tests fill in.
-REQUIRED = {"npz": ["data.path=images.npz"], "image_folder": ["data.path=images"]}
+REQUIRED = {
+    "npz": [f"data.path={SAMPLE_NPZ}"],
+    "image_folder": ["data.path=images"],
+    "greedy": ["model.tied=true"],  # untying (the greedy default) needs tied weights
+}
 
 
 def group_options(group: str) -> list[str]:
@@ -45,7 +50,7 @@ def test_every_group_option_composes_and_is_registered(group):
         run = resolve(compose_config([f"{group}={option}", *REQUIRED.get(option, [])]))
         node = getattr(run, group)
         assert dataclasses.is_dataclass(node)
-        assert REGISTRY.entry(group, node.name).schema is type(node)
+        assert REGISTRY.config_class(group, node.name) is type(node)
 
 
 def test_overrides_reach_the_typed_config():
@@ -102,7 +107,7 @@ def bounded_knobs() -> list[tuple[list[str], str, dict]]:
     schemas = [([], TrainConfig, ""), ([], TrainerConfig, "trainer.")]
     for group in GROUPS:
         for option in group_options(group):
-            schema = REGISTRY.entry(group, compose_config([f"{group}={option}"])[group].name).schema
+            schema = REGISTRY.config_class(group, compose_config([f"{group}={option}"])[group].name)
             schemas.append(([f"{group}={option}", *REQUIRED.get(option, [])], schema, f"{group}."))
     return [
         (choice, key, bounds) for choice, schema, prefix in schemas for key, bounds in _bounded_fields(schema, prefix)
@@ -124,15 +129,24 @@ def test_every_bounded_numeric_knob_rejects_out_of_range_values(choice, key, bou
 
 
 def test_registry_rejects_duplicates_and_lists_names():
+    @dataclasses.dataclass
+    class ThingConfig:
+        group: ClassVar[str] = "thing"
+        name: str = "a"
+
+    @dataclasses.dataclass
+    class OtherThingConfig(ThingConfig):
+        name: str = "b"
+
     registry = Registry()
-    registry.register("thing", "a")(lambda config: "built-a")
-    registry.register("thing", "b")(lambda config: "built-b")
+    registry.register(ThingConfig)(lambda config: f"built-{config.name}")
+    registry.register(OtherThingConfig)(lambda config, suffix: f"built-{config.name}{suffix}")
     with pytest.raises(ValueError):
-        registry.register("thing", "a")(lambda config: None)
+        registry.register(ThingConfig)(lambda config: None)
     assert registry.names("thing") == ["a", "b"]
     with pytest.raises(ConfigError, match="choose one of a, b"):
         registry.entry("thing", "c")
-    assert registry.build("thing", type("Config", (), {"name": "b"})()) == "built-b"
+    assert registry.build(OtherThingConfig(), "!") == "built-b!" and registry.config_class("thing", "a") is ThingConfig
 
 
 def test_registry_groups_cover_every_config_group():

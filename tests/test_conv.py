@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from autoenc_cli.build import build_model, build_parts
 from autoenc_cli.errors import UserError
-from autoenc_cli.experiment import build_experiment, build_model
-from autoenc_cli.models.conv import ConvBlockSpec, ConvDeconvModelConfig, ConvModelConfig, build_conv, build_conv_deconv
+from autoenc_cli.models.conv import ConvBlockSpec, ConvDeconvAutoencoder, ConvDeconvModelConfig, ConvModelConfig
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.training.loop import Trainer
 
@@ -33,7 +33,7 @@ def test_default_conv_is_four_6x6_convs_and_a_2x2_pool_giving_128_units():
     ],
 )
 def test_conv_deconv_mirrors_back_to_the_exact_input_shape(blocks, pool, shape):
-    model = build_conv_deconv(ConvDeconvModelConfig(encoder=blocks, pool=pool), shape)
+    model = ConvDeconvAutoencoder(ConvDeconvModelConfig(encoder=blocks, pool=pool), shape)
     deconvs = [layer for layer in model.decoder.modules() if isinstance(layer, nn.ConvTranspose2d)]
     assert len(deconvs) == sum(block.num_layers for block in blocks) and deconvs[-1].out_channels == shape[0]
     x = torch.rand(2, *shape)
@@ -42,20 +42,20 @@ def test_conv_deconv_mirrors_back_to_the_exact_input_shape(blocks, pool, shape):
 
 
 def test_geometry_that_collapses_names_the_layer_and_sizes():
-    config = ConvModelConfig(encoder=[ConvBlockSpec(channels=8, num_layers=6, kernel=6)])
     with pytest.raises(
         UserError, match=r"model.encoder\[0\]: conv layer 6 \(kernel 6, stride 1, padding 0\) maps 3x3 to -2x-2"
     ):
-        build_conv(config, (1, 28, 28))
+        resolve(compose_config(["model=conv", "model.encoder=[{channels: 8, num_layers: 6, kernel: 6}]"]))
     with pytest.raises(UserError, match="model.pool=8 .* only 3x3"):
-        build_conv(ConvModelConfig(encoder=[ConvBlockSpec(channels=2, kernel=26)], pool=8), (1, 28, 28))
+        resolve(compose_config(["model=conv", "model.encoder=[{channels: 2, kernel: 26}]", "model.pool=8"]))
+    with pytest.raises(UserError, match=r"name='conv' .* C x H x W; the data gives \(784,\)"):
+        ConvModelConfig().describe((784,))
 
 
 def test_sparsity_attaches_to_the_conv_code():
-    experiment = build_experiment(resolve(compose_config([*TINY, "model=conv", "sparsity=topk", "k=10"])))
-    result = Trainer(experiment).fit()
-    assert result.history[-1]["l0"] == 10
-    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    result = Trainer(build_parts(resolve(compose_config([*TINY, "model=conv", "sparsity=topk", "k=10"])))).fit()
+    assert result.history[-1].l0 == 10
+    assert result.history[-1].train_loss < result.history[0].train_loss
 
 
 def test_conv_models_train_on_colour_inputs_from_the_data_shape():
@@ -66,7 +66,7 @@ def test_conv_models_train_on_colour_inputs_from_the_data_shape():
         Split(torch.rand(64, 3, 32, 32, generator=generator)), Split(torch.rand(16, 3, 32, 32, generator=generator))
     )
     for model_name in ("conv", "conv_deconv", "fc"):
-        experiment = build_experiment(resolve(compose_config([*TINY, f"model={model_name}"])), data=bundle)
-        assert experiment.model(bundle.val.images).reconstruction.shape == (16, 3, 32, 32)
-        result = Trainer(experiment).fit()
-        assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+        parts = build_parts(resolve(compose_config([*TINY, f"model={model_name}"])), data=bundle)
+        assert parts.model(bundle.val.images).reconstruction.shape == (16, 3, 32, 32)
+        result = Trainer(parts).fit()
+        assert result.history[-1].train_loss < result.history[0].train_loss

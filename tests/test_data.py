@@ -11,7 +11,7 @@ import torch
 
 from autoenc_cli.data.embedded import Mnist5kConfig, load_mnist_5k
 from autoenc_cli.data.tensors import Split, iterate_batches
-from autoenc_cli.data.torchvision_sets import TorchvisionConfig, load_fashion_mnist, load_mnist
+from autoenc_cli.data.torchvision_sets import FashionMnistConfig, MnistConfig, load_torchvision
 from autoenc_cli.errors import DataError
 
 
@@ -60,10 +60,10 @@ def fake_mnist_root(root: Path, folder: str, train: int, test: int) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("loader", "folder"), [(load_mnist, "MNIST"), (load_fashion_mnist, "FashionMNIST")])
-def test_torchvision_loaders_read_idx_files_into_tensors(tmp_path, loader, folder):
+@pytest.mark.parametrize(("config_class", "folder"), [(MnistConfig, "MNIST"), (FashionMnistConfig, "FashionMNIST")])
+def test_torchvision_loaders_read_idx_files_into_tensors(tmp_path, config_class, folder):
     root = fake_mnist_root(tmp_path, folder, train=50, test=20)
-    bundle = loader(TorchvisionConfig(name="x", root=str(root), val_fraction=0.2))
+    bundle = load_torchvision(config_class(root=str(root), val_fraction=0.2))
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (40, 10, 20)
     assert bundle.input_shape == (1, 28, 28) and bundle.train.images.max() <= 1
     assert bundle.test.labels.tolist()[:3] == [0, 1, 2]
@@ -71,9 +71,9 @@ def test_torchvision_loaders_read_idx_files_into_tensors(tmp_path, loader, folde
 
 def test_missing_data_root_without_download_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist; .* data.download=true"):
-        load_mnist(TorchvisionConfig(root=str(tmp_path / "nowhere")))
+        load_torchvision(MnistConfig(root=str(tmp_path / "nowhere")))
     with pytest.raises(DataError, match="Dataset not found"):
-        load_mnist(TorchvisionConfig(root=str(tmp_path)))
+        load_torchvision(MnistConfig(root=str(tmp_path)))
 
 
 def test_cifar10_loads_colour_images_channels_first(tmp_path, monkeypatch):
@@ -81,7 +81,7 @@ def test_cifar10_loads_colour_images_channels_first(tmp_path, monkeypatch):
 
     from torchvision.datasets import cifar
 
-    from autoenc_cli.data.torchvision_sets import load_cifar10
+    from autoenc_cli.data.torchvision_sets import Cifar10Config
 
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -92,7 +92,7 @@ def test_cifar10_loads_colour_images_channels_first(tmp_path, monkeypatch):
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
     # The fake files cannot match the real archive's checksums.
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
-    bundle = load_cifar10(TorchvisionConfig(name="cifar10", root=str(tmp_path), val_fraction=0.2))
+    bundle = load_torchvision(Cifar10Config(root=str(tmp_path), val_fraction=0.2))
     assert bundle.input_shape == (3, 32, 32) and (len(bundle.train), len(bundle.val), len(bundle.test)) == (24, 6, 4)
     raw = pickle.loads((folder / "test_batch").read_bytes())["data"][0]
     torch.testing.assert_close(bundle.test.images[0], torch.tensor(raw).view(3, 32, 32).float() / 255)
@@ -188,4 +188,4 @@ def test_a_failed_download_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MNIST, "download", offline)
     with pytest.raises(DataError, match="downloading into data.root=.* failed: .*name resolution"):
-        load_mnist(TorchvisionConfig(root=str(tmp_path), download=True))
+        load_torchvision(MnistConfig(root=str(tmp_path), download=True))

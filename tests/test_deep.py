@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from autoenc_cli.build import build_model, build_parts
 from autoenc_cli.errors import ConfigError
-from autoenc_cli.experiment import build_experiment, build_model
+from autoenc_cli.models.fc import LayerwiseStage
 from autoenc_cli.models.layers import TiedLinear
 from autoenc_cli.schema.resolve import resolve
-from autoenc_cli.session import count_parameters
+from autoenc_cli.train import count_parameters
 from autoenc_cli.training.loop import Trainer
 
 from conftest import TINY, compose_config, only_run_dir, read_metrics, run_main
@@ -40,45 +41,51 @@ def test_tied_decoder_uses_the_transposed_encoder_weight_and_counts_it_once():
     assert tied.encoder[1][0].weight.grad is not None  # the decoder's gradient reaches the shared weight
 
 
-def test_untying_keeps_outputs_exactly_and_gives_each_decoder_layer_its_own_weight():
-    model = build_model(resolve(compose_config(["experiment=deep_fc_2d"])), (1, 28, 28))
-    x = torch.rand(5, 1, 28, 28)
+@pytest.mark.parametrize("experiment", ["deep_fc_2d", "deep_fc"])
+def test_untying_keeps_outputs_exactly_and_gives_each_decoder_layer_its_own_weight(experiment):
+    model = build_model(resolve(compose_config([f"experiment={experiment}"])), (1, 28, 28))
+    x = torch.rand(64, 1, 28, 28)
     before = model(x).reconstruction
     model.untie()
     assert not model.is_tied and all(isinstance(block[0], nn.Linear) for block in model.decoder)
-    assert torch.equal(model(x).reconstruction, before)
+    assert torch.equal(model(x).reconstruction, before)  # bit for bit, not approximately
     assert model.decoder[0][0].weight.data_ptr() != model.encoder[4][0].weight.data_ptr()
+    model(x).reconstruction.sum().backward()  # the untied copies train on their own
+    assert model.decoder[0][0].weight.grad is not None and model.decoder[0][0].weight.requires_grad
 
 
 def test_greedy_stages_train_one_layer_pair_each_on_frozen_outer_layers():
-    experiment = build_experiment(resolve(compose_config(SMALL_DEEP)))
-    model, phases = experiment.model, experiment.phases
+    parts = build_parts(resolve(compose_config(SMALL_DEEP)))
+    model, phases = parts.model, parts.phases
     assert [phase.name for phase in phases] == ["stage1", "stage2", "stage3", "stage4", "finetune"]
     outer_before = model.encoder[1][0].weight.detach().clone()
-    trainable = phases[1].prepare(model)
-    assert model.depth == 2
+    stage, trainable = phases[1].enter(model)
+    assert isinstance(stage, LayerwiseStage) and stage.code_dim == 64 and model.code_dim == 2  # a view, model intact
     expected = {id(p) for module in model.layer_pair(1) for p in module.parameters()}
     assert {id(p) for p in trainable} == expected and all(p.requires_grad for p in trainable)
     assert not model.encoder[1][0].weight.requires_grad and not model.encoder[3][0].weight.requires_grad
-    output = model(torch.rand(4, 1, 28, 28))
+    output = stage(torch.rand(4, 1, 28, 28))
     assert output.code.shape == (4, 64) and output.reconstruction.shape == (4, 1, 28, 28)  # target: the image
-    trainer = Trainer(experiment)
+    assert model(torch.rand(4, 1, 28, 28)).code.shape == (4, 2)
+    trainer = Trainer(parts)
     trainer.fit()
     assert not torch.equal(model.encoder[1][0].weight, outer_before)  # trained in stage 1 and fine-tuning
-    assert model.depth is None and not model.is_tied  # fine-tuned untied
-    stages = [row["stage"] for row in trainer.result.history]
+    assert trainer.network is model and not model.is_tied  # fine-tuned untied, the whole network
+    stages = [row.stage for row in trainer.result.history]
     assert stages == ["stage1", "stage2", "stage3", "stage4", "finetune", "finetune"]
 
 
 def test_frozen_layers_do_not_change_during_a_stage():
-    experiment = build_experiment(resolve(compose_config([*SMALL_DEEP, "schedule.untie=false"])))
-    model = experiment.model
-    experiment.phases = experiment.phases[:2]
-    trainer = Trainer(experiment)
-    trainer._run_phase(experiment.phases[0])
+    parts = build_parts(resolve(compose_config([*SMALL_DEEP, "schedule.untie=false"])))
+    model = parts.model
+    parts.phases = parts.phases[:1]
+    Trainer(parts).fit()
     after_stage1 = model.encoder[1][0].weight.detach().clone()
-    trainer._run_phase(experiment.phases[1])
-    assert torch.equal(model.encoder[1][0].weight, after_stage1)
+    full = build_parts(resolve(compose_config([*SMALL_DEEP, "schedule.untie=false"])))
+    full.phases = full.phases[:2]
+    trainer = Trainer(full)
+    trainer.fit()
+    assert torch.equal(full.model.encoder[1][0].weight, after_stage1)  # stage 2 left layer 1 as stage 1 made it
     assert len(trainer.optimizer.param_groups[0]["params"]) == 3  # encoder weight, bias, decoder bias (tied)
 
 
@@ -99,7 +106,7 @@ def test_frozen_layers_do_not_change_during_a_stage():
 )
 def test_bad_deep_configs_fail_before_training(overrides, message):
     with pytest.raises(ConfigError) as caught:
-        build_experiment(resolve(compose_config([*TINY, *overrides])))
+        resolve(compose_config([*TINY, *overrides]))
     assert message in str(caught.value)
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from autoenc_cli.build import build_model
 from autoenc_cli.errors import ConfigError
-from autoenc_cli.experiment import build_model
-from autoenc_cli.models.fc import FCModelConfig, build_fc
+from autoenc_cli.models.fc import FCAutoencoder, FCModelConfig
 from autoenc_cli.models.layers import LayerSpec
 from autoenc_cli.schema.resolve import resolve
 
@@ -34,14 +34,14 @@ def test_layer_descriptors_expand_and_mirror():
     config = FCModelConfig(
         code_dim=30, encoder=[LayerSpec(width=100, num_layers=2, activation="relu"), LayerSpec(width=50)]
     )
-    model = build_fc(config, (1, 10, 10))
+    model = FCAutoencoder(config, (1, 10, 10))
     assert linear_shapes(model.encoder) == [(100, 100), (100, 100), (100, 50), (50, 30)]
     assert linear_shapes(model.decoder) == [(30, 50), (50, 100), (100, 100), (100, 100)]
 
 
 def test_explicit_decoder_and_input_size_from_data():
     config = FCModelConfig(code_dim=8, decoder=[LayerSpec(width=20), LayerSpec(width=None, activation="sigmoid")])
-    model = build_fc(config, (3, 4, 4))
+    model = FCAutoencoder(config, (3, 4, 4))
     assert linear_shapes(model.decoder) == [(8, 20), (20, 48)]
     assert isinstance(model.output_activation, nn.Sigmoid)
     assert model(torch.rand(2, 3, 4, 4)).reconstruction.shape == (2, 3, 4, 4)
@@ -49,12 +49,14 @@ def test_explicit_decoder_and_input_size_from_data():
 
 def test_decoder_that_does_not_end_at_the_input_is_an_error():
     config = FCModelConfig(code_dim=8, decoder=[LayerSpec(width=20), LayerSpec(width=700)])
-    with pytest.raises(ConfigError, match=r"model.decoder\[1\].width=700 .* input size 784"):
-        build_fc(config, (1, 28, 28))
+    with pytest.raises(ConfigError, match=r"decoder\[1\].width=700 .* input size 784"):
+        config.describe((1, 28, 28))
+    with pytest.raises(ConfigError, match=r"^model.decoder\[1\].width=700 .* input size 784"):
+        resolve(compose_config(["model.decoder=[{width: 20}, {width: 700}]"]))
 
 
 def test_dictionary_of_a_single_layer_decoder_is_its_weight_columns():
-    model = build_fc(FCModelConfig(code_dim=6), (1, 4, 4))
+    model = FCAutoencoder(FCModelConfig(code_dim=6), (1, 4, 4))
     linear = next(layer for layer in model.decoder.modules() if isinstance(layer, nn.Linear))
     atoms = model.dictionary()
     assert atoms.shape == (6, 1, 4, 4)
@@ -62,6 +64,6 @@ def test_dictionary_of_a_single_layer_decoder_is_its_weight_columns():
 
 
 def test_gradients_reach_every_parameter():
-    model = build_fc(FCModelConfig(code_dim=4, encoder=[LayerSpec(width=8)]), (1, 3, 3))
+    model = FCAutoencoder(FCModelConfig(code_dim=4, encoder=[LayerSpec(width=8)]), (1, 3, 3))
     model(torch.rand(7, 1, 3, 3)).reconstruction.sum().backward()
     assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in model.parameters())

@@ -7,8 +7,16 @@ import math
 import pytest
 import torch
 
-from autoenc_cli.experiment import build_experiment
-from autoenc_cli.noise.corruptions import GaussianNoise, MaskingNoise, SaltPepperNoise, choose_pixels
+from autoenc_cli.build import build_parts
+from autoenc_cli.noise.corruptions import (
+    GaussianConfig,
+    GaussianNoise,
+    MaskConfig,
+    MaskingNoise,
+    SaltPepperConfig,
+    SaltPepperNoise,
+    choose_pixels,
+)
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.training.loop import Trainer
 
@@ -21,7 +29,7 @@ def seeded(seed: int = 0) -> torch.Generator:
 
 def test_masking_picks_exactly_round_rate_times_pixels_per_image():
     clean = torch.rand(50, 3, 7, 9) + 1.0  # no pixel is 0 before masking
-    noisy = MaskingNoise(rate=0.3, value=0.0)(clean, seeded())
+    noisy = MaskingNoise(MaskConfig(rate=0.3, value=0.0))(clean, seeded())
     masked_pixels = (noisy == 0).all(dim=1).flatten(1).sum(dim=1)  # all channels of a pixel
     assert (masked_pixels == round(0.3 * 63)).all()
     assert ((noisy == 0).any(dim=1) == (noisy == 0).all(dim=1)).all()
@@ -31,7 +39,7 @@ def test_masking_picks_exactly_round_rate_times_pixels_per_image():
 
 def test_noise_is_reproducible_per_generator_and_fresh_per_draw():
     clean = torch.rand(8, 1, 10, 10)
-    for noise in (GaussianNoise(0.0, 0.5, clip=False), MaskingNoise(0.5, 0.0), SaltPepperNoise(0.2)):
+    for noise in (GaussianNoise(GaussianConfig()), MaskingNoise(MaskConfig()), SaltPepperNoise(SaltPepperConfig())):
         assert torch.equal(noise(clean, seeded(1)), noise(clean, seeded(1)))
         generator = seeded(1)
         assert not torch.equal(noise(clean, generator), noise(clean, generator))
@@ -39,16 +47,16 @@ def test_noise_is_reproducible_per_generator_and_fresh_per_draw():
 
 def test_gaussian_noise_has_the_configured_mean_and_variance():
     clean = torch.zeros(200, 1, 50, 50)
-    noisy = GaussianNoise(mean=0.2, variance=0.5, clip=False)(clean, seeded())
+    noisy = GaussianNoise(GaussianConfig(mean=0.2, variance=0.5))(clean, seeded())
     assert noisy.mean().item() == pytest.approx(0.2, abs=0.01)
     assert noisy.var().item() == pytest.approx(0.5, rel=0.02)
-    clipped = GaussianNoise(mean=0.0, variance=0.5, clip=True)(clean, seeded())
+    clipped = GaussianNoise(GaussianConfig(variance=0.5, clip=True))(clean, seeded())
     assert clipped.min() >= 0 and clipped.max() <= 1
 
 
 def test_salt_and_pepper_sets_exactly_rate_pixels_to_zero_or_one():
     clean = torch.full((100, 1, 10, 10), 0.5)
-    noisy = SaltPepperNoise(rate=0.2)(clean, seeded())
+    noisy = SaltPepperNoise(SaltPepperConfig(rate=0.2))(clean, seeded())
     changed = noisy != 0.5
     assert (changed.flatten(1).sum(dim=1) == 20).all()
     assert set(noisy[changed].unique().tolist()) == {0.0, 1.0}
@@ -56,13 +64,11 @@ def test_salt_and_pepper_sets_exactly_rate_pixels_to_zero_or_one():
 
 
 def test_denoising_run_targets_the_clean_input_and_reports_psnr():
-    experiment = build_experiment(
-        resolve(compose_config([*TINY, "noise=gaussian", "noise.variance=0.5", "trainer.epochs=3"]))
-    )
-    trainer = Trainer(experiment)
+    parts = build_parts(resolve(compose_config([*TINY, "noise=gaussian", "noise.variance=0.5", "trainer.epochs=3"])))
+    trainer = Trainer(parts)
     result = trainer.fit()
     row = result.history[-1]
-    assert row["val_psnr_denoised"] > row["val_psnr_noisy"] > 0
-    assert row["val_psnr_denoised"] == pytest.approx(10 * math.log10(1 / row["val_mse"]))  # scored against clean
+    assert row.val_psnr_denoised > row.val_psnr_noisy > 0
+    assert row.val_psnr_denoised == pytest.approx(10 * math.log10(1 / row.val_mse))  # scored against clean
     # Validation corruption is fixed: two validation passes give the same numbers.
     assert trainer.validate()[0] == trainer.validate()[0]

@@ -136,29 +136,37 @@ def test_sigterm_finishes_the_step_saves_and_resumes_bit_for_bit(tmp_path):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     import pytest
 
-    from autoenc_cli.artifacts.run_folder import RunFolder
+    from autoenc_cli.artifacts.run_folder import RunFolder, RunFolderWriter
+    from autoenc_cli.build import build_parts
     from autoenc_cli.errors import TrainingDiverged
-    from autoenc_cli.experiment import build_experiment
     from autoenc_cli.schema.resolve import resolve
-    from autoenc_cli.session import execute
+    from autoenc_cli.training.loop import Trainer
 
     from conftest import compose_config
 
-    experiment = build_experiment(resolve(compose_config([*TINY, "trainer.epochs=3", "trainer.figures=false"])))
-    objective, calls = experiment.objective, []
+    def poisoned_trainer(folder, after_calls):
+        parts = build_parts(resolve(compose_config([*TINY, "trainer.epochs=3", "trainer.figures=false"])))
+        reconstruction, calls = parts.objective.reconstruction, []
 
-    def poisoned(output, target):
-        terms = objective(output, target)
-        calls.append(1)
-        return terms._replace(total=terms.total * float("nan")) if len(calls) > 12 else terms
+        def poisoned(output, target):
+            calls.append(1)
+            loss = reconstruction(output, target)
+            return loss * float("nan") if len(calls) > after_calls else loss
 
-    experiment.objective = poisoned  # 10 steps + 1 validation batch per epoch: step 2 of epoch 2 goes bad
+        parts.objective.reconstruction = poisoned
+        return Trainer(parts, [RunFolderWriter(folder, "config: {}")])
+
     folder = RunFolder(tmp_path)
+    # 10 steps + 1 validation batch per epoch: step 2 of epoch 2 goes bad.
     with pytest.raises(TrainingDiverged, match=r"became nan in epoch 2, by step 2; checkpoints/last.pt keeps .* \(1\)"):
-        execute(experiment, folder, "config: {}", show_progress=False)
+        poisoned_trainer(folder, 12).fit()
     assert folder.read_metrics()["status"] == "failed"
     good = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert good["epoch"] == 1 and all(torch.isfinite(tensor).all() for tensor in good["model"].values())
+    early = RunFolder(tmp_path / "early")  # diverging in the first epoch names no checkpoint that is not there
+    with pytest.raises(TrainingDiverged, match=r"by step 2; no epoch had finished, so no checkpoint was written"):
+        poisoned_trainer(early, 1).fit()
+    assert not early.checkpoints.exists() and early.read_metrics()["status"] == "failed"
 
 
 def test_disk_full_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -166,6 +174,7 @@ def test_disk_full_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeyp
 
     import pytest
 
+    from autoenc_cli import io
     from autoenc_cli.training import checkpoint
 
     path = tmp_path / "last.pt"
@@ -175,7 +184,7 @@ def test_disk_full_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeyp
     def full_disk(descriptor):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full_disk)
+    monkeypatch.setattr(io.os, "fsync", full_disk)
     with pytest.raises(OSError):
         checkpoint.save_checkpoint(path, {"epoch": 2, "weights": torch.zeros(1000)})
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
@@ -183,29 +192,25 @@ def test_disk_full_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeyp
 
 
 def test_a_failing_sweep_job_does_not_stop_the_others_and_resume_finishes_the_sweep(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    images = tmp_path / "images.npz"
-    sweep = [
-        "train",
-        "-m",
-        "data=npz",
-        f"data.path={images},{tmp_path / 'missing.npz'}",
-        "trainer.epochs=1",
-        "trainer.figures=false",
-    ]
+    import csv
+
     import numpy as np
 
-    np.savez(images, images=np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
+    monkeypatch.chdir(tmp_path)
+    good, bad = tmp_path / "images.npz", tmp_path / "bad.npz"
+    sweep = ["train", "-m", "data=npz", f"data.path={good},{bad}", "trainer.epochs=1", "trainer.figures=false"]
+    np.savez(good, images=np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
+    # A file whose header passes the config check but whose pixels fail at load time, in job 1.
+    np.savez(bad, images=np.full((40, 8, 8), 255.0))
     assert run_main(sweep) == 2
     err = capsys.readouterr().err
     assert "1 of 2 sweep jobs did not complete: 1 (" in err and "resume=" in err
     (sweep_dir,) = (tmp_path / "outputs" / "sweeps").iterdir()
     with open(sweep_dir / "summary.csv") as handle:
-        import csv
-
         assert [row["status"] for row in csv.DictReader(handle)] == ["completed", "failed"]
+    assert "float images must lie in [0, 1]" in json.loads((sweep_dir / "1" / "metrics.json").read_text())["error"]
     first_job_metrics = (sweep_dir / "0" / "metrics.json").read_text()
-    np.savez(tmp_path / "missing.npz", images=np.zeros((40, 8, 8), dtype=np.uint8))  # fix the cause
+    np.savez(bad, images=np.zeros((40, 8, 8), dtype=np.uint8))  # fix the cause
     assert run_main([*sweep, f"resume={sweep_dir}"]) == 0
     out = capsys.readouterr().out
     assert "already completed, skipped" in out

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoenc_cli.experiment import build_experiment
+from autoenc_cli.build import build_parts
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.training.loop import Trainer
 
@@ -20,8 +20,7 @@ QUICK = [*TINY, "trainer.figures=false"]
 
 
 def fit(overrides):
-    experiment = build_experiment(resolve(compose_config([*QUICK, *overrides])))
-    trainer = Trainer(experiment)
+    trainer = Trainer(build_parts(resolve(compose_config([*QUICK, *overrides]))))
     return trainer, trainer.fit()
 
 
@@ -29,8 +28,8 @@ def fit(overrides):
 def test_mixed_precision_trains_close_to_fp32(precision):
     _, reference = fit(["trainer.precision=fp32"])
     trainer, result = fit([f"trainer.precision={precision}"])
-    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    assert result.history[-1]["val_loss"] == pytest.approx(reference.history[-1]["val_loss"], rel=0.05)
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.history[-1].val_loss == pytest.approx(reference.history[-1].val_loss, rel=0.05)
     state = trainer.state_dict()
     assert bool(state["scaler"]) == (precision == "fp16")  # fp16 keeps its gradient scaler in checkpoints
 
@@ -38,8 +37,8 @@ def test_mixed_precision_trains_close_to_fp32(precision):
 def test_compiled_model_matches_eager():
     _, eager = fit(["trainer.epochs=1"])
     trainer, compiled = fit(["trainer.epochs=1", "trainer.compile=true"])
-    assert trainer.forward_model is not trainer.experiment.model
-    assert compiled.history[-1]["val_loss"] == pytest.approx(eager.history[-1]["val_loss"], rel=1e-4)
+    assert trainer.forward_model is not trainer.parts.model
+    assert compiled.history[-1].val_loss == pytest.approx(eager.history[-1].val_loss, rel=1e-4)
 
 
 def _train(cwd: Path, launcher: list[str], overrides: list[str]) -> subprocess.CompletedProcess:

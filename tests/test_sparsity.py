@@ -7,11 +7,19 @@ import math
 import pytest
 import torch
 
+from autoenc_cli.build import build_parts
 from autoenc_cli.errors import ConfigError
-from autoenc_cli.experiment import build_experiment, build_model
 from autoenc_cli.schema.resolve import resolve
-from autoenc_cli.sparsity.hard import BatchTopK, Lifetime, TopK, keep_top_k
-from autoenc_cli.sparsity.penalties import KLPenalty, L1Penalty
+from autoenc_cli.sparsity.hard import (
+    BatchTopK,
+    BatchTopKConfig,
+    Lifetime,
+    LifetimeConfig,
+    TopK,
+    TopKConfig,
+    keep_top_k,
+)
+from autoenc_cli.sparsity.penalties import KLConfig, KLPenalty, L1Config, L1Penalty
 from autoenc_cli.training.loop import Trainer
 
 from conftest import TINY, compose_config
@@ -43,7 +51,7 @@ def test_keep_top_k_matches_dense_reference_forward_and_backward(shape, k, dim):
 
 
 def test_topk_keeps_exactly_k_per_sample_even_with_ties():
-    layer = TopK(4)
+    layer = TopK(TopKConfig(k=4))
     assert ((layer(torch.randn(32, 20)) != 0).sum(dim=1) == 4).all()
     tied = torch.ones(5, 9)
     out = layer(tied)
@@ -53,16 +61,16 @@ def test_topk_keeps_exactly_k_per_sample_even_with_ties():
 
 def test_lifetime_keeps_k_per_unit_in_training_and_is_identity_in_eval():
     code = torch.randn(40, 7)
-    layer = Lifetime(k=None, rate=0.25)
+    layer = Lifetime(LifetimeConfig(rate=0.25))
     assert layer.kept_per_unit(40) == 10
     assert ((layer.train()(code) != 0).sum(dim=0) == 10).all()
     assert torch.equal(layer.eval()(code), code)
-    assert Lifetime(k=100, rate=0.05).kept_per_unit(40) == 40  # clamped, not an error
-    assert ((Lifetime(k=3, rate=0.05).train()(code) != 0).sum(dim=0) == 3).all()
+    assert Lifetime(LifetimeConfig(k=100)).kept_per_unit(40) == 40  # clamped, not an error
+    assert ((Lifetime(LifetimeConfig(k=3)).train()(code) != 0).sum(dim=0) == 3).all()
 
 
 def test_batch_topk_keeps_k_times_batch_and_evaluates_per_sample():
-    layer = BatchTopK(k=3, momentum=0.5).train()
+    layer = BatchTopK(BatchTopKConfig(k=3, threshold_momentum=0.5)).train()
     code = torch.rand(16, 12)
     out = layer(code)
     assert int((out != 0).sum()) == 3 * 16
@@ -78,12 +86,12 @@ def test_batch_topk_keeps_k_times_batch_and_evaluates_per_sample():
 
 def test_l1_and_kl_penalty_values():
     code = torch.tensor([[0.1, 0.2, 0.4], [0.3, 0.1, 0.2]])
-    assert L1Penalty(0.5).penalty(-code).item() == pytest.approx(0.5 * (0.7 + 0.6) / 2)
+    assert L1Penalty(L1Config(lam=0.5)).penalty(-code).item() == pytest.approx(0.5 * (0.7 + 0.6) / 2)
     rho = 0.05
     rho_hat = code.mean(dim=0)
     expected = (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).mean()
-    assert KLPenalty(0.1, rho).penalty(code).item() == pytest.approx(0.1 * expected.item(), rel=1e-5)
-    assert KLPenalty(1.0, 0.2).penalty(torch.full((4, 3), 0.2)).item() == pytest.approx(0.0, abs=1e-7)
+    assert KLPenalty(KLConfig(lam=0.1, rho=rho)).penalty(code).item() == pytest.approx(0.1 * expected.item(), rel=1e-5)
+    assert KLPenalty(KLConfig(lam=1.0, rho=0.2)).penalty(torch.full((4, 3), 0.2)).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_shorthands_set_the_sparsity_group():
@@ -98,7 +106,7 @@ def test_kl_option_sets_a_sigmoid_code_and_rejects_other_ranges():
     run = resolve(compose_config(["sparsity=kl"]))
     assert run.model.code_activation == "sigmoid" and (run.sparsity.lam, run.sparsity.rho) == (0.1, 0.05)
     with pytest.raises(ConfigError, match="model.code_activation='relu' is not allowed: sparsity=kl needs codes in"):
-        build_model(resolve(compose_config(["sparsity=kl", "model.code_activation=relu"])), (1, 28, 28))
+        resolve(compose_config(["sparsity=kl", "model.code_activation=relu"]))
 
 
 @pytest.mark.parametrize(
@@ -120,20 +128,19 @@ def test_bad_sparsity_values(overrides, message):
 
 def test_topk_k_larger_than_the_code_is_an_error():
     with pytest.raises(ConfigError, match=r"sparsity.k=65 is not allowed: must be <= the code size model.code_dim=64"):
-        build_model(resolve(compose_config(["sparsity=topk", "k=65"])), (1, 28, 28))
+        resolve(compose_config(["sparsity=topk", "k=65"]))
 
 
 @pytest.mark.parametrize(
     ("overrides", "check"),
     [
-        (["sparsity=topk", "k=5"], lambda row: row["l0"] == 5),
-        (["model=sparse_fc", "sparsity=l1", "lam=0.001"], lambda row: row["val_penalty"] > 0 and 0 < row["l0"] < 64),
-        (["sparsity=kl", "lam=0.1"], lambda row: row["val_penalty"] > 0),
-        (["model=sparse_fc", "sparsity=batch_topk", "k=8"], lambda row: 0 < row["l0"] < 64),
+        (["sparsity=topk", "k=5"], lambda row: row.l0 == 5),
+        (["model=sparse_fc", "sparsity=l1", "lam=0.001"], lambda row: row.val_penalty > 0 and 0 < row.l0 < 64),
+        (["sparsity=kl", "lam=0.1"], lambda row: row.val_penalty > 0),
+        (["model=sparse_fc", "sparsity=batch_topk", "k=8"], lambda row: 0 < row.l0 < 64),
     ],
 )
 def test_sparse_runs_train_and_report_sparsity(overrides, check):
-    experiment = build_experiment(resolve(compose_config([*TINY, *overrides])))
-    result = Trainer(experiment).fit()
-    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    result = Trainer(build_parts(resolve(compose_config([*TINY, *overrides])))).fit()
+    assert result.history[-1].train_loss < result.history[0].train_loss
     assert check(result.history[-1]), result.history[-1]

@@ -6,48 +6,48 @@ import pytest
 import torch
 
 from autoenc_cli.baselines.pca import PCA, pca_baseline_mse
+from autoenc_cli.build import build_parts
 from autoenc_cli.errors import UserError
-from autoenc_cli.experiment import build_experiment
+from autoenc_cli.schedules import LearningRatePolicy, StandardScheduleConfig
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.training.checkpoint import load_checkpoint, save_checkpoint
 from autoenc_cli.training.loop import Trainer
-from autoenc_cli.training.schedules import LearningRatePolicy, StandardScheduleConfig
 
 from conftest import TINY, compose_config
 
 
 def fit(overrides=()):
-    experiment = build_experiment(resolve(compose_config([*TINY, *overrides])))
-    return experiment, Trainer(experiment).fit()
+    parts = build_parts(resolve(compose_config([*TINY, *overrides])))
+    return parts, Trainer(parts).fit()
 
 
 def test_loss_decreases_and_history_has_one_row_per_epoch():
     _, result = fit(["trainer.epochs=4"])
-    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
-    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    assert [row.epoch for row in result.history] == [1, 2, 3, 4]
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.history[-1].val_loss < result.history[0].val_loss
     assert result.samples_seen == 4 * 320 and result.samples_per_second > 0
 
 
 def test_same_config_and_seed_give_identical_numbers():
     first, second, other = fit(), fit(), fit(["seed=1"])
-    assert first[1].history[-1]["val_loss"] == second[1].history[-1]["val_loss"]
+    assert first[1].history[-1].val_loss == second[1].history[-1].val_loss
     for a, b in zip(first[0].model.parameters(), second[0].model.parameters()):
         assert torch.equal(a, b)
-    assert other[1].history[-1]["val_loss"] != first[1].history[-1]["val_loss"]
+    assert other[1].history[-1].val_loss != first[1].history[-1].val_loss
 
 
 def test_metrics_for_dense_codes():
     _, result = fit(["trainer.epochs=1"])
     row = result.history[-1]
-    assert row["l0"] == pytest.approx(64, abs=1) and row["dead_fraction"] == 0 and row["val_penalty"] == 0
-    assert row["val_mse"] == pytest.approx(row["val_loss"], rel=1e-5)  # loss is MSE
+    assert row.l0 == pytest.approx(64, abs=1) and row.dead_fraction == 0 and row.val_penalty == 0
+    assert row.val_mse == pytest.approx(row.val_loss, rel=1e-5)  # loss is MSE
 
 
 def test_bce_loss_trains_from_logits():
     _, result = fit(["loss=bce"])
-    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
-    assert result.history[-1]["val_loss"] > result.history[-1]["val_mse"]
+    assert result.history[-1].val_loss < result.history[0].val_loss
+    assert result.history[-1].val_loss > result.history[-1].val_mse
 
 
 def _policy(policy, **settings):

@@ -8,11 +8,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from autoenc_cli.training.callbacks import Callback, EpochEnd, PhaseStart, StepEnd
+
 console = Console(stderr=False)
 
 
-class ProgressBars:
-    """An epoch bar and a step bar with the running loss; used as the training loop's observer."""
+class ProgressBars(Callback):
+    """An epoch bar and a step bar with the running loss."""
 
     def __init__(self, total_epochs: int, completed: int = 0, enabled: bool = True) -> None:
         self.progress = Progress(
@@ -36,24 +38,22 @@ class ProgressBars:
     def __exit__(self, *exc: Any) -> None:
         self.progress.stop()
 
-    def on_phase_start(self, phase: Any, steps_per_epoch: int) -> None:
+    def on_phase_start(self, event: PhaseStart) -> None:
         if self.steps is None:
-            self.steps = self.progress.add_task("steps", total=steps_per_epoch, status="")
-        self.progress.update(self.steps, total=steps_per_epoch, completed=0, description=f"{phase.name} steps")
+            self.steps = self.progress.add_task("steps", total=event.steps_per_epoch, status="")
+        self.progress.update(self.steps, total=event.steps_per_epoch, completed=0, description=f"{event.name} steps")
 
-    def on_step(self, step: int, loss: float) -> None:
-        self.progress.update(self.steps, completed=step, status=f"loss {loss:.5f}")
+    def on_step(self, event: StepEnd) -> None:
+        self.progress.update(self.steps, completed=event.step, status=f"loss {event.loss:.5f}")
 
-    def on_epoch_end(self, row: dict[str, Any], improved: bool, trainer: Any) -> None:
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        record = event.record
         self.progress.update(self.steps, completed=self.progress.tasks[self.steps].total)
         self.progress.update(
             self.epochs,
             advance=1,
-            status=f"train {row['train_loss']:.5f}  val {row['val_loss']:.5f}  lr {row['lr']:.2g}",
+            status=f"train {record.train_loss:.5f}  val {record.val_loss:.5f}  lr {record.lr:.2g}",
         )
-
-    def on_phase_end(self, phase: Any, trainer: Any) -> None:
-        pass
 
 
 def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table:

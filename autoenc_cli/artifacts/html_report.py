@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import html
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from autoenc_cli.training.checkpoint import atomic_write_bytes
+from autoenc_cli.io import atomic_write_bytes, read_json
+from autoenc_cli.training.records import EvalReport, RunSummary, descriptions
 
 FIGURE_CAPTIONS = {
     "reconstructions": "Validation inputs (top) and their reconstructions (bottom).",
@@ -28,6 +28,7 @@ td, th { border-bottom: 1px solid #ddd; padding: 0.2rem 0.8rem; text-align: left
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; border: 1px solid #eee; }
 pre { background: #f6f6f6; padding: 1rem; overflow-x: auto; }
+td.doc { color: #666; font-size: 0.9em; }
 .status-completed { color: #1a7f37; } .status-failed, .status-interrupted { color: #cf222e; }
 """
 
@@ -40,8 +41,13 @@ def _cell(value: Any) -> str:
     return f"<td>{html.escape(str(value))}</td>"
 
 
-def _table(rows: dict[str, Any]) -> str:
-    body = "".join(f"<tr><th>{html.escape(str(key))}</th>{_cell(value)}</tr>" for key, value in rows.items())
+def _table(rows: dict[str, Any], docs: dict[str, str] | None = None) -> str:
+    """Key, value and (from the record's field docs) what the key means."""
+    docs = docs or {}
+    body = "".join(
+        f'<tr><th>{html.escape(str(key))}</th>{_cell(value)}<td class="doc">{html.escape(docs.get(key, ""))}</td></tr>'
+        for key, value in rows.items()
+    )
     return f"<table>{body}</table>"
 
 
@@ -89,25 +95,21 @@ def write_comparison_html(out_dir: Path, rows: list[dict[str, Any]], columns: tu
     return path
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
 def write_html_report(run_dir: Path) -> Path:
     """(Re)write RUN_DIR/report.html from what the folder holds; images are linked relatively."""
-    metrics, evaluation = _read_json(run_dir / "metrics.json"), _read_json(run_dir / "eval.json")
+    metrics, evaluation = read_json(run_dir / "metrics.json"), read_json(run_dir / "eval.json")
     status = str(metrics.get("status", "unknown"))
     parts = [
         f"<h1>autoenc run {html.escape(run_dir.name)}</h1>",
         f'<p>Status: <strong class="status-{html.escape(status)}">{html.escape(status)}</strong></p>',
         "<h2>Metrics</h2>",
-        _table(metrics),
+        _table(metrics, descriptions(RunSummary)),
     ]
     if evaluation:
-        parts += ["<h2>Evaluation</h2>", _table({k: v for k, v in evaluation.items() if k != "probe"})]
+        parts += [
+            "<h2>Evaluation</h2>",
+            _table({k: v for k, v in evaluation.items() if k != "probe"}, descriptions(EvalReport)),
+        ]
         if "probe" in evaluation:
             parts += ["<h3>Semi-supervised probe</h3>", _probe_table(evaluation["probe"])]
     order = list(FIGURE_CAPTIONS)  # the captions' order: what was learned first, training curves last

@@ -3,36 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from autoenc_cli.artifacts import figures
 from autoenc_cli.data.tensors import iterate_batches
-from autoenc_cli.experiment import Experiment
+from autoenc_cli.models.autoencoder import Autoencoder
 from autoenc_cli.training.metrics import CodeStatistics
+from autoenc_cli.training.parts import RunParts
+from autoenc_cli.training.records import EpochRecord, as_dict
 
 LATENT_MAP_SAMPLES = 512
 RECONSTRUCTION_SAMPLES = 16
 
 
-def _all_codes(experiment: Experiment) -> torch.Tensor:
+def _all_codes(model: Autoencoder, parts: RunParts) -> torch.Tensor:
     """Codes of the whole validation split, encoded in evaluation-sized batches."""
-    batch_size = experiment.run.trainer.eval_batch_size
-    return torch.cat([experiment.model.encode(batch) for batch in iterate_batches(experiment.data.val, batch_size)])
+    batch_size = parts.config.trainer.eval_batch_size
+    return torch.cat([model.encode(batch) for batch in iterate_batches(parts.data.val, batch_size)])
 
 
 @torch.inference_mode()
 def render_run_figures(
-    experiment: Experiment, figures_dir: Path, history: Sequence[dict[str, Any]], codes: CodeStatistics
+    parts: RunParts, model: Autoencoder, figures_dir: Path, records: Sequence[EpochRecord], codes: CodeStatistics
 ) -> list[Path]:
-    model, val = experiment.model, experiment.data.val
+    """The standard figures of ``model`` (the network of the run's last phase) on the validation split."""
+    val, history = parts.data.val, [as_dict(record) for record in records]
     model.eval()
     shown = val.images[:RECONSTRUCTION_SAMPLES]
     batch = val.take(LATENT_MAP_SAMPLES)
-    noise = experiment.noise
+    noise = parts.noise
     if noise.active:
-        noisy = noise(shown, experiment.validation_noise_generator())
+        noisy = noise(shown, parts.validation_noise_generator())
         rows = [
             ("noisy input", noisy.clamp(0, 1)),
             ("reconstruction", model(noisy).reconstruction),
@@ -47,7 +50,7 @@ def render_run_figures(
         figures.dictionary(figures_dir / "dictionary.png", model.dictionary()),
         figures.loss_curve(figures_dir / "loss_curve.png", history),
         figures.code_density(figures_dir / "code_density.png", codes.firing_frequency),
-        figures.latent_scatter(figures_dir / "latent_scatter.png", _all_codes(experiment), val.labels),
+        figures.latent_scatter(figures_dir / "latent_scatter.png", _all_codes(model, parts), val.labels),
     ]
     if len({row["stage"] for row in history}) > 1:
         written.append(figures.stages(figures_dir / "stages.png", history))

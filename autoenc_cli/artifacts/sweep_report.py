@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -14,20 +11,8 @@ from rich.table import Table
 
 from autoenc_cli.artifacts.html_report import write_comparison_html
 from autoenc_cli.errors import UserError
-from autoenc_cli.training.checkpoint import atomic_write_bytes
-
-SUMMARY_METRICS = (
-    "val_mse",
-    "l0",
-    "dead_fraction",
-    "dense_fraction",
-    "val_loss",
-    "val_penalty",
-    "pca_val_mse",
-    "code_dim",
-    "epochs",
-    "train_seconds",
-)
+from autoenc_cli.io import read_json, write_csv
+from autoenc_cli.training.records import SUMMARY_METRICS
 
 
 @dataclass
@@ -68,14 +53,12 @@ def find_runs(paths: Sequence[Path]) -> list[Path]:
     return runs
 
 
-def load_run(path: Path) -> RunRecord:
+def read_run(path: Path) -> RunRecord:
     record = RunRecord(path)
     overrides_file = path / ".hydra" / "overrides.yaml"
     if overrides_file.is_file():
         record.overrides = [str(item) for item in OmegaConf.load(overrides_file)]
-    metrics_file = path / "metrics.json"
-    if metrics_file.is_file():
-        record.metrics = json.loads(metrics_file.read_text())
+    record.metrics = read_json(path / "metrics.json")
     return record
 
 
@@ -126,14 +109,10 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
     """Build the comparison of the runs under ``paths`` into ``out_dir``; returns the rows and table."""
     from autoenc_cli.artifacts import figures
 
-    records = [load_run(path) for path in find_runs(paths)]
+    records = [read_run(path) for path in find_runs(paths)]
     label_runs(records)
     rows = summary_rows(records)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(out_dir / "summary.csv", buffer.getvalue().encode())
+    write_csv(out_dir / "summary.csv", rows)
     finished = [r for r in records if r.status == "completed" and r.metrics.get("l0") is not None]
     if finished:
         figures.frontier(

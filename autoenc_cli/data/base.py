@@ -1,23 +1,27 @@
-"""What every data set shares: the common knobs and the seeded train/validation split."""
+"""What every data set shares: the common knobs, the input shape it promises, the seeded split."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
 from autoenc_cli.data.tensors import DataBundle, Split, split_by_fraction
-from autoenc_cli.schema import number
-from autoenc_cli.schema.root import GroupConfig
+from autoenc_cli.schema import GroupConfig, number
 
 
 @dataclass
 class DataConfig(GroupConfig):
+    group: ClassVar[str] = "data"
     batch_size: int = number(32, ge=1)
     val_fraction: float = number(0.2, gt=0, lt=1)  # held out from the training source, seeded
     split_seed: int = number(0, ge=0)  # fixed apart from the run seed so seeds share one split
     limit: Optional[int] = number(None, ge=2)  # keep only this many samples (smoke runs)
+
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample (C x H x W), known without loading the data (a file header at most)."""
+        raise NotImplementedError
 
 
 def make_bundle(

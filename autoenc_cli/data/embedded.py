@@ -19,8 +19,11 @@ EMBEDDED_MNIST = "mnist_5k.npz"
 class Mnist5kConfig(DataConfig):
     name: str = "mnist_5k"
 
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, 28, 28)
 
-@register("data", "mnist_5k", Mnist5kConfig)
+
+@register(Mnist5kConfig)
 def load_mnist_5k(config: Mnist5kConfig) -> DataBundle:
     """5,000 MNIST digits shipped inside the package (500 per class); see MNIST_5K_README.md."""
     with resources.as_file(resources.files("autoenc_cli.data") / EMBEDDED_MNIST) as path, np.load(path) as arrays:

@@ -23,37 +23,67 @@ class NpzConfig(DataConfig):
     name: str = "npz"
     path: str = MISSING  # a .npz with `images` (N x H x W or N x C x H x W) and optional `labels`
 
+    def input_shape(self) -> tuple[int, ...]:
+        """Read from the array's header inside the archive; the pixels are not loaded."""
+        shape, _ = npz_member_header(Path(self.path), "images", "data.path")
+        return sample_shape(shape, f"'{self.path}'")
 
-@register("data", "npz", NpzConfig)
+
+def _npz_error(path: Path, key: str, error: Exception) -> DataError:
+    return DataError(f"{key}='{path}' is not a readable .npz file ({str(error).splitlines()[0]})")
+
+
+def npz_member_header(path: Path, member: str, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of one array in a .npz, from its .npy header alone."""
+    if not path.is_file():
+        raise DataError(f"{key}='{path}' is not a file; give a .npz with an '{member}' array")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name.removesuffix(".npy") for name in archive.namelist()]
+            if member not in names:
+                raise DataError(f"{key}='{path}' has no '{member}' array (it has: {', '.join(names) or 'nothing'})")
+            with archive.open(f"{member}.npy") as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(version, lambda handle: np.lib.format._read_array_header(handle, version))
+                shape, _, dtype = read_header(handle)
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
+        raise _npz_error(path, key, error) from None
+    return tuple(shape), dtype
+
+
+def sample_shape(array_shape: tuple[int, ...], source: str) -> tuple[int, ...]:
+    """One image's C x H x W from an array of N x H x W or N x C x H x W images."""
+    if len(array_shape) not in (3, 4):
+        raise DataError(f"{source}: images must be N x H x W or N x C x H x W; got shape {tuple(array_shape)}")
+    if len(array_shape) == 4 and array_shape[1] > 4 and array_shape[-1] <= 4:
+        raise DataError(
+            f"{source}: images of shape {tuple(array_shape)} look channels-last; store them as N x C x H x W"
+        )
+    return (1, *array_shape[1:]) if len(array_shape) == 3 else tuple(array_shape[1:])
+
+
+@register(NpzConfig)
 def load_npz(config: NpzConfig) -> DataBundle:
     """A user's own arrays: uint8 images in 0..255 or float images in [0, 1]."""
     path = Path(config.path)
-    if not path.is_file():
-        raise DataError(f"data.path='{config.path}' is not a file; give a .npz with an 'images' array")
+    npz_member_header(path, "images", "data.path")  # the same one-line errors as the config check
     try:
         with np.load(path) as arrays:
-            names = list(arrays.keys())
-            if "images" not in names:
-                raise DataError(
-                    f"data.path='{config.path}' has no 'images' array (it has: {', '.join(names) or 'nothing'})"
-                )
-            images, labels = arrays["images"], arrays["labels"] if "labels" in names else None
+            images, labels = arrays["images"], arrays["labels"] if "labels" in arrays else None
     except (ValueError, OSError, zipfile.BadZipFile) as error:
-        raise DataError(
-            f"data.path='{config.path}' is not a readable .npz file ({str(error).splitlines()[0]})"
-        ) from None
+        raise _npz_error(path, "data.path", error) from None
     return make_bundle(*_checked_arrays(images, labels, config.path), config, num_classes=None)
 
 
 def _checked_arrays(
     images: np.ndarray, labels: Optional[np.ndarray], source: str, minimum: int = 2
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    if images.ndim not in (3, 4) or images.shape[0] < minimum:
-        raise DataError(
-            f"'{source}': images must be N x H x W or N x C x H x W with N >= {minimum}; got shape {images.shape}"
-        )
-    if images.ndim == 4 and images.shape[1] > 4 and images.shape[-1] <= 4:
-        raise DataError(f"'{source}': images of shape {images.shape} look channels-last; store them as N x C x H x W")
+    sample_shape(images.shape, f"'{source}'")
+    if images.shape[0] < minimum:
+        raise DataError(f"'{source}': need at least {minimum} images; got {images.shape[0]}")
     if images.dtype != np.uint8:
         if not np.issubdtype(images.dtype, np.floating):
             raise DataError(f"'{source}': images must be uint8 or float; got {images.dtype}")
@@ -76,6 +106,9 @@ class ImageFolderConfig(DataConfig):
             raise ConfigError("image_size", self.image_size, "two positive numbers: [height, width]")
         if self.channels == 2:
             raise ConfigError("channels", 2, "1 (grayscale) or 3 (RGB)")
+
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.channels, *self.image_size)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -124,7 +157,7 @@ def read_user_images(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
     return images
 
 
-@register("data", "image_folder", ImageFolderConfig)
+@register(ImageFolderConfig)
 def load_image_folder(config: ImageFolderConfig) -> DataBundle:
     """Every image under ``path``, resized to ``image_size``; subfolder names become labels.
 
@@ -134,7 +167,7 @@ def load_image_folder(config: ImageFolderConfig) -> DataBundle:
     root = Path(config.path)
     if not root.is_dir():
         raise DataError(f"data.path='{config.path}' is not a folder of images")
-    files = sorted(path for path in root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    files = image_files(root)
     if len(files) < 2:
         raise DataError(
             f"data.path='{config.path}' holds {len(files)} image files ({', '.join(IMAGE_SUFFIXES)}); need at least 2"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -15,13 +16,47 @@ from autoenc_cli.data.base import DataConfig, make_bundle
 from autoenc_cli.data.tensors import DataBundle, Split, as_images
 from autoenc_cli.errors import DataError
 from autoenc_cli.registry import register
+from autoenc_cli.schema import number
 
 
 @dataclass
 class TorchvisionConfig(DataConfig):
-    name: str = "mnist"
+    dataset: ClassVar[str] = "?"  # the torchvision.datasets class
+    shape: ClassVar[tuple[int, ...]] = ()
     root: str = "data"
     download: bool = False
+    batch_size: int = number(128, ge=1)
+    val_fraction: float = number(0.1, gt=0, lt=1)
+
+    def input_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+
+@dataclass
+class MnistConfig(TorchvisionConfig):
+    """MNIST: 60,000 train + 10,000 test digits, 1 x 28 x 28."""
+
+    dataset: ClassVar[str] = "MNIST"
+    shape: ClassVar[tuple[int, ...]] = (1, 28, 28)
+    name: str = "mnist"
+
+
+@dataclass
+class FashionMnistConfig(TorchvisionConfig):
+    """Fashion-MNIST: 60,000 train + 10,000 test clothing images, 1 x 28 x 28."""
+
+    dataset: ClassVar[str] = "FashionMNIST"
+    shape: ClassVar[tuple[int, ...]] = (1, 28, 28)
+    name: str = "fashion_mnist"
+
+
+@dataclass
+class Cifar10Config(TorchvisionConfig):
+    """CIFAR-10: 50,000 train + 10,000 test colour images, 3 x 32 x 32."""
+
+    dataset: ClassVar[str] = "CIFAR10"
+    shape: ClassVar[tuple[int, ...]] = (3, 32, 32)
+    name: str = "cifar10"
 
 
 def _torchvision_split(
@@ -40,31 +75,18 @@ def _torchvision_split(
     return as_images(images), torch.as_tensor(dataset.targets).long()
 
 
-def _load_torchvision(dataset_name: str, config: TorchvisionConfig) -> DataBundle:
+@register(MnistConfig)
+@register(FashionMnistConfig)
+@register(Cifar10Config)
+def load_torchvision(config: TorchvisionConfig) -> DataBundle:
     from torchvision import datasets
 
     if not config.download and not Path(config.root).is_dir():
         raise DataError(
-            f"data.root='{config.root}' does not exist; point data.root at a folder holding {dataset_name} "
+            f"data.root='{config.root}' does not exist; point data.root at a folder holding {config.dataset} "
             "in torchvision's layout, or set data.download=true"
         )
-    dataset_class = getattr(datasets, dataset_name)
+    dataset_class = getattr(datasets, config.dataset)
     images, labels = _torchvision_split(dataset_class, config, train=True)
     test = Split(*_torchvision_split(dataset_class, config, train=False))
     return make_bundle(images, labels, config, num_classes=10, test=test)
-
-
-@register("data", "mnist", TorchvisionConfig)
-def load_mnist(config: TorchvisionConfig) -> DataBundle:
-    return _load_torchvision("MNIST", config)
-
-
-@register("data", "fashion_mnist", TorchvisionConfig)
-def load_fashion_mnist(config: TorchvisionConfig) -> DataBundle:
-    return _load_torchvision("FashionMNIST", config)
-
-
-@register("data", "cifar10", TorchvisionConfig)
-def load_cifar10(config: TorchvisionConfig) -> DataBundle:
-    """CIFAR-10 through torchvision: 50,000 train + 10,000 test colour images, 3 x 32 x 32."""
-    return _load_torchvision("CIFAR10", config)

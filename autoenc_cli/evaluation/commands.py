@@ -3,7 +3,6 @@ the same config machinery as ``train`` (``data=...`` picks another data set of t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from omegaconf import MISSING, OmegaConf
 
 from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.schema import check_tree, choice, number
+from autoenc_cli.training.records import EvalReport, as_dict
 
 HELP = {
     "eval": "autoenc eval run=RUN_DIR [split=val|test] [checkpoint=best|last|PATH] [data=OPTION] "
@@ -102,15 +102,15 @@ def compose_command(config_name: str, schema: type, argv: Sequence[str]) -> Any:
     data = plain.pop("data", None)
     config = typed(schema, plain, "")
     if data is not None:
-        config.data = typed(REGISTRY.entry("data", data.get("name")).schema, data, "data")
+        config.data = typed(REGISTRY.config_class("data", data.get("name")), data, "data")
     check_tree(config)
     return config
 
 
-def _split(experiment: Any, name: str) -> Any:
-    split = getattr(experiment.data, name)
+def _split(data: Any, data_name: str, name: str) -> Any:
+    split = getattr(data, name)
     if split is None:
-        raise UserError(f"split={name}: the data set {experiment.run.data.name} has no {name} split; use split=val")
+        raise UserError(f"split={name}: the data set {data_name} has no {name} split; use split=val")
     return split
 
 
@@ -128,53 +128,64 @@ def reconstruct_images(model: Any, images: torch.Tensor, batch_size: int) -> tor
     )
 
 
-def evaluate_run(config: EvalConfig) -> dict[str, Any]:
+def load_for_command(config: UseRunConfig) -> Any:
+    from autoenc_cli.evaluation.loading import load_run
+
+    return load_run(Path(config.run), config.checkpoint, config.device)
+
+
+def evaluate_run(config: EvalConfig) -> EvalReport:
     from autoenc_cli.baselines.pca import PCA
-    from autoenc_cli.evaluation.loading import load_trained
     from autoenc_cli.training.metrics import evaluate, psnr
 
-    run_dir = Path(config.run)
-    experiment = load_trained(run_dir, config.checkpoint, config.data, config.device)
-    model, train, split = experiment.model, experiment.data.train, _split(experiment, config.split)
-    noise = experiment.noise if experiment.noise.active else None
+    run = load_for_command(config)
+    data = run.load_data(config.data)
+    model, train = run.model, data.train
+    split = _split(data, (config.data or run.config.data).name, config.split)
+    noise = run.noise()
     scores, _ = evaluate(
-        model, experiment.objective, split, config.batch_size, noise, experiment.validation_noise_generator()
+        model,
+        run.objective(),
+        split,
+        config.batch_size,
+        noise if noise.active else None,
+        run.validation_noise_generator(),
     )
     input_size = model.input_size
-    result: dict[str, Any] = {
-        "run": str(run_dir),
-        "checkpoint": config.checkpoint,
-        "data": experiment.run.data.name,
-        "split": config.split,
-        "samples": len(split),
-        "mse": scores["mse"],
-        "squared_error_per_image": scores["squared_error_per_image"],
-        "psnr": psnr(scores["mse"]),
-        "l0": scores["l0"],
-        "dead_fraction": scores["dead_fraction"],
-        "dense_fraction": scores["dense_fraction"],
-        "code_dim": model.code_dim,
-        "input_size": input_size,
-        "compression_ratio": input_size / model.code_dim,
-    }
-    if noise is not None:
-        result["psnr_noisy"], result["psnr_denoised"] = scores["psnr_noisy"], scores["psnr_denoised"]
+    report = EvalReport(
+        run=str(config.run),
+        checkpoint=config.checkpoint,
+        data=(config.data or run.config.data).name,
+        split=config.split,
+        samples=len(split),
+        mse=scores.mse,
+        squared_error_per_image=scores.squared_error_per_image,
+        psnr=psnr(scores.mse),
+        l0=scores.l0,
+        dead_fraction=scores.dead_fraction,
+        dense_fraction=scores.dense_fraction,
+        code_dim=model.code_dim,
+        input_size=input_size,
+        compression_ratio=input_size / model.code_dim,
+        psnr_noisy=scores.psnr_noisy,
+        psnr_denoised=scores.psnr_denoised,
+    )
     pca: Optional[PCA] = None
     if model.code_dim < min(input_size, len(train)):
         pca = PCA(model.code_dim).fit(train.images)
-        result["pca_mse"] = pca.reconstruction_mse(split.images)
-        result["pca_squared_error_per_image"] = result["pca_mse"] * input_size
-        result["ae_pca_mse_ratio"] = result["mse"] / result["pca_mse"]
+        report.pca_mse = pca.reconstruction_mse(split.images)
+        report.pca_squared_error_per_image = report.pca_mse * input_size
+        report.ae_pca_mse_ratio = report.mse / report.pca_mse
     if train.labels is not None and split.labels is not None:
-        result["probe"] = run_probes(config.probe, experiment, split, pca)
-    return result
+        report.probe = run_probes(config.probe, model, data, split, pca)
+    return report
 
 
-def run_probes(probe: ProbeConfig, experiment: Any, split: Any, pca: Any) -> dict[str, Any]:
+def run_probes(probe: ProbeConfig, model: Any, data: Any, split: Any, pca: Any) -> dict[str, Any]:
     from autoenc_cli.evaluation.probe import finetune_encoder, labelled_subset, probe_features
 
-    model, train, batch = experiment.model, experiment.data.train, 1024
-    num_classes = experiment.data.num_classes or int(max(train.labels.max(), split.labels.max()).item()) + 1
+    train, batch = data.train, 1024
+    num_classes = data.num_classes or int(max(train.labels.max(), split.labels.max()).item()) + 1
     features = {
         "codes": (encode_split(model, train.images, batch), encode_split(model, split.images, batch)),
         "pixels": (train.images.flatten(1), split.images.flatten(1)),
@@ -208,15 +219,16 @@ def run_probes(probe: ProbeConfig, experiment: Any, split: Any, pca: Any) -> dic
 def eval_main(argv: Sequence[str]) -> int:
     from autoenc_cli.artifacts.console import console, metrics_table, probe_table
     from autoenc_cli.artifacts.html_report import write_html_report
-    from autoenc_cli.training.checkpoint import atomic_write_bytes
+    from autoenc_cli.io import write_json
 
     config = compose_command("eval", EvalConfig, argv)
-    result = evaluate_run(config)
+    report = evaluate_run(config)
     out = Path(config.out) if config.out else Path(config.run) / "eval.json"
-    atomic_write_bytes(out, (json.dumps(_json_ready(result), indent=2) + "\n").encode())
+    result = as_dict(report)
+    write_json(out, result)
     console.print(metrics_table({k: v for k, v in result.items() if k != "probe"}, title=f"eval: {config.split} split"))
-    if "probe" in result:
-        console.print(probe_table(result["probe"]))
+    if report.probe is not None:
+        console.print(probe_table(report.probe))
     if not config.out:
         write_html_report(Path(config.run))
     console.print(f"wrote {out}", soft_wrap=True)
@@ -225,15 +237,14 @@ def eval_main(argv: Sequence[str]) -> int:
 
 def encode_main(argv: Sequence[str]) -> int:
     from autoenc_cli.artifacts.console import console
-    from autoenc_cli.evaluation.loading import load_trained
 
     config = compose_command("encode", EncodeConfig, argv)
-    experiment = load_trained(Path(config.run), config.checkpoint, config.data, config.device)
+    run = load_for_command(config)
+    data = run.load_data(config.data)
+    data_name = (config.data or run.config.data).name
     names = ("train", "val", "test") if config.split == "all" else (config.split,)
-    splits = [
-        (name, _split(experiment, name)) for name in names if config.split != "all" or getattr(experiment.data, name)
-    ]
-    codes = torch.cat([encode_split(experiment.model, split.images, config.batch_size) for _, split in splits])
+    splits = [(name, _split(data, data_name, name)) for name in names if config.split != "all" or getattr(data, name)]
+    codes = torch.cat([encode_split(run.model, split.images, config.batch_size) for _, split in splits])
     arrays = {
         "codes": codes.float().cpu().numpy(),
         "split": np.concatenate([np.full(len(split), name) for name, split in splits]),
@@ -248,13 +259,11 @@ def encode_main(argv: Sequence[str]) -> int:
 def reconstruct_main(argv: Sequence[str]) -> int:
     from autoenc_cli.artifacts.console import console
     from autoenc_cli.data.files import read_user_images
-    from autoenc_cli.evaluation.loading import load_trained
 
     config = compose_command("reconstruct", ReconstructConfig, argv)
-    experiment = load_trained(Path(config.run), config.checkpoint, None, config.device)
-    shape = experiment.model.input_shape
-    images = read_user_images(Path(config.input), shape).to(experiment.device)
-    outputs = reconstruct_images(experiment.model, images, config.batch_size).clamp(0, 1).cpu()
+    run = load_for_command(config)
+    images = read_user_images(Path(config.input), run.model.input_shape).to(run.device)
+    outputs = reconstruct_images(run.model, images, config.batch_size).clamp(0, 1).cpu()
     out = Path(config.out)
     if out.suffix == ".npz":
         _save_npz(out, {"inputs": images.cpu().numpy(), "reconstructions": outputs.numpy()})
@@ -267,7 +276,7 @@ def reconstruct_main(argv: Sequence[str]) -> int:
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     import io
 
-    from autoenc_cli.training.checkpoint import atomic_write_bytes
+    from autoenc_cli.io import atomic_write_bytes
 
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
@@ -282,11 +291,3 @@ def _save_pngs(folder: Path, images: torch.Tensor) -> None:
     for index, image in enumerate((images * 255).round().to(torch.uint8)):
         array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
         Image.fromarray(array).save(folder / f"{index:0{width}d}.png")
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -1,24 +1,39 @@
-"""Load a finished run: its config, the model in the right structure, and its weights."""
+"""Load a trained run from its folder, without its data: the model rebuilt from the saved config and
+the input shape stored in the checkpoint (as nanoGPT's sample.py rebuilds a GPT from model_args).
+
+    from autoenc_cli import load_run
+    run = load_run("outputs/runs/<run>")          # or checkpoint="last" | "stage1" | a .pt path
+    codes, images = run.encode(x), run.reconstruct(x)
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+import numpy as np
+import torch
 
-from autoenc_cli.errors import UserError
-from autoenc_cli.experiment import Experiment, build_experiment
-from autoenc_cli.schema.resolve import resolve
+from autoenc_cli.build import build_model, resolve_device
+from autoenc_cli.data.tensors import DataBundle, as_images
+from autoenc_cli.errors import DataError, UserError
+from autoenc_cli.losses import Objective
+from autoenc_cli.models.autoencoder import Autoencoder
+from autoenc_cli.noise.base import Noise
+from autoenc_cli.registry import REGISTRY
+from autoenc_cli.schema import TrainConfig
+from autoenc_cli.schema.resolve import typed_config
 from autoenc_cli.training.checkpoint import load_checkpoint
+from autoenc_cli.training.parts import validation_noise_generator
 
 
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
-    """``best`` or ``last`` in the run's checkpoints/, or a path to a .pt file."""
+    """A checkpoint's name in the run's checkpoints/ (best, last, stage1, finetune, ...) or a .pt path."""
     if not run_dir.is_dir():
         raise UserError(f"run='{run_dir}' is not a run folder")
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
+    named = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    path = named if "/" not in checkpoint and not checkpoint.endswith(".pt") else Path(checkpoint)
     if not path.is_file():
         raise UserError(
             f"no checkpoint at '{path}'; the run folder needs checkpoints/{checkpoint}.pt (checkpoint=best|last|PATH)"
@@ -26,35 +41,84 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     return path
 
 
-def load_trained(
-    run_dir: Path, checkpoint: str = "best", data: Optional[Any] = None, device: str = "auto"
-) -> Experiment:
-    """The run's experiment with trained weights, in evaluation mode.
+@dataclass
+class TrainedRun:
+    """A trained model in evaluation mode, with the config it was trained with."""
 
-    ``data`` (a typed data config) swaps in another data set; its images must have the run's shape.
-    Layer-wise runs replay their phases first so the model has the checkpoint's structure (tied or not).
-    """
-    state = load_checkpoint(checkpoint_path(run_dir, checkpoint))
-    run = resolve(OmegaConf.create(state["config"]))
-    run.trainer.device = device
-    if data is not None:
-        original_shape = tuple(state["input_shape"])
-        run.data = data
-        experiment = build_experiment(run)
-        if experiment.data.input_shape != original_shape:
+    model: Autoencoder  # a stage checkpoint gives that stage's network, with its own code size
+    config: TrainConfig
+    checkpoint: Path
+    phase: str
+    epoch: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _batches(self, images: Any, batch_size: int) -> torch.Tensor:
+        tensor = as_images(images if isinstance(images, torch.Tensor) else np.asarray(images)).to(self.device)
+        if tuple(tensor.shape[1:]) != self.model.input_shape:
+            raise UserError(f"images of shape {tuple(tensor.shape[1:])}; the model takes {self.model.input_shape}")
+        return tensor
+
+    @torch.inference_mode()
+    def encode(self, images: Any, batch_size: int = 1024) -> torch.Tensor:
+        """Codes of N x H x W or N x C x H x W images (uint8 0..255, or float in [0, 1])."""
+        x = self._batches(images, batch_size)
+        return torch.cat([self.model.encode(x[start : start + batch_size]) for start in range(0, len(x), batch_size)])
+
+    @torch.inference_mode()
+    def reconstruct(self, images: Any, batch_size: int = 1024) -> torch.Tensor:
+        x = self._batches(images, batch_size)
+        chunks = [self.model(x[start : start + batch_size]).reconstruction for start in range(0, len(x), batch_size)]
+        return torch.cat(chunks)
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(codes.to(self.device))
+
+    def objective(self) -> Objective:
+        return Objective(REGISTRY.build(self.config.loss), self.model.code_transform)
+
+    def noise(self) -> Noise:
+        return REGISTRY.build(self.config.noise)
+
+    def validation_noise_generator(self) -> torch.Generator:
+        return validation_noise_generator(self.config.seed, self.device)
+
+    def load_data(self, data: Optional[Any] = None) -> DataBundle:
+        """The run's own data set (or ``data``, a typed data config of the same shape), on the model's device."""
+        config = data if data is not None else self.config.data
+        try:
+            bundle = REGISTRY.build(config)
+        except DataError as error:
+            if data is not None or not hasattr(config, "path"):
+                raise
+            raise DataError(
+                f"the run's data cannot be read: {error}; if it moved, add data.path=NEW_PATH to score the same data"
+            ) from None
+        if bundle.input_shape != self.model.input_shape:
             raise UserError(
-                f"data={data.name} gives images of shape {experiment.data.input_shape}, "
-                f"but the run's model takes {original_shape}"
+                f"data={config.name} gives images of shape {bundle.input_shape}, "
+                f"but the run's model takes {self.model.input_shape}"
             )
-    else:
-        experiment = build_experiment(run)
-    model = experiment.model
-    for phase in experiment.phases[: state["phase_index"] + 1]:
-        phase.prepare(model)
+        return bundle.to(self.device)
+
+
+def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> TrainedRun:
+    """Rebuild a trained run's model from its folder (no data needed); ``device`` as trainer.device."""
+    path = checkpoint_path(Path(run), checkpoint)
+    state = load_checkpoint(path)
+    config = typed_config(state["config"])
+    model = build_model(config, tuple(state["input_shape"]))
+    phases = REGISTRY.build(config.schedule, config.trainer, model)
+    network = model
+    for phase in phases[: state["phase_index"] + 1]:  # replay the phases' set-up: stage views, untying
+        network, _ = phase.enter(model)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise UserError(f"the checkpoint does not fit the model built from its config ({first[:200]})") from None
-    model.eval().requires_grad_(False)
-    return replace(experiment, model=model)
+    network.to(resolve_device(device)).eval().requires_grad_(False)
+    return TrainedRun(network, config, path, phases[state["phase_index"]].name, int(state["epoch"]))

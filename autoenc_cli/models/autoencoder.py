@@ -1,12 +1,29 @@
-"""The ``Autoencoder`` module every model builder returns: encoder, code transform, decoder."""
+"""The ``Autoencoder`` module every model is, and the base of every model config."""
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, Optional
 
 import torch
 from torch import nn
+
+from autoenc_cli.schema import GroupConfig
+from autoenc_cli.sparsity.base import Sparsity
+
+if TYPE_CHECKING:
+    from autoenc_cli.schema.check import ModelFacts
+
+
+@dataclass
+class ModelConfig(GroupConfig):
+    group: ClassVar[str] = "model"
+
+    def describe(self, input_shape: tuple[int, ...]) -> "ModelFacts":
+        """Code size and activations this model would have for ``input_shape``, without building it;
+        geometry that does not fit the input is a one-line error here."""
+        raise NotImplementedError
 
 
 class AutoencoderOutput(NamedTuple):
@@ -31,16 +48,17 @@ class Autoencoder(nn.Module):
         code_dim: int,
         code_activation: str,
         output_activation: nn.Module,
+        code_transform: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
-        # Replaced by the run's sparsity option (see experiment.build_model).
-        self.code_transform: nn.Module = nn.Identity()
+        # The sparsity option (see autoenc_cli.sparsity); the base class passes codes through, no penalty.
+        self.code_transform = code_transform if code_transform is not None else Sparsity()
         self.output_activation = output_activation
         self.input_shape = tuple(input_shape)
         self.code_dim = code_dim
-        self.code_activation = code_activation  # name of the code layer's activation, e.g. for range checks
+        self.code_activation = code_activation  # name of the code layer's activation
 
     @property
     def input_size(self) -> int:

@@ -13,12 +13,12 @@ from typing import Optional
 from torch import nn
 
 from autoenc_cli.errors import ConfigError, UserError
-from autoenc_cli.models.autoencoder import Autoencoder
-from autoenc_cli.models.fc import fc_decoder
-from autoenc_cli.models.layers import LayerSpec, activation, check_activation
+from autoenc_cli.models.autoencoder import Autoencoder, ModelConfig
+from autoenc_cli.models.fc import decoder_layers
+from autoenc_cli.models.layers import LayerSpec, activation, check_activation, mlp
 from autoenc_cli.registry import register
 from autoenc_cli.schema import number
-from autoenc_cli.schema.root import GroupConfig
+from autoenc_cli.schema.check import ModelFacts
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ConvBlockSpec:
 
 
 @dataclass
-class ConvEncoderConfig(GroupConfig):
+class ConvEncoderConfig(ModelConfig):
     # The classic Conv6x6 x4 (8 channels) + MaxPool2x2: 28x28 -> 8 x 4 x 4 = a 128-unit code.
     encoder: list[ConvBlockSpec] = field(default_factory=lambda: [ConvBlockSpec(channels=8, num_layers=4, kernel=6)])
     pool: int = number(2, ge=1)  # max-pooling kernel and stride after the conv stack; 1 = none
@@ -50,6 +50,10 @@ class ConvEncoderConfig(GroupConfig):
         if not self.encoder:
             raise ConfigError("encoder", [], "give at least one conv block")
 
+    def describe(self, input_shape: tuple[int, ...]) -> ModelFacts:
+        _, pooled = plan_layers(self, input_shape)
+        return ModelFacts(math.prod(pooled), self.code_activation, self.output_activation)
+
 
 @dataclass
 class ConvModelConfig(ConvEncoderConfig):
@@ -57,6 +61,11 @@ class ConvModelConfig(ConvEncoderConfig):
     # Fully-connected decoder layers, code side first; the last is the output layer (width null = input
     # size). null: one linear layer from the code to the image.
     decoder: Optional[list[LayerSpec]] = None
+
+    def describe(self, input_shape: tuple[int, ...]) -> ModelFacts:
+        _, pooled = plan_layers(self, input_shape)
+        _, output_activation = decoder_layers(self.decoder, math.prod(input_shape), self.output_activation)
+        return ModelFacts(math.prod(pooled), self.code_activation, output_activation)
 
 
 @dataclass
@@ -85,6 +94,8 @@ def plan_layers(
 ) -> tuple[list[ConvLayer], tuple[int, int, int]]:
     """Each conv layer with its input and output sizes, and the pooled code shape; a layer whose output
     collapses to nothing is an error naming it."""
+    if len(input_shape) != 3:
+        raise ConfigError("name", config.name, f"needs images of shape C x H x W; the data gives {tuple(input_shape)}")
     channels, height, width = input_shape
     flat = [(block_index, spec) for block_index, spec in enumerate(config.encoder) for _ in range(spec.num_layers)]
     layers = []
@@ -112,7 +123,7 @@ def plan_layers(
         channels, (height, width) = spec.channels, out
     if config.pool > 1 and min(height, width) < config.pool:
         raise ConfigError(
-            "model.pool", config.pool, f"the conv output is only {height}x{width}; pool at most {min(height, width)}"
+            "pool", config.pool, f"the conv output is only {height}x{width}; pool at most {min(height, width)}"
         )
     pooled = (channels, height // config.pool, width // config.pool)
     return layers, pooled
@@ -152,36 +163,43 @@ def deconv_decoder(layers: list[ConvLayer], pooled: tuple[int, int, int]) -> nn.
     return nn.Sequential(*modules)
 
 
-def _check_image_input(input_shape: tuple[int, ...]) -> None:
-    if len(input_shape) != 3:
-        raise ConfigError("model.name", "conv", f"needs images of shape C x H x W; the data gives {input_shape}")
+class ConvAutoencoder(Autoencoder):
+    """Conv encoder (conv blocks, max pooling, flatten) and a fully-connected decoder."""
+
+    def __init__(
+        self, config: ConvModelConfig, input_shape: tuple[int, ...], code_transform: Optional[nn.Module] = None
+    ) -> None:
+        layers, pooled = plan_layers(config, input_shape)
+        code_dim = math.prod(pooled)
+        fc_layers, output_activation = decoder_layers(config.decoder, math.prod(input_shape), config.output_activation)
+        super().__init__(
+            conv_encoder(layers, config.pool),
+            mlp(code_dim, fc_layers),
+            input_shape,
+            code_dim,
+            config.code_activation,
+            activation(output_activation),
+            code_transform,
+        )
 
 
-@register("model", "conv", ConvModelConfig)
-def build_conv(config: ConvModelConfig, input_shape: tuple[int, ...]) -> Autoencoder:
-    _check_image_input(input_shape)
-    layers, pooled = plan_layers(config, input_shape)
-    code_dim = math.prod(pooled)
-    decoder, output_activation = fc_decoder(config.decoder, code_dim, math.prod(input_shape), config.output_activation)
-    return Autoencoder(
-        conv_encoder(layers, config.pool),
-        decoder,
-        input_shape,
-        code_dim,
-        config.code_activation,
-        activation(output_activation),
-    )
+class ConvDeconvAutoencoder(Autoencoder):
+    """Conv encoder and a mirrored transposed-convolution decoder."""
+
+    def __init__(
+        self, config: ConvDeconvModelConfig, input_shape: tuple[int, ...], code_transform: Optional[nn.Module] = None
+    ) -> None:
+        layers, pooled = plan_layers(config, input_shape)
+        super().__init__(
+            conv_encoder(layers, config.pool),
+            deconv_decoder(layers, pooled),
+            input_shape,
+            math.prod(pooled),
+            config.code_activation,
+            activation(config.output_activation),
+            code_transform,
+        )
 
 
-@register("model", "conv_deconv", ConvDeconvModelConfig)
-def build_conv_deconv(config: ConvDeconvModelConfig, input_shape: tuple[int, ...]) -> Autoencoder:
-    _check_image_input(input_shape)
-    layers, pooled = plan_layers(config, input_shape)
-    return Autoencoder(
-        conv_encoder(layers, config.pool),
-        deconv_decoder(layers, pooled),
-        input_shape,
-        math.prod(pooled),
-        config.code_activation,
-        activation(config.output_activation),
-    )
+register(ConvModelConfig)(ConvAutoencoder)
+register(ConvDeconvModelConfig)(ConvDeconvAutoencoder)

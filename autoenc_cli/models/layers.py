@@ -1,4 +1,4 @@
-"""Layer descriptors and the activations they may name."""
+"""Layer descriptors, the activations they may name, and the tied linear layer."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoenc_cli.errors import ConfigError
-from autoenc_cli.registry import REGISTRY, register
 from autoenc_cli.schema import number
 
-for _name, _module in {
+ACTIVATIONS: dict[str, type[nn.Module]] = {
     "linear": nn.Identity,
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
@@ -22,17 +21,20 @@ for _name, _module in {
     "gelu": nn.GELU,
     "elu": nn.ELU,
     "softplus": nn.Softplus,
-}.items():
-    register("activation", _name)(_module)
+}
 
 
 def activation(name: str) -> nn.Module:
-    return REGISTRY.entry("activation", name).builder()
+    return ACTIVATIONS[name]()
+
+
+def activation_name(module: nn.Module) -> str:
+    return next(name for name, kind in ACTIVATIONS.items() if type(module) is kind)
 
 
 def check_activation(key: str, name: str) -> None:
-    if name not in REGISTRY.names("activation"):
-        raise ConfigError(key, name, f"choose one of {', '.join(REGISTRY.names('activation'))}")
+    if name not in ACTIVATIONS:
+        raise ConfigError(key, name, f"choose one of {', '.join(sorted(ACTIVATIONS))}")
 
 
 @dataclass
@@ -84,17 +86,19 @@ class TiedLinear(nn.Module):
         return self._source[0].weight.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self._source[0].weight.t(), self.bias)
+        return F.linear(x, self.weight, self.bias)
 
     def untied(self) -> nn.Linear:
-        """An ordinary layer with a copy of the transposed weight and this bias: the same outputs."""
+        """An ordinary layer with a copy of the transposed weight and this bias: bit-identical outputs.
+
+        The copy keeps the transposed view's memory layout (a clone of the encoder weight, then
+        transposed), so ``F.linear`` sees the same values with the same strides and runs the same
+        kernel: exactness by construction, on any torch version and device, not by luck of the kernel.
+        """
         source = self._source[0]
-        layer = nn.Linear(
-            source.out_features, source.in_features, device=source.weight.device, dtype=source.weight.dtype
-        )
-        with torch.no_grad():
-            layer.weight.copy_(source.weight.t())
-            layer.bias.copy_(self.bias)
+        layer = nn.Linear(source.out_features, source.in_features, device=source.weight.device)
+        layer.weight = nn.Parameter(source.weight.detach().clone().t(), requires_grad=source.weight.requires_grad)
+        layer.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=self.bias.requires_grad)
         return layer
 
     def extra_repr(self) -> str:

@@ -1,8 +1,18 @@
-"""The interface every noise option implements."""
+"""The interface every noise option implements, and the base of their configs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
+
+from autoenc_cli.schema import GroupConfig
+
+
+@dataclass
+class NoiseConfig(GroupConfig):
+    group: ClassVar[str] = "noise"
 
 
 class Noise:

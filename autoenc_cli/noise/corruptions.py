@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
-from autoenc_cli.noise.base import Corruption, Noise
+from autoenc_cli.errors import ConfigError
+from autoenc_cli.noise.base import Corruption, NoiseConfig
 from autoenc_cli.registry import register
 from autoenc_cli.schema import number
-from autoenc_cli.schema.root import GroupConfig
+from autoenc_cli.schema.check import Facts
 
 
 def choose_pixels(batch: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -31,18 +32,30 @@ def choose_pixels(batch: torch.Tensor, rate: float, generator: torch.Generator |
 
 
 @dataclass
-class GaussianConfig(GroupConfig):
+class PixelNoiseConfig(NoiseConfig):
+    """Noise that picks whole pixels (all channels of a location): needs C x H x W images."""
+
+    def check_with(self, facts: Facts) -> None:
+        if len(facts.input_shape) != 3:
+            raise ConfigError(
+                "name", self.name, f"picks pixels of C x H x W images; the data gives {facts.input_shape}"
+            )
+
+
+@dataclass
+class GaussianConfig(NoiseConfig):
     name: str = "gaussian"
     mean: float = 0.0
     variance: float = number(0.5, ge=0)
     clip: bool = False  # clip the noisy input to [0, 1]
 
 
+@register(GaussianConfig)
 class GaussianNoise(Corruption):
     """Additive Gaussian noise with the given mean and variance."""
 
-    def __init__(self, mean: float, variance: float, clip: bool) -> None:
-        self.mean, self.std, self.clip = mean, variance**0.5, clip
+    def __init__(self, config: GaussianConfig) -> None:
+        self.mean, self.std, self.clip = config.mean, config.variance**0.5, config.clip
 
     def __call__(self, clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
@@ -51,51 +64,38 @@ class GaussianNoise(Corruption):
 
 
 @dataclass
-class MaskConfig(GroupConfig):
+class MaskConfig(PixelNoiseConfig):
     name: str = "mask"
     rate: float = number(0.5, ge=0, le=1)  # fraction of pixels per image set to value
     value: float = 0.0
 
 
+@register(MaskConfig)
 class MaskingNoise(Corruption):
     """Masking noise: exactly round(rate x pixels) pixels of each image set to a constant."""
 
-    def __init__(self, rate: float, value: float) -> None:
-        self.rate, self.value = rate, value
+    def __init__(self, config: MaskConfig) -> None:
+        self.rate, self.value = config.rate, config.value
 
     def __call__(self, clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return clean.masked_fill(choose_pixels(clean, self.rate, generator), self.value)
 
 
 @dataclass
-class SaltPepperConfig(GroupConfig):
+class SaltPepperConfig(PixelNoiseConfig):
     name: str = "salt_pepper"
     rate: float = number(0.2, ge=0, le=1)  # fraction of pixels per image set to 0 or 1
 
 
+@register(SaltPepperConfig)
 class SaltPepperNoise(Corruption):
     """Salt-and-pepper noise: exactly round(rate x pixels) pixels per image set to 0 or 1, half each
     on average."""
 
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
+    def __init__(self, config: SaltPepperConfig) -> None:
+        self.rate = config.rate
 
     def __call__(self, clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         chosen = choose_pixels(clean, self.rate, generator)
         salt = torch.rand(chosen.shape, generator=generator, device=clean.device) < 0.5
         return torch.where(chosen, salt.to(clean.dtype), clean)
-
-
-@register("noise", "gaussian", GaussianConfig)
-def build_gaussian(config: GaussianConfig) -> Noise:
-    return GaussianNoise(config.mean, config.variance, config.clip)
-
-
-@register("noise", "mask", MaskConfig)
-def build_mask(config: MaskConfig) -> Noise:
-    return MaskingNoise(config.rate, config.value)
-
-
-@register("noise", "salt_pepper", SaltPepperConfig)
-def build_salt_pepper(config: SaltPepperConfig) -> Noise:
-    return SaltPepperNoise(config.rate)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autoenc_cli.noise.base import Noise
+from autoenc_cli.noise.base import Noise, NoiseConfig
 from autoenc_cli.registry import register
-from autoenc_cli.schema.root import GroupConfig
 
 
 @dataclass
-class NoNoiseConfig(GroupConfig):
+class NoNoiseConfig(NoiseConfig):
     name: str = "none"
 
 
-@register("noise", "none", NoNoiseConfig)
-def build_no_noise(config: NoNoiseConfig) -> Noise:
-    return Noise()
+@register(NoNoiseConfig)
+class NoNoise(Noise):
+    def __init__(self, config: NoNoiseConfig) -> None:
+        pass

@@ -57,21 +57,22 @@ def check_tree(node: Any) -> None:
     """Check field rules and each dataclass's own ``check()`` recursively; errors carry full keys."""
     if isinstance(node, (list, tuple)):
         for index, item in enumerate(node):
-            _with_prefix(lambda item=item: check_tree(item), f"[{index}]")
+            with_prefix(f"[{index}]", lambda item=item: check_tree(item))
         return
     if not dataclasses.is_dataclass(node):
         return
     for field in dataclasses.fields(node):
         value = getattr(node, field.name)
         _check_field(field, value)
-        _with_prefix(lambda value=value: check_tree(value), field.name)
+        with_prefix(field.name, lambda value=value: check_tree(value))
     own_check = getattr(node, "check", None)
     if callable(own_check):
         own_check()
 
 
-def _with_prefix(action: Any, prefix: str) -> None:
+def with_prefix(prefix: str, action: Any) -> Any:
+    """Run ``action``; a ConfigError it raises gets ``prefix`` in front of its key."""
     try:
-        action()
+        return action()
     except ConfigError as error:
         raise error.within(prefix) from None

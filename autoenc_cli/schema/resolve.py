@@ -10,34 +10,42 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.registry import REGISTRY
-from autoenc_cli.schema.fields import check_tree
+from autoenc_cli.schema.check import check_config
 from autoenc_cli.schema.root import GROUPS, SHORTHANDS, TrainConfig
 
 
 def resolve(cfg: DictConfig) -> TrainConfig:
-    """Validate every group against its registered schema and return the typed run config."""
+    """The typed run config, with every rule checked (``check_config``): what ``autoenc train`` runs."""
+    config = typed_config(cfg)
+    check_config(config)
+    return config
+
+
+def typed_config(cfg: DictConfig | dict) -> TrainConfig:
+    """Type every group against its registered schema, without the rules that look at files.
+
+    A saved run's config was checked when it trained; loading it needs only this.
+    """
     try:
-        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        plain = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as error:
         raise UserError(f"{error.full_key} must be set, e.g. {error.full_key}=...") from None
     assert isinstance(plain, dict)
     groups = {group: plain.pop(group, None) for group in GROUPS}
     plain.pop("hydra", None)
-    run = typed(TrainConfig, plain, "")
+    config = typed(TrainConfig, plain, "")
     for group, node in groups.items():
         if not isinstance(node, dict):
             raise ConfigError(group, node, f"must be a config group; choose one of {', '.join(REGISTRY.names(group))}")
-        schema = REGISTRY.entry(group, node.get("name")).schema
-        setattr(run, group, typed(schema, node, group))
-    _apply_shorthands(run)
-    check_tree(run)
-    return run
+        setattr(config, group, typed(REGISTRY.config_class(group, node.get("name")), node, group))
+    _apply_shorthands(config)
+    return config
 
 
-def _apply_shorthands(run: TrainConfig) -> None:
+def _apply_shorthands(config: TrainConfig) -> None:
     """``k=16`` sets ``sparsity.k``: the top-level value wins over the group's default."""
     for key, group in SHORTHANDS.items():
-        value, target = getattr(run, key), getattr(run, group)
+        value, target = getattr(config, key), getattr(config, group)
         if value is None:
             continue
         if not hasattr(target, key):

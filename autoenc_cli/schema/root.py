@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from autoenc_cli.errors import ConfigError
+from autoenc_cli.registry import GROUP_PACKAGES
 from autoenc_cli.schema.fields import choice, number
 
+if TYPE_CHECKING:
+    from autoenc_cli.schema.check import Facts
+
 # Config groups whose options are looked up in the registry by their ``name`` key.
-GROUPS = ("data", "model", "loss", "optimizer", "schedule", "sparsity", "noise")
+GROUPS = tuple(GROUP_PACKAGES)
 
 # Top-level shorthands (``k=16``) for a key inside a group (``sparsity.k``), so sweeps read naturally.
 SHORTHANDS = {"k": "sparsity", "lam": "sparsity"}
@@ -17,9 +21,17 @@ SHORTHANDS = {"k": "sparsity", "lam": "sparsity"}
 
 @dataclass
 class GroupConfig:
-    """Base of every group option's schema: ``name`` selects the registered builder."""
+    """Base of every group option's schema: ``name`` selects the registered component.
 
+    ``check()`` (optional) checks the option on its own; ``check_with(facts)`` checks it against the
+    rest of the run (code size, activations, input shape), before anything is built.
+    """
+
+    group: ClassVar[str] = "?"
     name: str = "?"
+
+    def check_with(self, facts: "Facts") -> None:
+        """Rules that need other groups; raise ConfigError with a key relative to this group."""
 
 
 @dataclass
@@ -50,7 +62,7 @@ class TrainConfig:
     lam: Optional[float] = number(None, ge=0)
     resume: Optional[str] = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    # Filled with registry-typed schema instances by ``autoenc_cli.schema.resolve``.
+    # Filled with registry-typed option configs by ``autoenc_cli.schema.resolve``.
     data: Any = None
     model: Any = None
     loss: Any = None

@@ -1,11 +1,19 @@
-"""The interface every sparsity option implements."""
+"""The interface every sparsity option implements, and the base of their configs."""
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import torch
 from torch import nn
+
+from autoenc_cli.schema import GroupConfig
+
+
+@dataclass
+class SparsityConfig(GroupConfig):
+    group: ClassVar[str] = "sparsity"
 
 
 class Sparsity(nn.Module):

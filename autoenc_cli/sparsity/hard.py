@@ -13,11 +13,10 @@ from typing import Any, Optional
 import torch
 
 from autoenc_cli.errors import ConfigError
-from autoenc_cli.models.autoencoder import Autoencoder
 from autoenc_cli.registry import register
 from autoenc_cli.schema import number
-from autoenc_cli.schema.root import GroupConfig
-from autoenc_cli.sparsity.base import Sparsity
+from autoenc_cli.schema.check import Facts
+from autoenc_cli.sparsity.base import Sparsity, SparsityConfig
 
 
 class KeepTopK(torch.autograd.Function):
@@ -45,48 +44,47 @@ def keep_top_k(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     return KeepTopK.apply(x, min(k, x.shape[dim]), dim)
 
 
-def _check_k_fits(k: int, model: Autoencoder) -> None:
-    if k > model.code_dim:
-        raise ConfigError("sparsity.k", k, f"must be <= the code size model.code_dim={model.code_dim}")
+def check_k_fits(k: int, facts: Facts) -> None:
+    if k > facts.model.code_dim:
+        raise ConfigError("k", k, f"must be <= the code size model.code_dim={facts.model.code_dim}")
 
 
 @dataclass
-class TopKConfig(GroupConfig):
+class TopKConfig(SparsityConfig):
     name: str = "topk"
     k: int = number(16, ge=1)  # code units kept per sample
 
+    def check_with(self, facts: Facts) -> None:
+        check_k_fits(self.k, facts)
 
+
+@register(TopKConfig)
 class TopK(Sparsity):
     """Per-sample k-sparse codes (Makhzani & Frey, 2013): each sample keeps its k largest units."""
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, config: TopKConfig) -> None:
         super().__init__()
-        self.k = k
+        self.k = config.k
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         return keep_top_k(code, self.k, dim=1)
 
 
-@register("sparsity", "topk", TopKConfig)
-def build_topk(config: TopKConfig, model: Autoencoder) -> Sparsity:
-    _check_k_fits(config.k, model)
-    return TopK(config.k)
-
-
 @dataclass
-class LifetimeConfig(GroupConfig):
+class LifetimeConfig(SparsityConfig):
     name: str = "lifetime"
     k: Optional[int] = number(None, ge=1)  # samples kept per unit; overrides rate when set
     rate: float = number(0.05, gt=0, le=1)  # fraction of the batch kept per unit
 
 
+@register(LifetimeConfig)
 class Lifetime(Sparsity):
     """Lifetime winner-take-all (Makhzani & Frey, 2015): during training each unit keeps its k largest
     activations across the minibatch; at evaluation codes pass unchanged."""
 
-    def __init__(self, k: Optional[int], rate: float) -> None:
+    def __init__(self, config: LifetimeConfig) -> None:
         super().__init__()
-        self.k, self.rate = k, rate
+        self.k, self.rate = config.k, config.rate
 
     def kept_per_unit(self, batch_size: int) -> int:
         k = self.k if self.k is not None else round(self.rate * batch_size)
@@ -98,26 +96,25 @@ class Lifetime(Sparsity):
         return keep_top_k(code, self.kept_per_unit(code.shape[0]), dim=0)
 
 
-@register("sparsity", "lifetime", LifetimeConfig)
-def build_lifetime(config: LifetimeConfig, model: Autoencoder) -> Sparsity:
-    return Lifetime(config.k, config.rate)
-
-
 @dataclass
-class BatchTopKConfig(GroupConfig):
+class BatchTopKConfig(SparsityConfig):
     name: str = "batch_topk"
     k: int = number(16, ge=1)  # average code units kept per sample: k x batch_size kept per batch
     threshold_momentum: float = number(0.01, gt=0, le=1)  # EMA weight of each batch's threshold
 
+    def check_with(self, facts: Facts) -> None:
+        check_k_fits(self.k, facts)
 
+
+@register(BatchTopKConfig)
 class BatchTopK(Sparsity):
     """BatchTopK (Bussmann et al., 2024): training keeps the k x batch_size largest activations of the
     whole batch. Evaluation keeps activations above a threshold estimated during training (an EMA of
     the smallest kept activation per batch), so it does not depend on batch composition."""
 
-    def __init__(self, k: int, momentum: float) -> None:
+    def __init__(self, config: BatchTopKConfig) -> None:
         super().__init__()
-        self.k, self.momentum = k, momentum
+        self.k, self.momentum = config.k, config.threshold_momentum
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_seen", torch.zeros((), dtype=torch.bool))
 
@@ -137,9 +134,3 @@ class BatchTopK(Sparsity):
         blended = torch.lerp(self.threshold, smallest, self.momentum)
         self.threshold.copy_(torch.where(self.threshold_seen, blended, smallest))
         self.threshold_seen.fill_(True)
-
-
-@register("sparsity", "batch_topk", BatchTopKConfig)
-def build_batch_topk(config: BatchTopKConfig, model: Autoencoder) -> Sparsity:
-    _check_k_fits(config.k, model)
-    return BatchTopK(config.k, config.threshold_momentum)

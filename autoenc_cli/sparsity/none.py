@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from autoenc_cli.registry import register
-from autoenc_cli.schema.root import GroupConfig
-from autoenc_cli.sparsity.base import Sparsity
+from autoenc_cli.sparsity.base import Sparsity, SparsityConfig
 
 
 @dataclass
-class NoSparsityConfig(GroupConfig):
+class NoSparsityConfig(SparsityConfig):
     name: str = "none"
 
 
-@register("sparsity", "none", NoSparsityConfig)
-def build_no_sparsity(config: NoSparsityConfig, model: nn.Module) -> Sparsity:
-    return Sparsity()
+@register(NoSparsityConfig)
+class NoSparsity(Sparsity):
+    def __init__(self, config: NoSparsityConfig) -> None:
+        super().__init__()

@@ -8,65 +8,59 @@ from dataclasses import dataclass
 import torch
 
 from autoenc_cli.errors import ConfigError
-from autoenc_cli.models.autoencoder import Autoencoder
 from autoenc_cli.registry import register
 from autoenc_cli.schema import number
-from autoenc_cli.schema.root import GroupConfig
-from autoenc_cli.sparsity.base import Sparsity
+from autoenc_cli.schema.check import Facts
+from autoenc_cli.sparsity.base import Sparsity, SparsityConfig
 
 # Code activations whose outputs lie strictly inside (0, 1), as the KL penalty needs.
 UNIT_INTERVAL_ACTIVATIONS = ("sigmoid",)
 
 
 @dataclass
-class L1Config(GroupConfig):
+class L1Config(SparsityConfig):
     name: str = "l1"
     lam: float = number(1e-3, ge=0)  # penalty weight
 
 
+@register(L1Config)
 class L1Penalty(Sparsity):
     """lam x mean over samples of the code's L1 norm."""
 
-    def __init__(self, lam: float) -> None:
+    def __init__(self, config: L1Config) -> None:
         super().__init__()
-        self.lam = lam
+        self.lam = config.lam
 
     def penalty(self, code: torch.Tensor) -> torch.Tensor:
         return self.lam * code.abs().sum(dim=1).mean()
 
 
-@register("sparsity", "l1", L1Config)
-def build_l1(config: L1Config, model: Autoencoder) -> Sparsity:
-    return L1Penalty(config.lam)
-
-
 @dataclass
-class KLConfig(GroupConfig):
+class KLConfig(SparsityConfig):
     name: str = "kl"
     lam: float = number(0.1, ge=0)  # penalty weight
     rho: float = number(0.05, gt=0, lt=1)  # target mean activation of each unit
 
+    def check_with(self, facts: Facts) -> None:
+        if facts.model.code_activation not in UNIT_INTERVAL_ACTIVATIONS:
+            raise ConfigError(
+                "model.code_activation",
+                facts.model.code_activation,
+                "sparsity=kl needs codes in (0, 1): use model.code_activation=sigmoid",
+                absolute=True,
+            )
 
+
+@register(KLConfig)
 class KLPenalty(Sparsity):
     """lam x mean over units of KL(rho || rho_hat_j), rho_hat_j the unit's mean activation in the batch
     (the sparse autoencoder of Ng's CS294A notes). Not clamped: a saturated unit shows as inf."""
 
-    def __init__(self, lam: float, rho: float) -> None:
+    def __init__(self, config: KLConfig) -> None:
         super().__init__()
-        self.lam, self.rho = lam, rho
+        self.lam, self.rho = config.lam, config.rho
 
     def penalty(self, code: torch.Tensor) -> torch.Tensor:
         rho, rho_hat = self.rho, code.mean(dim=0)
         divergence = rho * (math.log(rho) - torch.log(rho_hat)) + (1 - rho) * (math.log1p(-rho) - torch.log1p(-rho_hat))
         return self.lam * divergence.mean()
-
-
-@register("sparsity", "kl", KLConfig)
-def build_kl(config: KLConfig, model: Autoencoder) -> Sparsity:
-    if model.code_activation not in UNIT_INTERVAL_ACTIVATIONS:
-        raise ConfigError(
-            "model.code_activation",
-            model.code_activation,
-            "sparsity=kl needs codes in (0, 1): use model.code_activation=sigmoid",
-        )
-    return KLPenalty(config.lam, config.rho)

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from autoenc_cli.data.tensors import Split, iterate_batches
+from autoenc_cli.losses import Objective
 from autoenc_cli.models.autoencoder import Autoencoder
 from autoenc_cli.noise.base import Noise
-from autoenc_cli.training.losses import Objective
+from autoenc_cli.training.records import Evaluation
 
 
 @dataclass
@@ -42,7 +43,7 @@ def evaluate(
     batch_size: int,
     noise: Noise | None = None,
     generator: torch.Generator | None = None,
-) -> tuple[dict[str, float], CodeStatistics]:
+) -> tuple[Evaluation, CodeStatistics]:
     """Mean loss terms, MSE per pixel and code statistics over ``split``; one host sync at the end.
 
     With ``noise`` the model sees corrupted inputs and is scored against the clean ones.
@@ -75,18 +76,17 @@ def evaluate(
     loss, reconstruction, penalty, squared_error, code_abs, noisy_error = sums.tolist()
     frequency = (active_per_unit / samples).float()
     stats = CodeStatistics(frequency, l0=active_per_unit.sum().item() / samples)
-    metrics = {
-        "loss": loss / samples,
-        "reconstruction_loss": reconstruction / samples,
-        "penalty": penalty / samples,
-        "mse": squared_error / pixels,
-        "squared_error_per_image": squared_error / samples,
-        "l0": stats.l0,
-        "dead_fraction": stats.dead_fraction,
-        "dense_fraction": stats.dense_fraction,
-        "mean_activation": code_abs / (samples * active_per_unit.numel()),
-    }
-    if noise is not None:
-        metrics["psnr_noisy"] = psnr(noisy_error / pixels)
-        metrics["psnr_denoised"] = psnr(squared_error / pixels)
-    return metrics, stats
+    evaluation = Evaluation(
+        loss=loss / samples,
+        reconstruction_loss=reconstruction / samples,
+        penalty=penalty / samples,
+        mse=squared_error / pixels,
+        squared_error_per_image=squared_error / samples,
+        l0=stats.l0,
+        dead_fraction=stats.dead_fraction,
+        dense_fraction=stats.dense_fraction,
+        mean_activation=code_abs / (samples * active_per_unit.numel()),
+        psnr_noisy=psnr(noisy_error / pixels) if noise is not None else None,
+        psnr_denoised=psnr(squared_error / pixels) if noise is not None else None,
+    )
+    return evaluation, stats

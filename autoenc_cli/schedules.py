@@ -1,28 +1,32 @@
 """Training schedules (the ``schedule`` group): the phases a run goes through and their LR policy.
 
-A schedule is a list of phases. Each phase prepares the model (which parameters train, frozen or
-tied state) and gets a fresh optimizer and learning-rate policy; ``standard`` is one phase over the
-whole network.
+A schedule is a list of phases. Entering a phase sets the model up (which parameters train, tied or
+untied) and says which network the phase trains and evaluates: the whole model, or a greedy stage's
+view of it with its own code size. Every phase gets a fresh optimizer and learning-rate policy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, ClassVar, Iterable, Optional
 
 import torch
 from torch import nn
 
 from autoenc_cli.errors import ConfigError
+from autoenc_cli.models.autoencoder import Autoencoder
 from autoenc_cli.registry import register
-from autoenc_cli.schema import choice, number
-from autoenc_cli.schema.root import GroupConfig, TrainerConfig
+from autoenc_cli.schema import GroupConfig, TrainerConfig, choice, number
+from autoenc_cli.schema.check import Facts
 
 POLICIES = ("constant", "cosine", "plateau")
 
 
 @dataclass
-class LearningRateConfig(GroupConfig):
+class ScheduleConfig(GroupConfig):
+    """The learning-rate policy every schedule restarts in each of its phases."""
+
+    group: ClassVar[str] = "schedule"
     policy: str = choice("plateau", POLICIES)
     factor: float = number(0.1, gt=0, lt=1)  # plateau: multiply the rate by this
     patience: int = number(10, ge=0)  # plateau: epochs without improvement before reducing
@@ -31,21 +35,25 @@ class LearningRateConfig(GroupConfig):
 
 
 @dataclass
-class StandardScheduleConfig(LearningRateConfig):
+class StandardScheduleConfig(ScheduleConfig):
     name: str = "standard"
+
+
+# Set the model up for the phase; return the network it trains and evaluates, and its parameters.
+EnterPhase = Callable[[nn.Module], tuple[Autoencoder, list[nn.Parameter]]]
 
 
 @dataclass
 class Phase:
     name: str
     epochs: int
-    prepare: Callable[[nn.Module], Iterable[nn.Parameter]]  # set the model up; return what trains
+    enter: EnterPhase
 
 
 class LearningRatePolicy:
     """Steps once per epoch on the validation loss; says when a plateau run should stop."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, config: LearningRateConfig, epochs: int) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, config: ScheduleConfig, epochs: int) -> None:
         self.optimizer, self.config = optimizer, config
         self.scheduler: Optional[object] = None
         if config.policy == "cosine":
@@ -76,27 +84,9 @@ class LearningRatePolicy:
             self.scheduler.load_state_dict(state)
 
 
-def train_everything(model: nn.Module) -> Iterable[nn.Parameter]:
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    return [parameter for parameter in model.parameters()]
-
-
-@register("schedule", "standard", StandardScheduleConfig)
-def build_standard(config: StandardScheduleConfig, trainer: TrainerConfig, model: nn.Module) -> list[Phase]:
-    return [Phase("train", trainer.epochs, train_everything)]
-
-
-@dataclass
-class GreedyScheduleConfig(LearningRateConfig):
-    name: str = "greedy"
-    epochs_per_stage: int = number(10, ge=1)
-    stage_epochs: Optional[list[int]] = None  # one entry per encoder layer; overrides epochs_per_stage
-    untie: bool = True  # fine-tune with untied decoder weights (needs model.tied=true)
-
-    def check(self) -> None:
-        if self.stage_epochs is not None and any(epochs < 1 for epochs in self.stage_epochs):
-            raise ConfigError("stage_epochs", self.stage_epochs, "every stage needs >= 1 epoch")
+def train_everything(model: nn.Module) -> tuple[nn.Module, list[nn.Parameter]]:
+    model.requires_grad_(True)
+    return model, list(model.parameters())
 
 
 def train_only(model: nn.Module, modules: Iterable[nn.Module]) -> list[nn.Parameter]:
@@ -108,44 +98,60 @@ def train_only(model: nn.Module, modules: Iterable[nn.Module]) -> list[nn.Parame
     return list(trainable.values())
 
 
-def stage(index: int) -> Callable[[nn.Module], Iterable[nn.Parameter]]:
+@register(StandardScheduleConfig)
+def standard_phases(config: StandardScheduleConfig, trainer: TrainerConfig, model: nn.Module) -> list[Phase]:
+    return [Phase("train", trainer.epochs, train_everything)]
+
+
+@dataclass
+class GreedyScheduleConfig(ScheduleConfig):
+    name: str = "greedy"
+    epochs_per_stage: int = number(10, ge=1)
+    stage_epochs: Optional[list[int]] = None  # one entry per encoder layer; overrides epochs_per_stage
+    untie: bool = True  # fine-tune with untied decoder weights (needs model.tied=true)
+
+    def check(self) -> None:
+        if self.stage_epochs is not None and any(epochs < 1 for epochs in self.stage_epochs):
+            raise ConfigError("stage_epochs", self.stage_epochs, "every stage needs >= 1 epoch")
+
+    def check_with(self, facts: Facts) -> None:
+        widths = facts.model.layer_widths
+        if widths is None:
+            raise ConfigError("name", "greedy", "needs a fully-connected model (model=fc or sparse_fc)")
+        if self.stage_epochs is not None and len(self.stage_epochs) != len(widths):
+            raise ConfigError(
+                "stage_epochs",
+                self.stage_epochs,
+                f"one entry per encoder layer: the model has {len(widths)} ({len(widths) - 1} hidden + code)",
+            )
+        if self.untie and not facts.model.tied:
+            raise ConfigError(
+                "untie", True, "needs model.tied=true (there is nothing to untie); or set schedule.untie=false"
+            )
+
+
+def stage(index: int) -> EnterPhase:
     """Stage ``index``: layer pair ``index`` trains on top of the frozen, already trained outer pairs."""
 
-    def prepare(model: nn.Module) -> Iterable[nn.Parameter]:
-        model.depth = index + 1
-        return train_only(model, model.layer_pair(index))
+    def enter(model: nn.Module) -> tuple[Autoencoder, list[nn.Parameter]]:
+        return model.stage(index + 1), train_only(model, model.layer_pair(index))
 
-    return prepare
+    return enter
 
 
-def finetune(untie: bool) -> Callable[[nn.Module], Iterable[nn.Parameter]]:
-    def prepare(model: nn.Module) -> Iterable[nn.Parameter]:
-        model.depth = None
+def finetune(untie: bool) -> EnterPhase:
+    def enter(model: nn.Module) -> tuple[Autoencoder, list[nn.Parameter]]:
         if untie:
             model.untie()
         return train_everything(model)
 
-    return prepare
+    return enter
 
 
-@register("schedule", "greedy", GreedyScheduleConfig)
-def build_greedy(config: GreedyScheduleConfig, trainer: TrainerConfig, model: nn.Module) -> list[Phase]:
+@register(GreedyScheduleConfig)
+def greedy_phases(config: GreedyScheduleConfig, trainer: TrainerConfig, model: nn.Module) -> list[Phase]:
     """Greedy layer-wise pre-training (Hinton & Salakhutdinov 2006; Bengio et al. 2007), then fine-tuning
     of the whole network for trainer.epochs epochs."""
-    from autoenc_cli.models.fc import FCAutoencoder
-
-    if not isinstance(model, FCAutoencoder):
-        raise ConfigError("schedule.name", "greedy", "needs a fully-connected model (model=fc or sparse_fc)")
     stage_epochs = config.stage_epochs or [config.epochs_per_stage] * model.num_layers
-    if len(stage_epochs) != model.num_layers:
-        raise ConfigError(
-            "schedule.stage_epochs",
-            stage_epochs,
-            f"one entry per encoder layer: the model has {model.num_layers} ({model.num_layers - 1} hidden + code)",
-        )
-    if config.untie and not model.is_tied:
-        raise ConfigError(
-            "schedule.untie", True, "needs model.tied=true (there is nothing to untie); or set schedule.untie=false"
-        )
     stages = [Phase(f"stage{index + 1}", epochs, stage(index)) for index, epochs in enumerate(stage_epochs)]
     return [*stages, Phase("finetune", trainer.epochs, finetune(config.untie))]

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import torch
 from torch import nn
 
 from autoenc_cli.errors import ConfigError
 from autoenc_cli.registry import register
-from autoenc_cli.schema import number
-from autoenc_cli.schema.root import GroupConfig
+from autoenc_cli.schema import GroupConfig, number
 
 
 @dataclass
-class AdamConfig(GroupConfig):
+class OptimizerConfig(GroupConfig):
+    group: ClassVar[str] = "optimizer"
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
     name: str = "adam"
     lr: float = number(1e-3, gt=0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -28,7 +32,7 @@ class AdamConfig(GroupConfig):
 
 
 @dataclass
-class SGDConfig(GroupConfig):
+class SGDConfig(OptimizerConfig):
     name: str = "sgd"
     lr: float = number(0.1, gt=0)
     momentum: float = number(0.9, ge=0, lt=1)
@@ -40,15 +44,15 @@ class SGDConfig(GroupConfig):
             raise ConfigError("nesterov", True, "needs momentum > 0")
 
 
-@register("optimizer", "adam", AdamConfig)
-def build_adam(config: AdamConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+@register(AdamConfig)
+def adam(config: AdamConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.Adam(
         parameters, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay
     )
 
 
-@register("optimizer", "sgd", SGDConfig)
-def build_sgd(config: SGDConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+@register(SGDConfig)
+def sgd(config: SGDConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.SGD(
         parameters, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
     )

@@ -1,0 +1,70 @@
+"""Build a run's parts from its checked config: data, model (with its sparsity), objective, noise, phases.
+
+Every component comes from the registry, constructed from its own config. ``build_model`` needs only
+the config and an input shape, so a trained run is rebuilt without its data.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from autoenc_cli.data.tensors import DataBundle
+from autoenc_cli.errors import UserError
+from autoenc_cli.losses import Objective
+from autoenc_cli.models.autoencoder import Autoencoder
+from autoenc_cli.registry import REGISTRY
+from autoenc_cli.schema import TrainConfig
+from autoenc_cli.training.distributed import World, current_world, init_process_group
+from autoenc_cli.training.parts import RunParts
+
+
+def build_model(
+    config: TrainConfig, input_shape: tuple[int, ...], code_transform: Optional[nn.Module] = None
+) -> Autoencoder:
+    """The model, complete: its sparsity option is the code transform it is constructed with."""
+    sparsity = code_transform if code_transform is not None else REGISTRY.build(config.sparsity)
+    return REGISTRY.build(config.model, tuple(input_shape), code_transform=sparsity)
+
+
+def build_objective(config: TrainConfig, model: Autoencoder) -> Objective:
+    return Objective(REGISTRY.build(config.loss), model.code_transform)
+
+
+def resolve_device(name: str, world: World = World()) -> torch.device:
+    """``auto`` picks CUDA when present; under torchrun each rank takes the GPU of its local rank."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.device='{name}' but CUDA is not available here; use trainer.device=cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and world.is_distributed:
+        name = f"cuda:{world.local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_parts(config: TrainConfig, data: Optional[DataBundle] = None) -> RunParts:
+    """Everything the Trainer needs, on the training device; ``data`` replaces the config's data set."""
+    world = current_world()
+    if config.trainer.threads is not None:  # e.g. one thread per job when a sweep runs jobs in parallel
+        torch.set_num_threads(config.trainer.threads)
+    device = resolve_device(config.trainer.device, world)
+    init_process_group(world, device)
+    seed_everything(config.seed, config.trainer.deterministic)
+    data = (data or REGISTRY.build(config.data)).to(device)
+    model = build_model(config, data.input_shape).to(device)
+    objective = build_objective(config, model)
+    noise = REGISTRY.build(config.noise)
+    phases = REGISTRY.build(config.schedule, config.trainer, model)
+    return RunParts(config, device, data, model, objective, noise, phases, world)

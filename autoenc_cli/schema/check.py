@@ -1,0 +1,48 @@
+"""The whole-config check: every rule, within a group and across groups, before anything is built.
+
+``check_config`` is the one entry point. Field rules (ranges, choices) and each option's own
+``check()`` run first; then the facts a run implies are derived from the config alone (the input
+shape the data will give, the model's code size and activations), and every option checks itself
+against them with ``check_with(facts)``. A sweep calls the same function for every job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from autoenc_cli.schema.fields import check_tree, with_prefix
+from autoenc_cli.schema.root import GROUPS
+
+if TYPE_CHECKING:
+    from autoenc_cli.schema.root import TrainConfig
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model config implies for an input shape, without building it."""
+
+    code_dim: int
+    code_activation: str
+    output_activation: str
+    layer_widths: Optional[tuple[int, ...]] = None  # fully-connected: encoder widths, the code's last
+    tied: bool = False
+
+
+@dataclass(frozen=True)
+class Facts:
+    config: "TrainConfig"
+    input_shape: tuple[int, ...]
+    model: ModelFacts
+
+
+def check_config(config: "TrainConfig") -> Facts:
+    """Apply every rule to a typed run config; the first broken rule is a one-line ConfigError."""
+    check_tree(config)
+    input_shape = with_prefix("data", config.data.input_shape)
+    model = with_prefix("model", lambda: config.model.describe(input_shape))
+    facts = Facts(config, tuple(input_shape), model)
+    for group in GROUPS:
+        option = getattr(config, group)
+        with_prefix(group, lambda option=option: option.check_with(facts))
+    return facts
