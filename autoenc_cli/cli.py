@@ -55,6 +55,77 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def version() -> str:
+    """The installed distribution's version; the source's own where the package is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("autoenc")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
+# Hydra's own flags for ``train`` that take the next argument as their value (``--cfg job``).
+HYDRA_FLAGS_WITH_VALUE = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name"}
+HYDRA_FLAGS_WITH_VALUE |= {"-cd", "--config-dir", "--experimental-rerun"}
+HYDRA_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+RUN_COMMANDS = ("eval", "encode", "reconstruct")  # they take run=RUN_DIR
+PATH_KEYS = {"path", "root", "run", "input", "out", "resume", "output_root", "checkpoint", "dir"}  # take a path
+
+
+def bare_argument_problem(command: str, args: Sequence[str]) -> Optional[str]:
+    """The one-line error for an argument that is not KEY=VALUE, or None when every argument is an
+    override or a flag. A bare path is most often a run folder given without ``run=``, or the rest of
+    a path with spaces that the shell split into two arguments."""
+    import shlex
+    from pathlib import Path
+
+    if command not in ("train", *RUN_COMMANDS):
+        return None
+    previous: Optional[str] = None
+    position = 0
+    while position < len(args):
+        argument = args[position]
+        position += 1
+        if argument.startswith("-"):
+            if command == "train" and argument in HYDRA_FLAGS_WITH_VALUE:
+                position += 1
+            elif argument in ("-i", "--info") and position < len(args) and args[position] in HYDRA_INFO_VALUES:
+                position += 1
+            previous = None
+            continue
+        if "=" in argument or argument.startswith("~"):  # ~KEY deletes a key in Hydra's grammar
+            previous = argument if "=" in argument else None
+            continue
+        rest = [argument]
+        while position < len(args) and "=" not in args[position] and not args[position].startswith(("-", "~")):
+            rest.append(args[position])
+            position += 1
+        if previous is not None:
+            joined = " ".join([previous, *rest])
+            key, _, value = joined.partition("=")
+            takes_path = key.rpartition(".")[2].lstrip("+") in PATH_KEYS or "/" in value or os.sep in value
+            opened = previous.partition("=")[2]  # a YAML list or mapping cut at a space: [{width: 8}]
+            unbalanced = opened.count("[") > opened.count("]") or opened.count("{") > opened.count("}")
+            if Path(value).exists() or (takes_path and not any(Path(piece).exists() for piece in rest)):
+                what = "path"
+            elif unbalanced:
+                what = "value"
+            else:
+                what = None
+            if what is not None:
+                return (
+                    f"'{argument}' is not KEY=VALUE; if it is the rest of {key}='{value}', the shell split a "
+                    f"{what} with spaces: quote the whole argument, {shlex.quote(joined)}"
+                )
+        if command in RUN_COMMANDS and not any(other.startswith("run=") for other in args):
+            return f"'{argument}' is not KEY=VALUE; to use the run in that folder write run={shlex.quote(argument)}"
+        if command == "train" and (Path(argument) / "checkpoints").is_dir():
+            return f"'{argument}' is not KEY=VALUE; to continue that run write resume={shlex.quote(argument)}"
+        return f"'{argument}' is not KEY=VALUE; 'autoenc {command} --help' lists the options"
+    return None
+
+
 def _load(target: str) -> Callable[[Sequence[str]], Optional[int]]:
     module, _, function = target.partition(":")
     return getattr(importlib.import_module(module), function)
@@ -65,12 +136,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         sys.stdout.write(usage())
         sys.exit(0 if args else 2)
-    if args[0] == "--version":
-        sys.stdout.write(f"autoenc {__version__}\n")
-        sys.exit(0)
     command, rest = args[0], args[1:]
+    if command in ("--version", "-V") or (command in COMMANDS and "--version" in rest):
+        sys.stdout.write(f"autoenc {version()}\n")  # also for `autoenc train --version`, not Hydra's
+        sys.exit(0)
     if command not in COMMANDS:
         fail(f"unknown command '{command}'; choose one of {', '.join(COMMANDS)}")
+    problem = bare_argument_problem(command, rest)
+    if problem is not None:
+        fail(problem)
     keep_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         code = _load(COMMANDS[command][0])(rest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from autoenc_cli.errors import UserError
@@ -23,9 +24,40 @@ def _raised_inside_config_libraries(error: BaseException) -> bool:
     return "/hydra/" in filename or "/omegaconf/" in filename
 
 
+def _parent_key(full_key: str) -> str:
+    """``model.encoder[0].kernal`` -> ``model.encoder[0]``; ``model.encoder[0]`` -> ``model.encoder``."""
+    return re.sub(r"(\.[^.\[\]]+|\[\d+\]|^[^.\[\]]+)$", "", full_key)
+
+
+def _composition_message(error: BaseException) -> Optional[str]:
+    """An override that Hydra could not apply to the composed YAML, said in the user's terms: the keys
+    that exist where an unknown one was given, the items a list has, the kind of value a key takes."""
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.errors import ConfigAttributeError, ConfigIndexError, ConfigKeyError, ConfigTypeError
+
+    cause = error.__cause__
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and "not in struct" in str(cause):
+        full_key, parent = str(cause.full_key), _parent_key(str(cause.full_key))
+        if isinstance(cause.parent_node, DictConfig):
+            allowed = ", ".join(str(key) for key in cause.parent_node.keys() if key != "hydra")
+            return f"unknown key '{full_key}'; allowed keys{f' in {parent}' if parent else ''}: {allowed or '(none)'}"
+    if isinstance(cause, ConfigIndexError) and isinstance(cause.parent_node, ListConfig):
+        items = len(cause.parent_node)
+        listed = _parent_key(str(cause.full_key))
+        return (
+            f"{cause.full_key} does not exist: {listed} has {items} item{'' if items == 1 else 's'}; "
+            f"set the whole list instead, e.g. {listed}=[...]"
+        )
+    override = re.match(r"Error merging override \+{0,2}([^=\s]+)=(.*)$", _first_line(error))
+    if isinstance(cause, ConfigTypeError) and override and override.group(2)[:1] in ("[", "{"):
+        expected = "a mapping {key: value, ...}" if override.group(2).startswith("[") else "a list [...]"
+        return f"{override.group(1)}={override.group(2)} has the wrong type; expected {expected}"
+    return None
+
+
 def one_line_or_none(error: BaseException) -> Optional[str]:
     """The one-line message for a user mistake, or None for an unexpected error (a bug)."""
-    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+    from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(error, UserError):
@@ -41,6 +73,9 @@ def one_line_or_none(error: BaseException) -> Optional[str]:
     if isinstance(error, (ValueError, TypeError, KeyError)) and _raised_inside_config_libraries(error):
         # Hydra sometimes rejects a malformed override with a plain ValueError while composing.
         return f"invalid override or config: {_first_line(error)}"
+    composition = _composition_message(error) if isinstance(error, ConfigCompositionException) else None
+    if composition is not None:
+        return composition
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         message = _first_line(error)
         cause = error.__cause__

@@ -1,12 +1,15 @@
 """``resume=``: which config and checkpoint a run continues from.
 
-A single run resumes from RUN_DIR or a .pt with its saved config (``trainer.epochs=N`` may extend it;
-see RESUME_OVERRIDABLE). In a sweep, ``resume=SWEEP_DIR`` re-runs the same command: finished jobs are
-skipped, interrupted or failed ones continue from their last checkpoint, jobs that never started start.
+A single run resumes from RUN_DIR or a .pt with its saved config. The command that started it may be
+repeated with ``resume=RUN_DIR`` added: overrides equal to the saved values are accepted, and only
+``RESUME_OVERRIDABLE`` keys may change (``trainer.epochs=N`` extends a run). A completed run is left as
+it is. In a sweep, ``resume=SWEEP_DIR`` re-runs the same command: finished jobs are skipped,
+interrupted or failed ones continue from their last checkpoint, jobs that never started start.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,41 +17,70 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoenc_cli.errors import UserError
 from autoenc_cli.io import read_json
-from autoenc_cli.training.checkpoint import load_checkpoint
+from autoenc_cli.schema.resolve import typed_config
+from autoenc_cli.training.checkpoint import check_checkpoint_belongs, load_checkpoint
 
 # What may change when a single run is resumed: how long it trains and where, not what it is.
 RESUME_OVERRIDABLE = ("trainer.epochs", "trainer.device", "trainer.log_every", "trainer.figures", "trainer.threads")
 
-Resumed = tuple[Optional[DictConfig], Optional[dict[str, Any]]]
+
+@dataclass
+class ResumePoint:
+    cfg: Optional[DictConfig]  # the config to train; None: nothing to do (see ``complete``)
+    state: Optional[dict[str, Any]] = None  # the checkpoint to continue from; None: start fresh
+    complete: str = ""  # why there is nothing to do
 
 
-def resume_point(cfg: DictConfig, run_dir: Path, task_overrides: list[str], multirun: bool) -> Resumed:
-    """The config to train and the checkpoint state to continue from (None: start fresh); (None, None)
-    for a sweep job that already completed."""
+def resume_point(cfg: DictConfig, run_dir: Path, task_overrides: list[str], multirun: bool) -> ResumePoint:
     if not cfg.resume:
-        return cfg, None
+        return ResumePoint(cfg)
     if not multirun:
-        state, saved = load_resume(str(cfg.resume))
-        for override in without_resume(task_overrides):
-            key = override.partition("=")[0]
-            if key not in RESUME_OVERRIDABLE:
-                raise UserError(
-                    f"resume continues a run with its saved config; '{override}' cannot change on resume "
-                    f"(allowed: {', '.join(RESUME_OVERRIDABLE)})"
-                )
-            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
-        return saved, state
+        return _resume_run(cfg, str(cfg.resume), without_resume(task_overrides))
     if read_json(run_dir / "metrics.json").get("status") == "completed":
-        return None, None
+        return ResumePoint(None, complete=f"already completed, skipped: {run_dir}")
     if not (run_dir / "checkpoints" / "last.pt").is_file():
-        return cfg, None
+        return ResumePoint(cfg)
     if without_resume(saved_overrides(run_dir)) != without_resume(task_overrides):
         raise UserError(
             f"'{run_dir}' was run with [{' '.join(without_resume(saved_overrides(run_dir)))}]; "
             "resume a sweep with the command that started it"
         )
     state, saved = load_resume(str(run_dir))
-    return saved, state
+    return ResumePoint(saved, state)
+
+
+def _resume_run(cfg: DictConfig, resume: str, overrides: list[str]) -> ResumePoint:
+    state, saved = load_resume(resume)
+    extended = False
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        wanted, current = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+        if key in RESUME_OVERRIDABLE:
+            extended |= key == "trainer.epochs" and wanted > current
+            OmegaConf.update(saved, key, wanted, merge=False)
+        elif _plain(wanted) != _plain(current):
+            raise UserError(
+                f"resume continues a run with its saved config; '{override}' would change {key} "
+                f"(saved: {_plain(current)!r}); only {', '.join(RESUME_OVERRIDABLE)} may change on resume"
+            )
+    run_dir = run_folder_of(resume)
+    if read_json(run_dir / "metrics.json").get("status") == "completed" and not extended:
+        epochs = OmegaConf.select(saved, "trainer.epochs")
+        return ResumePoint(
+            None,
+            complete=f"'{run_dir}' is already complete; nothing to resume (add trainer.epochs=N with N > {epochs} "
+            "to train it longer)",
+        )
+    return ResumePoint(saved, state)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def run_folder_of(resume: str) -> Path:
+    path = Path(resume)
+    return path.parent.parent if path.suffix == ".pt" else path
 
 
 def resume_checkpoint(resume: str) -> Path:
@@ -62,8 +94,11 @@ def resume_checkpoint(resume: str) -> Path:
 
 
 def load_resume(resume: str) -> tuple[dict[str, Any], DictConfig]:
-    """The checkpoint to continue from and the run's own saved config."""
-    state = load_checkpoint(resume_checkpoint(resume))
+    """The checkpoint to continue from and the run's own saved config; a checkpoint that another run
+    wrote (a foreign last.pt copied in) is refused."""
+    checkpoint = resume_checkpoint(resume)
+    state = load_checkpoint(checkpoint)
+    check_checkpoint_belongs(state, checkpoint, run_folder_of(resume), typed_config(state["config"]))
     return state, OmegaConf.create(state["config"])
 
 

@@ -23,10 +23,12 @@ def validate_jobs(config_name: str, jobs: list[list[str]]) -> None:
     """Compose each job's config and check it against the schemas; the first bad job is the error."""
     from hydra import compose
 
+    from autoenc_cli.schema.check import check_shorthands
     from autoenc_cli.schema.resolve import resolve
 
     for overrides in jobs:
         try:
+            check_shorthands(overrides)
             resolve(compose(config_name=config_name, overrides=overrides))
         except UserError as error:
             raise UserError(f"sweep job [{' '.join(overrides)}]: {error}") from None
@@ -36,9 +38,17 @@ class SweepCallback(Callback):
     """Hydra callback for multiruns: a bad value in the last job fails in a second, not after hours."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from pathlib import Path
+
         overrides = OmegaConf.to_container(config.hydra.overrides.task)
         assert isinstance(overrides, list)
         try:
+            sweep_dir = Path(config.hydra.sweep.dir)
+            if config.resume in (None, "") and (sweep_dir / "multirun.yaml").is_file():
+                raise UserError(
+                    f"'{sweep_dir}' already holds a sweep; finish it with the same command plus resume={sweep_dir}, "
+                    "or choose another hydra.sweep.dir / output_root"
+                )
             validate_jobs(config.hydra.job.config_name, sweep_jobs([str(item) for item in overrides]))
         except UserError as error:
             # Hydra turns a callback's Exception into a warning and carries on; abort the sweep instead.

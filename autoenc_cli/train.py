@@ -16,23 +16,26 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from autoenc_cli.artifacts.console import ProgressBars, console, metrics_table
 from autoenc_cli.artifacts.html_report import write_html_report
 from autoenc_cli.artifacts.run_figures import render_run_figures
-from autoenc_cli.artifacts.run_folder import RunFolder, RunFolderWriter
+from autoenc_cli.artifacts.run_folder import RunFolder, RunFolderWriter, refuse_if_taken
 from autoenc_cli.baselines.pca import pca_baseline_mse
 from autoenc_cli.build import build_parts
 from autoenc_cli.errors import TrainingInterrupted, UserAbort, UserError
 from autoenc_cli.hydra_app import CONFIG_PATH, run_hydra_app
 from autoenc_cli.resume import resume_point
 from autoenc_cli.schema import TrainConfig
+from autoenc_cli.schema.check import check_shorthands
 from autoenc_cli.schema.resolve import resolve
+from autoenc_cli.training.checkpoint import data_fingerprint, model_fingerprint
 from autoenc_cli.training.distributed import shutdown as shutdown_distributed
 from autoenc_cli.training.loop import FitResult, Trainer
-from autoenc_cli.training.metrics import psnr
+from autoenc_cli.training.metrics import corrupted_inputs, psnr
 from autoenc_cli.training.parts import RunParts
 from autoenc_cli.training.records import RunSummary, as_dict
 
@@ -54,18 +57,28 @@ def job(cfg: DictConfig) -> Optional[dict[str, Any]]:
     """One run, or one job of a sweep (``resume`` continues it; see ``autoenc_cli.resume``)."""
     hydra_config = HydraConfig.get()
     folder = RunFolder(Path(hydra_config.runtime.output_dir))
-    multirun = hydra_config.mode == RunMode.MULTIRUN
+    multirun, overrides = hydra_config.mode == RunMode.MULTIRUN, list(hydra_config.overrides.task)
     with job_outcome(folder, multirun):
-        cfg, state = resume_point(cfg, folder.path, list(hydra_config.overrides.task), multirun)
-        if cfg is None:
-            console.print(f"already completed, skipped: {folder.path}", soft_wrap=True)
+        check_shorthands(overrides)
+        point = resume_point(with_absolute_paths(cfg), folder.path, overrides, multirun)
+        if point.cfg is None:
+            console.print(point.complete, soft_wrap=True)
             return folder.read_metrics()
-        return as_dict(train(resolve(cfg), OmegaConf.to_yaml(cfg), folder, state))
+        config_yaml = OmegaConf.to_yaml(point.cfg)
+        config = resolve(point.cfg)
+        # A sweep being resumed restarts its jobs that never trained in their own folders.
+        fresh = point.state is None and not cfg.resume
+        identity = folder.start(config_yaml) if fresh else folder.continued(config_yaml)
+        return as_dict(train(config, config_yaml, folder, point.state, identity["run_id"]))
     return None
 
 
 def train(
-    config: TrainConfig, config_yaml: str, folder: RunFolder, resume: Optional[dict[str, Any]] = None
+    config: TrainConfig,
+    config_yaml: str,
+    folder: RunFolder,
+    resume: Optional[dict[str, Any]] = None,
+    run_id: Optional[str] = None,
 ) -> RunSummary:
     started = time.perf_counter()
     parts = build_parts(config)
@@ -73,8 +86,14 @@ def train(
         Trainer(parts).fit(resume)
         return RunSummary(status="completed")
     announce(parts, folder, resume)
-    with ProgressBars(sum(phase.epochs for phase in parts.phases), completed=resume["epoch"] if resume else 0) as bars:
-        trainer = Trainer(parts, [bars, RunFolderWriter(folder, config_yaml)])
+    fingerprint = {
+        "run_id": run_id,
+        "model": model_fingerprint(config, parts.data.input_shape),
+        "data": data_fingerprint(parts.data),
+    }
+    total_epochs = sum(phase.epochs for phase in parts.phases)
+    with ProgressBars(total_epochs, completed=resume["epoch"] if resume else 0) as bars:
+        trainer = Trainer(parts, [bars, RunFolderWriter(folder, config_yaml, fingerprint)])
         with stop_on_signals(trainer):
             result = trainer.fit(resume)
     summary = write_results(folder, parts, trainer.network, result)
@@ -83,6 +102,31 @@ def train(
     console.print(metrics_table(as_dict(summary), title="final metrics"))
     console.print(f"run folder: [bold]{folder.path}[/]", soft_wrap=True)
     return summary
+
+
+# Config keys that name files: stored absolute, so a run, its eval and its reconstruct work from any folder.
+PATH_KEYS = ("data.path", "data.root")
+
+
+def with_absolute_paths(cfg: DictConfig) -> DictConfig:
+    for key in PATH_KEYS:
+        if OmegaConf.select(cfg, key, throw_on_missing=False) is None or OmegaConf.is_missing(cfg.data, key[5:]):
+            continue
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value:
+            OmegaConf.update(cfg, key, str(Path(value).expanduser().absolute()), merge=False)
+    return cfg
+
+
+class RunFolderGuard(Callback):
+    """Hydra callback: before Hydra writes its files into a run folder, refuse one that holds another run."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.resume in (None, "") and int(os.environ.get("RANK", "0")) == 0:
+            try:
+                refuse_if_taken(Path(config.hydra.run.dir))
+            except UserError as error:
+                raise UserAbort(error) from None  # Hydra would turn an Exception into a warning
 
 
 def announce(parts: RunParts, folder: RunFolder, resume: Optional[dict[str, Any]]) -> None:
@@ -125,17 +169,29 @@ def write_results(folder: RunFolder, parts: RunParts, network: Any, result: FitR
         seed=parts.config.seed,
     )
     folder.write_metrics(summary)
-    trainer_config, data = parts.config.trainer, parts.data
+    trainer_config = parts.config.trainer
     if trainer_config.pca_baseline:
-        summary.pca_val_mse = optional(
-            "PCA baseline", lambda: pca_baseline_mse(data.train.images, data.val.images, network.code_dim)
-        )
+        summary.pca_val_mse = optional("PCA baseline", lambda: pca_val_mse(parts, network.code_dim))
+    notes: list[str] = []
     if trainer_config.figures:
-        optional(
-            "figures", lambda: render_run_figures(parts, network, folder.figures, result.history, result.final_codes)
-        )
+        written, notes = render_run_figures(parts, network, folder.figures, result.history, result.final_codes)
+        summary.figures = [path.name for path in written]
+    for note in notes:
+        log.warning(note)
+        console.print(f"[yellow]note[/]: {note}", soft_wrap=True)
+    summary.notes = notes or None
+    folder.write_metrics(summary)
     optional("report.html", lambda: write_html_report(folder.path))
     return summary
+
+
+def pca_val_mse(parts: RunParts, code_dim: int) -> Optional[float]:
+    """PCA with code_dim components on the validation inputs the autoencoder saw (corrupted when denoising)."""
+    val, noise = parts.data.val, parts.noise
+    inputs = val.images
+    if noise.active:
+        inputs = corrupted_inputs(val, parts.config.trainer.eval_batch_size, noise, parts.validation_noise_generator())
+    return pca_baseline_mse(parts.data.train.images, inputs, code_dim, val.images)
 
 
 def optional(what: str, action: Callable[[], Any]) -> Any:
@@ -173,7 +229,8 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-HYDRA_OWN_FILES = {".hydra", "train.log"}
+# A folder holding only these never trained (run.json is written before the data is loaded).
+NOTHING_STARTED = {".hydra", "train.log", "run.json"}
 
 
 @contextmanager
@@ -205,7 +262,7 @@ def job_outcome(folder: RunFolder, multirun: bool) -> Iterator[None]:
 
 
 def discard_if_empty(run_dir: Path) -> None:
-    if run_dir.is_dir() and {entry.name for entry in run_dir.iterdir()} <= HYDRA_OWN_FILES:
+    if run_dir.is_dir() and {entry.name for entry in run_dir.iterdir()} <= NOTHING_STARTED:
         logging.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
 

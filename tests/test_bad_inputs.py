@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from test_user_data import user_data_mistakes
 
 from conftest import TINY, run_cli, run_main
 from test_config import bounded_knobs, out_of_range_values
@@ -47,7 +50,18 @@ CHOICES = [
     ["k=3"],
     ["loss=bce", "model.output_activation=linear"],
 ]
-CASES = MALFORMED + WRONG_TYPES + UNKNOWN + CHOICES + every_knob_out_of_range()
+# A mistake inside a list item (issue 12): named by its full path, e.g. model.encoder[0].width.
+LIST_ITEMS = [
+    ["model.encoder=[{width:8,widht:3}]"],
+    ["model.encoder=[{width:abc}]"],
+    ["model.decoder=[{width:8},{widht:3}]"],
+    ["model=conv", "model.encoder=[{channels:8,kernal:3}]"],
+    ["model=conv", "model.encoder.0.kernal=3"],
+    ["model.encoder.0.width=3"],
+    ["model.encoder=[{width:8},5]"],
+    ["model.encoder=[{width:8,activation:swish}]"],
+]
+CASES = MALFORMED + WRONG_TYPES + UNKNOWN + CHOICES + LIST_ITEMS + every_knob_out_of_range()
 
 
 def assert_one_line_error(code: int, err: str) -> None:
@@ -118,4 +132,125 @@ def test_other_command_mistakes(tmp_path, capsys):
 )
 def test_mistakes_through_a_fresh_process(overrides, tmp_path):
     result = run_cli(["train", *TINY, *overrides], cwd=tmp_path)
+    assert_one_line_error(result.returncode, result.stderr)
+
+
+# Every refusal says what is allowed (issue 12): the keys that exist there, the type expected, the full
+# path of a list item, run= for a bare path, how to quote a path with spaces. (argv, part of the line)
+SAYS_WHAT_IS_ALLOWED = [
+    # unknown keys list the keys that exist where the unknown one was given
+    (["train", "trainer.epoch=3"], "unknown key 'trainer.epoch'; allowed keys in trainer: epochs, device,"),
+    (["train", "+trainer.epoch=3"], "unknown key 'trainer.epoch'; allowed keys in trainer: epochs, device,"),
+    (["train", "foo=3"], "unknown key 'foo'; allowed keys: data, model,"),
+    (["train", "model.code_dimm=3"], "unknown key 'model.code_dimm'; allowed keys in model: name, code_dim,"),
+    (["train", "data=npz", "data.pth=x"], "unknown key 'data.pth'; allowed keys in data: name, path,"),
+    (["eval", "run=x", "rnu=y"], "unknown key 'rnu'; allowed keys: run, checkpoint,"),
+    (["eval", "run=x", "probe.modle=mlp"], "unknown key 'probe.modle'; allowed keys in probe: labels_per_class,"),
+    (["encode", "run=x", "out=y", "spilt=all"], "unknown key 'spilt'; allowed keys: run, out,"),
+    (["reconstruct", "run=x", "input=y", "out=z", "ovewrite=true"], "unknown key 'ovewrite'; allowed keys: run,"),
+    # list items by their full path
+    (
+        ["train", "model.encoder=[{width:8,widht:3}]"],
+        "unknown key 'model.encoder[0].widht'; allowed keys in model.encoder[0]: width, num_layers, activation",
+    ),
+    (["train", "model.encoder=[{width:abc}]"], "model.encoder[0].width='abc' has the wrong type; expected integer"),
+    (["train", "model.decoder=[{width:8},{widht:3}]"], "unknown key 'model.decoder[1].widht'; allowed keys in"),
+    (["train", "model=conv", "model.encoder=[{channels:8,kernal:3}]"], "unknown key 'model.encoder[0].kernal'"),
+    (["train", "model=conv", "model.encoder.0.kernal=3"], "allowed keys in model.encoder[0]: num_layers, channels"),
+    (["train", "model=conv", "model.encoder.0.kernel=[1]"], "model.encoder[0].kernel=[1] has the wrong type"),
+    (["train", "model.encoder.0.width=3"], "model.encoder[0] does not exist: model.encoder has 0 items; set the"),
+    # wrong types name the expected type
+    (["train", "model.encoder=[{width:8},5]"], "model.encoder[1]=5 has the wrong type; expected a mapping with keys"),
+    (["train", "model.encoder=5"], "model.encoder=5 has the wrong type; expected a list of mappings with keys width"),
+    (["train", "model.encoder={a:1}"], "model.encoder={a:1} has the wrong type; expected a list"),
+    (["train", "trainer.figures=maybe"], "trainer.figures='maybe' has the wrong type; expected boolean"),
+    (["train", "trainer.threads=x"], "trainer.threads='x' has the wrong type; expected integer or null"),
+    (["train", "data=image_folder", "data.path=x", "data.image_size=ab"], "expected a list of integers"),
+    (["eval", "run=x", "probe=[1]"], "probe=[1] has the wrong type; expected a mapping"),
+    (["eval", "run=x", "threads=many"], "threads='many' has the wrong type; expected integer or null"),
+    (["encode", "run=x", "out=y", "threads=0"], "threads=0 is not allowed: must be >= 1"),
+    (["reconstruct", "run=x", "input=y", "out=z", "overwrite=perhaps"], "overwrite='perhaps' has the wrong type"),
+    # a bare path where run= was meant
+    (["eval", "outputs/runs/x"], "'outputs/runs/x' is not KEY=VALUE; to use the run in that folder write run=outputs"),
+    (["encode", "outputs/runs/x", "out=codes.npz"], "to use the run in that folder write run=outputs/runs/x"),
+    (["reconstruct", "outputs/runs/x", "input=a", "out=b"], "write run=outputs/runs/x"),
+    # a path with spaces split by the shell
+    (
+        ["train", "data=npz", "data.path=/data/my", "images.npz"],
+        "quote the whole argument, 'data.path=/data/my images.npz'",
+    ),
+    (["eval", "run=outputs/my", "run"], "the shell split a path with spaces: quote the whole argument, 'run=outputs"),
+    (["reconstruct", "run=r", "input=my", "scans", "out=o"], "'input=my scans'"),
+    (["train", "model.encoder=[{width:", "8}]"], "split a value with spaces: quote the whole argument, 'model.enc"),
+    (["train", "nonsense"], "'nonsense' is not KEY=VALUE; 'autoenc train --help' lists the options"),
+    (["train", "trainer.epochs=2", "nonsense"], "'nonsense' is not KEY=VALUE; 'autoenc train --help' lists"),
+    # outputs
+    (["reconstruct", "run=x", "input=y", "out=picture.png"], "out='picture.png' names one image file"),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), SAYS_WHAT_IS_ALLOWED, ids=[" ".join(a) for a, _ in SAYS_WHAT_IS_ALLOWED])
+def test_refusals_say_what_is_allowed(argv, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code = run_main([*argv, *(TINY if argv[0] == "train" else [])])
+    err = capsys.readouterr().err
+    assert_one_line_error(code, err)
+    assert expected in err, err
+    assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").iterdir())
+
+
+# Data as users have it that cannot be used (issue 12): each is one line at load time, no run folder.
+USER_DATA = user_data_mistakes(Path(tempfile.mkdtemp(prefix="autoenc-user-data-")))
+
+
+@pytest.mark.parametrize("name", sorted(USER_DATA))
+def test_user_data_mistakes(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    overrides, expected = USER_DATA[name]
+    code = run_main(["train", *TINY, *overrides])
+    err = capsys.readouterr().err
+    assert_one_line_error(code, err)
+    assert expected in err, err
+    if name.startswith("huge"):  # refused by the config check, from the header: before any run folder
+        assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").iterdir())
+
+
+def output_mistakes(root: Path) -> list[tuple[list[str], str]]:
+    """An existing output is refused unless overwrite=true; these fail before the run is loaded."""
+    (root / "codes.npz").write_bytes(b"mine")
+    (root / "pngs").mkdir()
+    (root / "pngs" / "0000.png").write_bytes(b"earlier")
+    (root / "plain_file").write_text("mine")
+    (root / "folder.npz").mkdir()
+    return [
+        (["encode", "run=r", f"out={root / 'codes.npz'}"], "already exists; add overwrite=true to replace it"),
+        (["encode", "run=r", f"out={root / 'codes'}"], f"out='{root / 'codes.npz'}' already exists"),
+        (["encode", "run=r", f"out={root / 'folder.npz'}", "overwrite=true"], "is a folder; give a file name"),
+        (["reconstruct", "run=r", "input=i", f"out={root / 'codes.npz'}"], "already exists; add overwrite=true"),
+        (["reconstruct", "run=r", "input=i", f"out={root / 'pngs'}"], "already holds 1 reconstructions (0000.png"),
+        (["reconstruct", "run=r", "input=i", f"out={root / 'plain_file'}"], "is a file; give a folder for PNGs"),
+    ]
+
+
+def test_output_mistakes(tmp_path, capsys):
+    for argv, expected in output_mistakes(tmp_path):
+        code = run_main(argv)
+        err = capsys.readouterr().err
+        assert_one_line_error(code, err)
+        assert expected in err, (argv, err)
+    assert (tmp_path / "codes.npz").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "outputs/runs/x"],
+        ["train", "data=npz", "data.path=/data/my", "images.npz"],
+        ["encode", "run=x", "out=y", "spilt=all"],
+    ],
+)
+def test_other_commands_through_a_fresh_process(argv, tmp_path):
+    result = run_cli(argv, cwd=tmp_path)
     assert_one_line_error(result.returncode, result.stderr)

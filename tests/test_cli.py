@@ -129,7 +129,7 @@ def test_user_config_dir_adds_options(tmp_path, monkeypatch):
         (["optimizer.lr=-1"], "optimizer.lr=-1.0 is not allowed: must be > 0"),
         (["trainer.epochs=-5"], "trainer.epochs=-5 is not allowed: must be >= 1"),
         (["model.decoder=[{width:700}]"], "model.decoder[0].width=700 is not allowed"),
-        (["data=mnist", "data.root=missing_dir"], "data.root='missing_dir' does not exist"),
+        (["data=mnist", "data.root=missing_dir"], "/missing_dir' does not exist"),
         (["model.code_dim=[1"], "malformed override"),
     ],
 )

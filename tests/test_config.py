@@ -161,3 +161,29 @@ def test_every_experiment_preset_resolves(experiment):
         assert (run.data.limit, run.trainer.epochs) == (400, 2)
     else:
         assert run.schedule.name == "greedy" and run.model.tied
+
+
+def test_a_new_option_is_one_module_in_its_group_package(tmp_path, monkeypatch):
+    """Discovery imports every module of a group's package: no list of module names to edit."""
+    package = tmp_path / "my_sparsities"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "halves.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from autoenc_cli.sparsity.base import Sparsity, SparsityConfig\n"
+        "from autoenc_cli.registry import REGISTRY\n"
+        "@dataclass\nclass HalvesConfig(SparsityConfig):\n    name: str = 'halves'\n"
+        "@REGISTRY.register(HalvesConfig)\nclass Halves(Sparsity):\n"
+        "    def __init__(self, config):\n        super().__init__()\n"
+        "    def forward(self, code):\n        return code / 2\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    REGISTRY.names("sparsity")  # the real options first; the test's option goes into a copy that is undone
+    monkeypatch.setattr(REGISTRY, "_entries", dict(REGISTRY._entries))
+    monkeypatch.setattr(REGISTRY, "_packages", {**REGISTRY._packages, "extra": "my_sparsities"})
+    monkeypatch.setattr(REGISTRY, "_discovered", False)
+    assert "halves" in REGISTRY.names("sparsity")
+    import torch
+
+    layer = REGISTRY.build(REGISTRY.config_class("sparsity", "halves")())
+    assert torch.equal(layer(torch.ones(2)), torch.full((2,), 0.5))

@@ -120,6 +120,9 @@ def test_npz_accepts_uint8_and_float_with_or_without_channels(tmp_path):
         ({"pixels": np.zeros((4, 2, 2))}, "has no 'images' array (it has: pixels)"),
         ({"images": np.zeros((4, 4))}, "must be N x H x W or N x C x H x W"),
         ({"images": np.full((4, 2, 2), 255.0)}, "float images must lie in [0, 1]"),
+        ({"images": np.full((4, 2, 2), 255.0)}, "16 of 16 values lie outside [0, 1] (first at index (0, 0, 0): 255;"),
+        ({"images": np.full((4, 2, 2), np.nan)}, "16 NaN values (first at index (0, 0, 0)); float images must be"),
+        ({"images": np.full((4, 2, 2), 7, dtype=np.int32)}, "got int32, values 7..7 (convert with"),
         ({"images": np.zeros((4, 8, 8, 3), dtype=np.uint8)}, "look channels-last"),
         ({"images": np.zeros((4, 2, 2), dtype=np.uint8), "labels": np.zeros(3)}, "labels must have shape (4,)"),
     ],
@@ -131,6 +134,22 @@ def test_malformed_npz_files_give_clear_errors(tmp_path, arrays, message):
     with pytest.raises(DataError) as caught:
         load_npz(NpzConfig(path=str(tmp_path / "bad.npz")))
     assert message in str(caught.value)
+
+
+def test_npz_uint16_images_are_scaled_by_their_full_range(tmp_path):
+    from autoenc_cli.data.files import NpzConfig, load_npz
+
+    np.savez(tmp_path / "deep.npz", images=np.full((10, 3, 3), 32768, dtype=np.uint16))
+    bundle = load_npz(NpzConfig(path=str(tmp_path / "deep.npz")))
+    torch.testing.assert_close(bundle.train.images, torch.full_like(bundle.train.images, 32768 / 65535))
+
+
+def test_as_images_refuses_integers_without_a_known_scale():
+    from autoenc_cli.data.tensors import as_images
+
+    assert as_images(np.full((2, 2, 2), 255, dtype=np.uint8)).max().item() == 1.0
+    with pytest.raises(DataError, match="images of type int64 have no known intensity scale"):
+        as_images(np.zeros((2, 2, 2), dtype=np.int64))
 
 
 def test_missing_or_corrupt_npz(tmp_path):

@@ -94,7 +94,10 @@ def test_a_checkpoint_from_an_incompatible_config_is_rejected(trained_run, tmp_p
     state["config"] = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)["config"]
     torch.save(state, mixed / "checkpoints" / "best.pt")
     assert run_main(["eval", f"run={mixed}"]) == 2
-    assert "the checkpoint does not fit the model built from its config" in capsys.readouterr().err
+    assert "was not written by the run in" in capsys.readouterr().err  # the fingerprint names the mix-up
+    (mixed / "run.json").unlink()  # a folder without an identity: the weights themselves do not fit
+    assert run_main(["eval", f"run={mixed}"]) == 2
+    assert "its config no longer describes the model that wrote it" in capsys.readouterr().err
 
 
 def test_encode_writes_codes_and_labels(trained_run, tmp_path):

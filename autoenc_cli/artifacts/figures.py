@@ -22,6 +22,12 @@ def _to_image(grid: torch.Tensor) -> Any:
     return grid[0].numpy() if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy()
 
 
+def displayable(images: torch.Tensor) -> torch.Tensor:
+    """Images as gray (1 channel) or colour (3): any other channel count is shown as its channel mean."""
+    images = images.detach().float().cpu()
+    return images if images.shape[1] in (1, 3) else images.mean(dim=1, keepdim=True)
+
+
 def _show(ax: Any, grid: torch.Tensor, title: Optional[str] = None) -> None:
     ax.imshow(_to_image(grid), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
@@ -42,7 +48,7 @@ def image_rows(path: Path, rows: Sequence[tuple[str, torch.Tensor]], title: str)
     count = rows[0][1].shape[0]
     figure, axes = plt.subplots(len(rows), 1, figsize=(min(count, 16) * 0.9, 1.1 * len(rows) + 0.4), squeeze=False)
     for ax, (name, images) in zip(axes[:, 0], rows):
-        _show(ax, make_grid(images.float().cpu(), nrow=count, padding=1, pad_value=1.0), name)
+        _show(ax, make_grid(displayable(images), nrow=count, padding=1, pad_value=1.0), name)
     axes[0, 0].set_title(title)
     return _save(figure, path)
 
@@ -82,7 +88,7 @@ def latent_map(path: Path, codes: torch.Tensor, labels: Optional[torch.Tensor]) 
 
 def dictionary(path: Path, atoms: torch.Tensor, max_units: int = 256) -> Path:
     """Each code unit's decoder feature as a tile, scaled per tile by its largest |value| (grey = 0)."""
-    atoms = atoms.detach().float().cpu()[:max_units]
+    atoms = displayable(atoms[:max_units])
     scale = atoms.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (atoms.ndim - 1)))
     tiles = (atoms / scale + 1) / 2
     columns = math.ceil(math.sqrt(tiles.shape[0]))
@@ -183,12 +189,20 @@ def stages(path: Path, history: Sequence[dict[str, Any]]) -> Path:
 def latent_scatter(path: Path, codes: torch.Tensor, labels: Optional[torch.Tensor]) -> Path:
     """Validation codes in 2-D (directly, or their first two principal components), coloured by label."""
     codes = codes.detach().double().cpu()
-    if codes.shape[1] == 2:
+    if codes.shape[1] == 1:  # a 1-unit code: its value against the label (or a strip), with jitter
+        offsets = labels.cpu().double() if labels is not None else torch.zeros(codes.shape[0], dtype=torch.double)
+        jitter = (
+            torch.rand(codes.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.double) - 0.5
+        ) * 0.3
+        points, axis_names = torch.stack([codes[:, 0], offsets + jitter], dim=1), ("code unit 1", "label (jittered)")
+    elif codes.shape[1] == 2:
         points, axis_names = codes, ("code unit 1", "code unit 2")
     else:
         centred = codes - codes.mean(dim=0)
         _, _, vh = torch.linalg.svd(centred, full_matrices=False)
         points, axis_names = centred @ vh[:2].T, ("principal component 1", "principal component 2")
+        if points.shape[1] < 2:  # fewer samples than two components (a one-image split): pad with zeros
+            points = torch.cat([points, torch.zeros(points.shape[0], 2 - points.shape[1], dtype=points.dtype)], dim=1)
     figure, ax = plt.subplots(figsize=(6, 5.5))
     if labels is None:
         ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=4, alpha=0.6)
@@ -200,6 +214,6 @@ def latent_scatter(path: Path, codes: torch.Tensor, labels: Optional[torch.Tenso
         ax.legend(title="label", markerscale=3, fontsize=7, loc="best")
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel(axis_names[1])
-    how = "2-D codes" if codes.shape[1] == 2 else f"2-D PCA of {codes.shape[1]}-D codes"
+    how = {1: "a 1-D code", 2: "2-D codes"}.get(codes.shape[1], f"2-D PCA of {codes.shape[1]}-D codes")
     ax.set_title(f"Validation codes ({how})")
     return _save(figure, path)

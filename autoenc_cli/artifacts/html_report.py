@@ -28,7 +28,7 @@ td, th { border-bottom: 1px solid #ddd; padding: 0.2rem 0.8rem; text-align: left
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; border: 1px solid #eee; }
 pre { background: #f6f6f6; padding: 1rem; overflow-x: auto; }
-td.doc { color: #666; font-size: 0.9em; }
+td.doc { color: #666; font-size: 0.9em; } .warning { color: #9a6700; font-weight: bold; }
 .status-completed { color: #1a7f37; } .status-failed, .status-interrupted { color: #cf222e; }
 """
 
@@ -95,6 +95,27 @@ def write_comparison_html(out_dir: Path, rows: list[dict[str, Any]], columns: tu
     return path
 
 
+def _config_section(run_dir: Path) -> list[str]:
+    """The config the run used: run.json's record, which a hand edit of .hydra/config.yaml does not change."""
+    from autoenc_cli.artifacts.run_folder import RunFolder
+
+    folder = RunFolder(run_dir)
+    used = folder.identity().get("config")
+    hydra_config = run_dir / ".hydra" / "config.yaml"
+    if used is None:
+        return (
+            ["<h2>Config</h2>", f"<pre>{html.escape(hydra_config.read_text())}</pre>"] if hydra_config.is_file() else []
+        )
+    section = ["<h2>Config</h2>", f"<pre>{html.escape(used)}</pre>"]
+    if folder.hydra_config_edited():
+        section.insert(
+            1,
+            '<p class="warning">.hydra/config.yaml was edited after the run started; this is the config the run '
+            "used (from run.json).</p>",
+        )
+    return section
+
+
 def write_html_report(run_dir: Path) -> Path:
     """(Re)write RUN_DIR/report.html from what the folder holds; images are linked relatively."""
     metrics, evaluation = read_json(run_dir / "metrics.json"), read_json(run_dir / "eval.json")
@@ -113,8 +134,13 @@ def write_html_report(run_dir: Path) -> Path:
         if "probe" in evaluation:
             parts += ["<h3>Semi-supervised probe</h3>", _probe_table(evaluation["probe"])]
     order = list(FIGURE_CAPTIONS)  # the captions' order: what was learned first, training curves last
+    # Only the figures this run wrote (metrics.json lists them): never another run's leftovers.
+    listed = metrics.get("figures")
+    paths = (
+        [run_dir / "figures" / name for name in listed] if listed is not None else (run_dir / "figures").glob("*.png")
+    )
     figures = sorted(
-        (run_dir / "figures").glob("*.png"),
+        (path for path in paths if path.is_file()),
         key=lambda path: (order.index(path.stem) if path.stem in order else len(order), path.stem),
     )
     if figures:
@@ -125,9 +151,7 @@ def write_html_report(run_dir: Path) -> Path:
             f'<figure><img src="figures/{html.escape(figure.name)}" alt="{html.escape(figure.stem)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
-    config = run_dir / ".hydra" / "config.yaml"
-    if config.is_file():
-        parts += ["<h2>Config</h2>", f"<pre>{html.escape(config.read_text())}</pre>"]
+    parts += _config_section(run_dir)
     path = run_dir / "report.html"
     atomic_write_bytes(path, _page(f"autoenc {run_dir.name}", parts))
     return path

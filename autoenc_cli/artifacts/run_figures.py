@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -27,31 +27,45 @@ def _all_codes(model: Autoencoder, parts: RunParts) -> torch.Tensor:
 @torch.inference_mode()
 def render_run_figures(
     parts: RunParts, model: Autoencoder, figures_dir: Path, records: Sequence[EpochRecord], codes: CodeStatistics
-) -> list[Path]:
-    """The standard figures of ``model`` (the network of the run's last phase) on the validation split."""
+) -> tuple[list[Path], list[str]]:
+    """The standard figures of ``model`` (the network of the run's last phase) on the validation split.
+
+    Each figure is drawn on its own: one that cannot be drawn for this run is skipped with a note (the
+    second list), never failing the others or the run.
+    """
     val, history = parts.data.val, [as_dict(record) for record in records]
     model.eval()
     shown = val.images[:RECONSTRUCTION_SAMPLES]
     batch = val.take(LATENT_MAP_SAMPLES)
     noise = parts.noise
-    if noise.active:
-        noisy = noise(shown, parts.validation_noise_generator())
-        rows = [
-            ("noisy input", noisy.clamp(0, 1)),
-            ("reconstruction", model(noisy).reconstruction),
-            ("clean target", shown),
-        ]
-        figures.image_rows(
-            figures_dir / "denoising.png", rows, "Denoising: noisy validation inputs, reconstructions, clean targets"
-        )
-    written = [
-        figures.reconstructions(figures_dir / "reconstructions.png", shown, model(shown).reconstruction),
-        figures.latent_map(figures_dir / "latent_map.png", model.encode(batch.images), batch.labels),
-        figures.dictionary(figures_dir / "dictionary.png", model.dictionary()),
-        figures.loss_curve(figures_dir / "loss_curve.png", history),
-        figures.code_density(figures_dir / "code_density.png", codes.firing_frequency),
-        figures.latent_scatter(figures_dir / "latent_scatter.png", _all_codes(model, parts), val.labels),
+    drawings: list[tuple[str, Callable[[Path], Path]]] = [
+        ("reconstructions.png", lambda path: figures.reconstructions(path, shown, model(shown).reconstruction)),
+        ("latent_map.png", lambda path: figures.latent_map(path, model.encode(batch.images), batch.labels)),
+        ("dictionary.png", lambda path: figures.dictionary(path, model.dictionary())),
+        ("loss_curve.png", lambda path: figures.loss_curve(path, history)),
+        ("code_density.png", lambda path: figures.code_density(path, codes.firing_frequency)),
+        ("latent_scatter.png", lambda path: figures.latent_scatter(path, _all_codes(model, parts), val.labels)),
     ]
+    if noise.active:
+
+        def denoising(path: Path) -> Path:
+            noisy = noise(shown, parts.validation_noise_generator())
+            rows = [
+                ("noisy input", noisy.clamp(0, 1)),
+                ("reconstruction", model(noisy).reconstruction),
+                ("clean target", shown),
+            ]
+            return figures.image_rows(path, rows, "Denoising: noisy validation inputs, reconstructions, clean targets")
+
+        drawings.insert(1, ("denoising.png", denoising))
     if len({row["stage"] for row in history}) > 1:
-        written.append(figures.stages(figures_dir / "stages.png", history))
-    return written
+        drawings.append(("stages.png", lambda path: figures.stages(path, history)))
+    written, notes = [], []
+    for name, draw in drawings:
+        try:
+            written.append(draw(figures_dir / name))
+        except Exception as error:  # noqa: BLE001 - a figure that cannot be drawn is a note, not a failure
+            notes.append(
+                f"figures/{name} skipped: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            )
+    return written, notes

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
+from autoenc_cli.errors import UserError
 from autoenc_cli.io import read_json, write_csv, write_json
 from autoenc_cli.training.callbacks import Callback, EpochEnd, Failed, Interrupted, PhaseEnd
 from autoenc_cli.training.checkpoint import save_checkpoint
 from autoenc_cli.training.records import EpochRecord, RunSummary, as_dict
+
+# What only a run writes: a folder holding any of these is a run's, and a new run never writes into it.
+RUN_FILES = ("run.json", "metrics.json", "history.csv", "checkpoints")
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def refuse_if_taken(path: Path, what: str = "run") -> None:
+    """A folder that already holds a run is never written by another one."""
+    taken = [name for name in RUN_FILES if (Path(path) / name).exists()]
+    if taken:
+        raise UserError(
+            f"'{path}' already holds a run ({', '.join(taken)}); a new {what} never writes into another run's "
+            f"folder: continue it with resume={path}, or choose another hydra.run.dir / output_root"
+        )
 
 
 class RunFolder:
@@ -16,6 +37,35 @@ class RunFolder:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
         self.figures = self.path / "figures"
+
+    def start(self, config_yaml: str, check_free: bool = True) -> dict[str, Any]:
+        """run.json: who this run is (its id, for checkpoint fingerprints), when it started, the config it
+        uses (paths made absolute) and a hash of Hydra's .hydra/config.yaml, so a later hand edit shows."""
+        if check_free:
+            refuse_if_taken(self.path)
+        hydra_config = self.path / ".hydra" / "config.yaml"
+        identity = {
+            "run_id": uuid.uuid4().hex,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": config_yaml,
+            "hydra_config_sha256": sha256_text(hydra_config.read_text()) if hydra_config.is_file() else None,
+        }
+        write_json(self.path / "run.json", identity)
+        return identity
+
+    def continued(self, config_yaml: str) -> dict[str, Any]:
+        """The identity of a run being resumed (a run from before run.json, or a sweep job that never
+        trained, gets one now)."""
+        return self.identity() or self.start(config_yaml, check_free=False)
+
+    def identity(self) -> dict[str, Any]:
+        return read_json(self.path / "run.json")
+
+    def hydra_config_edited(self) -> bool:
+        """True when .hydra/config.yaml no longer is what Hydra wrote when the run started."""
+        expected = self.identity().get("hydra_config_sha256")
+        hydra_config = self.path / ".hydra" / "config.yaml"
+        return bool(expected) and hydra_config.is_file() and sha256_text(hydra_config.read_text()) != expected
 
     def write_metrics(self, summary: RunSummary) -> None:
         write_json(self.path / "metrics.json", as_dict(summary))
@@ -36,11 +86,12 @@ class RunFolderWriter(Callback):
     """Keeps history.csv and checkpoints/{last,best}.pt current after every epoch, writes one checkpoint
     per stage boundary of a multi-phase schedule, and marks metrics.json interrupted or failed."""
 
-    def __init__(self, folder: RunFolder, config_yaml: str) -> None:
-        self.folder, self.config_yaml = folder, config_yaml
+    def __init__(self, folder: RunFolder, config_yaml: str, fingerprint: dict[str, Any] | None = None) -> None:
+        self.folder, self.config_yaml, self.fingerprint = folder, config_yaml, fingerprint or {}
 
     def _state(self, snapshot: Any) -> dict[str, Any]:
-        return {**snapshot(), "config": self.config_yaml}
+        """The Trainer's state, with the config that produced it and its fingerprint (run, model, data)."""
+        return {**snapshot(), "config": self.config_yaml, "fingerprint": self.fingerprint}
 
     def on_epoch_end(self, event: EpochEnd) -> None:
         self.folder.write_history(event.history)

@@ -8,6 +8,8 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from autoenc_cli.errors import DataError
+
 
 @dataclass
 class Split:
@@ -31,7 +33,8 @@ class DataBundle:
     train: Split
     val: Split
     test: Optional[Split] = None
-    num_classes: Optional[int] = None
+    num_classes: Optional[int] = None  # labels are 0..num_classes-1 (loaders map a user's own labels to these)
+    class_names: Optional[tuple[str, ...]] = None  # the user's label (or subfolder) for each class id
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -43,12 +46,23 @@ class DataBundle:
 
 
 def as_images(array: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W) or (N, C, H, W) -> float32 (N, C, H, W) in [0, 1]."""
+    """(N, H, W) or (N, C, H, W) -> float32 (N, C, H, W) in [0, 1].
+
+    uint8 is scaled by 255 and uint16 by 65535 (the full range of the type, never the data's own
+    maximum); float and bool are taken as they are. Other integer types have no known scale: refused.
+    """
+    if isinstance(array, np.ndarray) and array.dtype == np.uint16:
+        array = array.astype(np.float32) / np.float32(65535)
     tensor = torch.as_tensor(array)
     if tensor.ndim == 3:
         tensor = tensor.unsqueeze(1)
     if tensor.dtype == torch.uint8:
         return tensor.float().div_(255.0)
+    if not (tensor.dtype.is_floating_point or tensor.dtype == torch.bool):
+        raise DataError(
+            f"images of type {str(tensor.dtype).removeprefix('torch.')} have no known intensity scale; "
+            "give uint8 (0..255), uint16 (0..65535) or float in [0, 1]"
+        )
     return tensor.float()
 
 

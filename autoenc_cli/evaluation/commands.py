@@ -17,10 +17,12 @@ from autoenc_cli.schema import check_tree, choice, number
 from autoenc_cli.training.records import EvalReport, as_dict
 
 HELP = {
-    "eval": "autoenc eval run=RUN_DIR [split=val|test] [checkpoint=best|last|PATH] [data=OPTION] "
-    "[probe.labels_per_class=10,100,all] [probe.model=logistic|mlp] [probe.finetune=true] [out=FILE]",
-    "encode": "autoenc encode run=RUN_DIR out=codes.npz [split=train|val|test|all] [checkpoint=...] [data=OPTION]",
-    "reconstruct": "autoenc reconstruct run=RUN_DIR input=FILE.npz|DIR out=OUT.npz|DIR [checkpoint=...]",
+    "eval": "autoenc eval run=RUN_DIR [split=val|test] [checkpoint=best|last|stage1|...|PATH] [data=OPTION] "
+    "[probe.labels_per_class=10,100,all] [probe.model=logistic|mlp] [probe.finetune=true] [out=FILE] [threads=N]",
+    "encode": "autoenc encode run=RUN_DIR out=codes.npz [split=train|val|test|all] [checkpoint=...] [data=OPTION] "
+    "[overwrite=true] [threads=N]",
+    "reconstruct": "autoenc reconstruct run=RUN_DIR input=FILE.npz|DIR out=OUT.npz|DIR [checkpoint=...] "
+    "[overwrite=true] [threads=N]",
 }
 
 
@@ -52,6 +54,7 @@ class UseRunConfig:
     checkpoint: str = "best"
     device: str = "auto"
     batch_size: int = number(1024, ge=1)
+    threads: Optional[int] = number(None, ge=1)  # CPU threads for torch, as trainer.threads; null: torch's default
     data: Any = None
 
 
@@ -66,12 +69,14 @@ class EvalConfig(UseRunConfig):
 class EncodeConfig(UseRunConfig):
     out: str = MISSING
     split: str = choice("val", ("train", "val", "test", "all"))
+    overwrite: bool = False  # replace an existing out file; otherwise it is refused
 
 
 @dataclass
 class ReconstructConfig(UseRunConfig):
     input: str = MISSING
     out: str = MISSING
+    overwrite: bool = False  # replace an existing out file, or earlier PNGs in the out folder
 
 
 def _as_list_argument(argument: str, key: str) -> str:
@@ -104,6 +109,8 @@ def compose_command(config_name: str, schema: type, argv: Sequence[str]) -> Any:
     if data is not None:
         config.data = typed(REGISTRY.config_class("data", data.get("name")), data, "data")
     check_tree(config)
+    if config.threads is not None:  # as trainer.threads: set before any torch work
+        torch.set_num_threads(config.threads)
     return config
 
 
@@ -136,7 +143,7 @@ def load_for_command(config: UseRunConfig) -> Any:
 
 def evaluate_run(config: EvalConfig) -> EvalReport:
     from autoenc_cli.baselines.pca import PCA
-    from autoenc_cli.training.metrics import evaluate, psnr
+    from autoenc_cli.training.metrics import corrupted_inputs, evaluate, psnr
 
     run = load_for_command(config)
     data = run.load_data(config.data)
@@ -151,6 +158,10 @@ def evaluate_run(config: EvalConfig) -> EvalReport:
         noise if noise.active else None,
         run.validation_noise_generator(),
     )
+    # Like with like: PCA projects what the autoencoder saw (the same corruption, for a denoising run).
+    inputs = None
+    if noise.active:
+        inputs = corrupted_inputs(split, config.batch_size, noise, run.validation_noise_generator())
     input_size = model.input_size
     report = EvalReport(
         run=str(config.run),
@@ -158,6 +169,7 @@ def evaluate_run(config: EvalConfig) -> EvalReport:
         data=(config.data or run.config.data).name,
         split=config.split,
         samples=len(split),
+        inputs=f"corrupted (noise={run.config.noise.name})" if noise.active else "clean",
         mse=scores.mse,
         squared_error_per_image=scores.squared_error_per_image,
         psnr=psnr(scores.mse),
@@ -173,11 +185,11 @@ def evaluate_run(config: EvalConfig) -> EvalReport:
     pca: Optional[PCA] = None
     if model.code_dim < min(input_size, len(train)):
         pca = PCA(model.code_dim).fit(train.images)
-        report.pca_mse = pca.reconstruction_mse(split.images)
+        report.pca_mse = pca.reconstruction_mse(split.images if inputs is None else inputs, split.images)
         report.pca_squared_error_per_image = report.pca_mse * input_size
         report.ae_pca_mse_ratio = report.mse / report.pca_mse
     if train.labels is not None and split.labels is not None:
-        report.probe = run_probes(config.probe, model, data, split, pca)
+        report.probe = run_probes(config.probe, model, data, split, pca)  # probes see clean images
     return report
 
 
@@ -239,6 +251,8 @@ def encode_main(argv: Sequence[str]) -> int:
     from autoenc_cli.artifacts.console import console
 
     config = compose_command("encode", EncodeConfig, argv)
+    out = _npz_path(config.out)
+    _refuse_existing(out, config.overwrite)  # before the model and the data are loaded
     run = load_for_command(config)
     data = run.load_data(config.data)
     data_name = (config.data or run.config.data).name
@@ -251,43 +265,92 @@ def encode_main(argv: Sequence[str]) -> int:
     }
     if all(split.labels is not None for _, split in splits):
         arrays["labels"] = torch.cat([split.labels for _, split in splits]).cpu().numpy()
-    _save_npz(Path(config.out), arrays)
-    console.print(f"wrote {codes.shape[0]} codes of size {codes.shape[1]} to {config.out}", soft_wrap=True)
+        if data.class_names is not None:  # labels are class ids; this names each (the user's own labels)
+            arrays["class_names"] = np.array(data.class_names)
+    written = _save_npz(out, arrays)
+    console.print(f"wrote {codes.shape[0]} codes of size {codes.shape[1]} to {written}", soft_wrap=True)
     return 0
 
 
 def reconstruct_main(argv: Sequence[str]) -> int:
     from autoenc_cli.artifacts.console import console
-    from autoenc_cli.data.files import read_user_images
+    from autoenc_cli.data.files import IMAGE_SUFFIXES, read_user_images
 
     config = compose_command("reconstruct", ReconstructConfig, argv)
+    out = Path(config.out)
+    if out.suffix.lower() in IMAGE_SUFFIXES:
+        raise UserError(
+            f"out='{out}' names one image file; reconstruct writes a .npz (out=FILE.npz) or a folder of PNGs (out=DIR)"
+        )
+    if out.suffix == ".npz":
+        _refuse_existing(out, config.overwrite)
+    else:
+        _refuse_earlier_pngs(out, config.overwrite)
     run = load_for_command(config)
     images = read_user_images(Path(config.input), run.model.input_shape).to(run.device)
     outputs = reconstruct_images(run.model, images, config.batch_size).clamp(0, 1).cpu()
-    out = Path(config.out)
     if out.suffix == ".npz":
-        _save_npz(out, {"inputs": images.cpu().numpy(), "reconstructions": outputs.numpy()})
+        written = _save_npz(out, {"inputs": images.cpu().numpy(), "reconstructions": outputs.numpy()})
     else:
-        _save_pngs(out, outputs)
-    console.print(f"wrote {outputs.shape[0]} reconstructions to {out}", soft_wrap=True)
+        written = _save_pngs(out, outputs)
+    console.print(f"wrote {outputs.shape[0]} reconstructions to {written}", soft_wrap=True)
     return 0
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def _npz_path(out: str) -> Path:
+    """The file ``out=`` names: ``.npz`` is appended when missing, as numpy's savez does."""
+    path = Path(out)
+    return path if path.suffix == ".npz" else path.with_name(f"{path.name}.npz")
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise UserError(f"out='{path}' is a folder; give a file name, e.g. out={path / 'codes.npz'}")
+    if path.exists() and not overwrite:
+        raise UserError(f"out='{path}' already exists; add overwrite=true to replace it, or choose another out=")
+
+
+def _earlier_pngs(folder: Path) -> list[Path]:
+    """The numbered PNGs a previous ``reconstruct`` wrote into ``folder``."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.glob("*.png") if path.stem.isdigit())
+
+
+def _refuse_earlier_pngs(folder: Path, overwrite: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"out='{folder}' is a file; give a folder for PNGs (out=DIR) or a .npz (out=FILE.npz)")
+    earlier = _earlier_pngs(folder)
+    if earlier and not overwrite:
+        raise UserError(
+            f"out='{folder}' already holds {len(earlier)} reconstructions ({earlier[0].name}, ...); add "
+            "overwrite=true to replace them, or choose another out="
+        )
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` to ``path`` (``.npz`` appended when missing); returns the absolute path written."""
     import io
 
     from autoenc_cli.io import atomic_write_bytes
 
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path if path.suffix == ".npz" else path.with_suffix(".npz"), buffer.getvalue())
+    path = _npz_path(str(path))
+    atomic_write_bytes(path, buffer.getvalue())
+    return path.resolve()
 
 
-def _save_pngs(folder: Path, images: torch.Tensor) -> None:
+def _save_pngs(folder: Path, images: torch.Tensor) -> Path:
+    """One numbered PNG per image; earlier numbered PNGs there are removed first (the caller checked
+    overwrite=true), so the folder never mixes two runs' outputs. Returns the absolute folder."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
+    for earlier in _earlier_pngs(folder):
+        earlier.unlink()
     width = max(4, int(math.log10(max(images.shape[0], 1))) + 1)
     for index, image in enumerate((images * 255).round().to(torch.uint8)):
         array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
         Image.fromarray(array).save(folder / f"{index:0{width}d}.png")
+    return folder.resolve()

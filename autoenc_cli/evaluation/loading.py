@@ -24,7 +24,7 @@ from autoenc_cli.noise.base import Noise
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.schema import TrainConfig
 from autoenc_cli.schema.resolve import typed_config
-from autoenc_cli.training.checkpoint import load_checkpoint
+from autoenc_cli.training.checkpoint import check_checkpoint_belongs, data_fingerprint, load_checkpoint
 from autoenc_cli.training.parts import validation_noise_generator
 
 
@@ -50,6 +50,7 @@ class TrainedRun:
     checkpoint: Path
     phase: str
     epoch: int
+    data_fingerprint: Optional[str] = None  # of the train/validation split the run trained on
 
     @property
     def device(self) -> torch.device:
@@ -97,6 +98,12 @@ class TrainedRun:
             raise DataError(
                 f"the run's data cannot be read: {error}; if it moved, add data.path=NEW_PATH to score the same data"
             ) from None
+        if data is None and self.data_fingerprint not in (None, data_fingerprint(bundle)):
+            raise DataError(
+                f"the run's data ({_data_source(config)}) changed since the run trained: other images, labels or "
+                "another split; scores on it would not be the run's validation scores. Restore it, or name the data "
+                "explicitly (data=... data.path=...) to score other data"
+            )
         if bundle.input_shape != self.model.input_shape:
             raise UserError(
                 f"data={config.name} gives images of shape {bundle.input_shape}, "
@@ -105,11 +112,22 @@ class TrainedRun:
         return bundle.to(self.device)
 
 
+def _data_source(config: Any) -> str:
+    for key in ("path", "root"):
+        if hasattr(config, key):
+            return f"data.{key}='{getattr(config, key)}'"
+    return f"data={config.name}"
+
+
 def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> TrainedRun:
-    """Rebuild a trained run's model from its folder (no data needed); ``device`` as trainer.device."""
+    """Rebuild a trained run's model from its folder (no data needed); ``device`` as trainer.device.
+
+    A checkpoint written by another run than the folder's (``checkpoint=PATH`` from elsewhere, or a
+    foreign file copied in) is refused, so a run's scores are always its own model's."""
     path = checkpoint_path(Path(run), checkpoint)
     state = load_checkpoint(path)
     config = typed_config(state["config"])
+    check_checkpoint_belongs(state, path, Path(run), config)
     model = build_model(config, tuple(state["input_shape"]))
     phases = REGISTRY.build(config.schedule, config.trainer, model)
     network = model
@@ -121,4 +139,5 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
         first = str(error).strip().splitlines()[0]
         raise UserError(f"the checkpoint does not fit the model built from its config ({first[:200]})") from None
     network.to(resolve_device(device)).eval().requires_grad_(False)
-    return TrainedRun(network, config, path, phases[state["phase_index"]].name, int(state["epoch"]))
+    fingerprint = (state.get("fingerprint") or {}).get("data")
+    return TrainedRun(network, config, path, phases[state["phase_index"]].name, int(state["epoch"]), fingerprint)

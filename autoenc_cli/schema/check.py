@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+from autoenc_cli.errors import UserError
 from autoenc_cli.schema.fields import check_tree, with_prefix
-from autoenc_cli.schema.root import GROUPS
+from autoenc_cli.schema.root import GROUPS, SHORTHANDS
 
 if TYPE_CHECKING:
     from autoenc_cli.schema.root import TrainConfig
@@ -46,3 +47,12 @@ def check_config(config: "TrainConfig") -> Facts:
         option = getattr(config, group)
         with_prefix(group, lambda option=option: option.check_with(facts))
     return facts
+
+
+def check_shorthands(overrides: list[str]) -> None:
+    """``k=5 sparsity.k=16`` names one value twice: refused, never silently resolved."""
+    given = dict(override.lstrip("+").partition("=")[::2] for override in overrides)
+    for key, group in SHORTHANDS.items():
+        full = f"{group}.{key}"
+        if key in given and full in given and given[key] != given[full]:
+            raise UserError(f"{key}={given[key]} and {full}={given[full]} set the same value; give only one of them")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Any
+import types
+import typing
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
@@ -58,20 +61,108 @@ def typed(schema: type, node: dict, path: str) -> Any:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
+        # OmegaConf reports a mistake inside a list item by the item's own key (``width``); typing the
+        # items one by one finds it under its full path (``model.encoder[0].width``).
+        _type_list_items(schema, node, path)
         raise _one_line(error, schema, path) from None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}{key}" if not path or key.startswith("[") else f"{path}.{key}"
+
+
+def _type_list_items(schema: type, node: Any, path: str) -> None:
+    """Type each mapping in a list-of-dataclass field on its own; raises the first item's error."""
+    if not (dataclasses.is_dataclass(schema) and isinstance(node, dict)):
+        return
+    for name, annotation in _hints(schema).items():
+        item_schema = _list_item(annotation)
+        items = node.get(name)
+        if item_schema is None or not dataclasses.is_dataclass(item_schema) or not isinstance(items, list):
+            continue
+        for index, item in enumerate(items):
+            if isinstance(item, dict):
+                typed(item_schema, item, f"{_join(path, name)}[{index}]")
+
+
+def _hints(schema: type) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(schema)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve only costs the better message
+        return {}
+    return {field.name: hints.get(field.name, Any) for field in dataclasses.fields(schema)}
+
+
+def _optional_of(annotation: Any) -> Any:
+    """``Optional[X]`` -> X; anything else unchanged."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        rest = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return rest[0] if len(rest) == 1 else annotation
+    return annotation
+
+
+def _list_item(annotation: Any) -> Any:
+    annotation = _optional_of(annotation)
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
+
+
+def field_type(schema: type, key: str) -> Any:
+    """The annotation of a dotted key with list indices (``encoder[0].width``) in a schema; None if unknown."""
+    annotation: Any = schema
+    for part in re.findall(r"\[\d+\]|[^.\[\]]+", key):
+        if part.startswith("["):
+            annotation = _list_item(annotation)
+        else:
+            inner = _optional_of(annotation)
+            annotation = _hints(inner).get(part) if dataclasses.is_dataclass(inner) else None
+        if annotation is None:
+            return None
+    return annotation
+
+
+PLAIN_TYPES = {bool: "boolean (true or false)", int: "integer", float: "float", str: "string"}
+PLURALS = {bool: "booleans", int: "integers", float: "floats", str: "strings"}
+
+
+def describe_type(annotation: Any) -> Optional[str]:
+    """What a user must write for a field of this type, in words; None where the type says nothing."""
+    inner = _optional_of(annotation)
+    if inner is not annotation:
+        described = describe_type(inner)
+        return f"{described} or null" if described else None
+    if annotation in PLAIN_TYPES:
+        return PLAIN_TYPES[annotation]
+    if dataclasses.is_dataclass(annotation):
+        return f"a mapping with keys {', '.join(field.name for field in dataclasses.fields(annotation))}"
+    item = _list_item(annotation)
+    if item in PLURALS:
+        return f"a list of {PLURALS[item]}"
+    if item is not None and dataclasses.is_dataclass(item):
+        keys = ", ".join(field.name for field in dataclasses.fields(item))
+        return f"a list of mappings with keys {keys}, e.g. [{{{dataclasses.fields(item)[0].name}: ...}}]"
+    return None
 
 
 def _one_line(error: OmegaConfBaseException, schema: type, path: str) -> UserError:
     key = str(error.full_key or error.key or "")
-    full_key = f"{path}.{key}" if path and key else path or key
+    full_key = _join(path, key) if key else path
     if isinstance(error, MissingMandatoryValue):
         return UserError(f"{full_key} must be set, e.g. {full_key}=...")
     if isinstance(error, ConfigKeyError):
-        allowed = ", ".join(OmegaConf.structured(schema).keys())
-        return UserError(f"unknown key '{full_key}'; allowed keys{f' in {path}' if path else ''}: {allowed}")
+        # The keys that exist where the unknown one was given (``trainer`` for ``trainer.epoch``).
+        parent = key.rpartition(".")[0] if "." in key else ""
+        owner = _optional_of(field_type(schema, parent) if parent else schema)
+        if dataclasses.is_dataclass(owner):
+            allowed = ", ".join(field.name for field in dataclasses.fields(owner))
+            where = _join(path, parent) if parent else path
+        else:
+            allowed, where = ", ".join(OmegaConf.structured(schema).keys()), path
+        return UserError(f"unknown key '{full_key}'; allowed keys{f' in {where}' if where else ''}: {allowed}")
     if isinstance(error, ValidationError):
-        # OmegaConf says "Value 'abc' of type 'str' could not be converted to Float".
-        expected = re.search(r"converted to (\w+)", str(error))
-        wanted = f"; expected {expected.group(1).lower()}" if expected else ""
+        expected = describe_type(field_type(schema, key)) if key else None
+        if expected is None:  # OmegaConf says "Value 'abc' of type 'str' could not be converted to Float".
+            converted = re.search(r"converted to (\w+)", str(error))
+            expected = converted.group(1).lower() if converted else None
+        wanted = f"; expected {expected}" if expected else ""
         return UserError(f"{full_key}={error.value!r} has the wrong type{wanted}")
     return UserError(f"{full_key}: {str(error).splitlines()[0]}")

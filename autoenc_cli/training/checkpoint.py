@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
+from autoenc_cli.data.tensors import DataBundle
 from autoenc_cli.errors import UserError
-from autoenc_cli.io import atomic_write_bytes
+from autoenc_cli.io import atomic_write_bytes, read_json
 
 FORMAT = "autoenc-checkpoint"
 VERSION = 1
@@ -34,3 +38,38 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"'{path}' is not an autoenc checkpoint")
     return state
+
+
+def model_fingerprint(config: Any, input_shape: tuple[int, ...]) -> str:
+    """What determines the network's tensors: the model and sparsity options and the input shape."""
+    described = {
+        "model": dataclasses.asdict(config.model),
+        "sparsity": dataclasses.asdict(config.sparsity),
+        "input_shape": list(input_shape),
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def data_fingerprint(data: DataBundle) -> str:
+    """A hash of the train and validation images and labels, in split order: any change to the file or
+    to the split changes it."""
+    digest = hashlib.sha256()
+    for split in (data.train, data.val):
+        for tensor in (split.images, split.labels):
+            if tensor is not None:
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_checkpoint_belongs(state: dict[str, Any], path: Path, run_dir: Path, config: Optional[Any] = None) -> None:
+    """Refuse a checkpoint written by another run than the one in ``run_dir``, or whose config no longer
+    describes the model that wrote it (``config``: the checkpoint's own typed config)."""
+    fingerprint = state.get("fingerprint") or {}
+    run_id = read_json(run_dir / "run.json").get("run_id")
+    if run_id is not None and fingerprint.get("run_id") != run_id:
+        raise UserError(
+            f"checkpoint '{path}' was not written by the run in '{run_dir}' (run id "
+            f"{fingerprint.get('run_id') or 'unknown'}, the folder's is {run_id}); use that run's own checkpoints"
+        )
+    if config is not None and fingerprint.get("model") not in (None, model_fingerprint(config, state["input_shape"])):
+        raise UserError(f"checkpoint '{path}': its config no longer describes the model that wrote it")

@@ -90,6 +90,8 @@ class Trainer:
         except BaseException as error:
             self._emit("on_failure", Failed(error))
             raise
+        if self.result.final_codes is None:  # resumed with nothing left to train: measure the codes now
+            self.result.final_codes = self.validate()[1]
         return self.result
 
     def _start_phase(

@@ -36,6 +36,12 @@ def psnr(mse: float, peak: float = 1.0) -> float:
 
 
 @torch.inference_mode()
+def corrupted_inputs(split: Split, batch_size: int, noise: Noise, generator: torch.Generator) -> torch.Tensor:
+    """The split as ``evaluate`` corrupts it: batch by batch, in order, from the same generator."""
+    return torch.cat([noise(clean, generator) for clean in iterate_batches(split, batch_size)])
+
+
+@torch.inference_mode()
 def evaluate(
     model: Autoencoder,
     objective: Objective,

@@ -110,8 +110,13 @@ class RunSummary:
     samples_per_second: Optional[float] = metric("training throughput")
     device: Optional[str] = metric("where it trained")
     seed: Optional[int] = metric("the run's seed")
-    pca_val_mse: Optional[float] = metric("validation MSE of PCA with code_dim components (same split)", summary=True)
+    pca_val_mse: Optional[float] = metric(
+        "validation MSE of PCA with code_dim components on the same split and inputs (corrupted for denoising)",
+        summary=True,
+    )
     wall_seconds: Optional[float] = metric("wall time of the whole run, figures included")
+    figures: Optional[list[str]] = metric("the figures this run wrote (report.html shows these and no others)")
+    notes: Optional[list[str]] = metric("extras that were skipped, and why")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunSummary":
@@ -131,6 +136,7 @@ class EvalReport:
     data: str = metric("the data set")
     split: str = metric("the split scored")
     samples: int = metric("images in the split")
+    inputs: str = metric("what the autoencoder and the PCA baseline both saw: clean or corrupted inputs")
     mse: float = metric("MSE per pixel")
     squared_error_per_image: float = metric("squared error summed over an image's pixels")
     psnr: float = metric("PSNR (dB)")

@@ -1,0 +1,160 @@
+"""A run folder is a record that is never silently changed, lost or mixed with another run's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, read_metrics, run_main
+
+QUICK = [*TINY, "trainer.epochs=1", "trainer.figures=false"]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("autoenc: error: "), err
+    return err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def finished(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *QUICK, "hydra.run.dir=run"]) == 0
+    return tmp_path / "run"
+
+
+def test_resuming_a_finished_run_leaves_it_as_it_is(finished, capsys):
+    before = snapshot(finished)
+    capsys.readouterr()
+    assert run_main(["train", f"resume={finished}"]) == 0
+    assert "is already complete; nothing to resume" in capsys.readouterr().out
+    # the up-arrow: the same command with resume= added; equal values are accepted
+    assert run_main(["train", *QUICK, "hydra.run.dir=run", f"resume={finished}"]) == 0
+    after = {name: data for name, data in snapshot(finished).items() if not name.startswith(".hydra/resumed")}
+    assert after == before
+
+
+def test_a_changed_value_on_resume_and_a_conflicting_pair_are_refused(finished, capsys):
+    assert run_main(["train", f"resume={finished}", "optimizer.lr=0.5"]) == 2
+    assert "'optimizer.lr=0.5' would change optimizer.lr (saved: 0.001)" in one_line_error(capsys)
+    assert run_main(["train", *QUICK, "sparsity=topk", "k=5", "sparsity.k=16"]) == 2
+    assert "k=5 and sparsity.k=16 set the same value" in one_line_error(capsys)
+    assert run_main(["train", "-m", *QUICK, "sparsity=topk", "k=5,6", "sparsity.k=16"]) == 2
+    assert "sweep job [" in one_line_error(capsys)
+
+
+def test_a_new_run_never_writes_into_another_runs_folder(finished, capsys):
+    before = snapshot(finished)
+    assert run_main(["train", *QUICK, "hydra.run.dir=run"]) == 2
+    assert f"resume={Path('run')}" in one_line_error(capsys)
+    assert run_main(["train", *QUICK, "trainer.epochs=2", "hydra.run.dir=run"]) == 2
+    capsys.readouterr()
+    assert snapshot(finished) == before  # Hydra's own files included: refused before anything was written
+
+
+def test_a_foreign_checkpoint_is_refused_by_resume_and_eval(finished, tmp_path, capsys):
+    assert run_main(["train", *QUICK, "model.code_dim=8", "hydra.run.dir=other"]) == 0
+    assert run_main(["train", *QUICK, "hydra.run.dir=twin"]) == 0  # same config, another run
+    shutil.copy(tmp_path / "twin" / "checkpoints" / "last.pt", finished / "checkpoints" / "last.pt")
+    capsys.readouterr()
+    assert run_main(["train", f"resume={finished}"]) == 2
+    assert "was not written by the run in" in one_line_error(capsys)
+    assert run_main(["eval", f"run={finished}", f"checkpoint={tmp_path / 'other' / 'checkpoints' / 'best.pt'}"]) == 2
+    assert "was not written by the run in" in one_line_error(capsys)
+    assert not (finished / "eval.json").exists()
+
+
+def test_the_report_shows_the_config_that_was_used_and_only_this_runs_figures(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *TINY, "trainer.epochs=1", "hydra.run.dir=run"]) == 0
+    run = tmp_path / "run"
+    (run / "figures" / "stray.png").write_bytes((run / "figures" / "dictionary.png").read_bytes())
+    hydra_config = run / ".hydra" / "config.yaml"
+    hydra_config.write_text(hydra_config.read_text().replace("code_dim: 64", "code_dim: 999"))
+    assert run_main(["eval", f"run={run}", "probe.labels_per_class=[]"]) == 0  # rewrites report.html
+    page = (run / "report.html").read_text()
+    assert "stray.png" not in page and "dictionary.png" in page
+    assert "code_dim: 64" in page and "code_dim: 999" not in page and "was edited after the run started" in page
+
+
+def test_paths_are_stored_absolute_so_eval_works_from_anywhere(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    np.savez("mine.npz", images=np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
+    assert run_main(["train", "data=npz", "data.path=mine.npz", "trainer.epochs=1", "hydra.run.dir=run"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert run_main(["eval", f"run={tmp_path / 'run'}"]) == 0
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["samples"] == 8
+
+
+def test_eval_on_a_data_file_that_changed_since_training_says_so(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez("mine.npz", images=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8))
+    assert run_main(["train", "data=npz", "data.path=mine.npz", "trainer.epochs=1", "hydra.run.dir=run"]) == 0
+    np.savez("mine.npz", images=rng.integers(0, 256, (50, 8, 8), dtype=np.uint8))  # 10 more images: a new split
+    capsys.readouterr()
+    for command in (["eval", "run=run"], ["encode", "run=run", "out=codes.npz"]):
+        assert run_main(command) == 2
+        assert "changed since the run trained" in one_line_error(capsys)
+
+
+def test_a_denoising_eval_gives_pca_the_same_corrupted_inputs(tmp_path, monkeypatch):
+    from autoenc_cli.baselines.pca import PCA
+    from autoenc_cli.data.embedded import Mnist5kConfig, load_mnist_5k
+    from autoenc_cli.noise.corruptions import MaskConfig, MaskingNoise
+    from autoenc_cli.training.metrics import corrupted_inputs
+    from autoenc_cli.training.parts import validation_noise_generator
+
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *QUICK, "noise=mask", "hydra.run.dir=run"]) == 0
+    assert run_main(["eval", "run=run", "probe.labels_per_class=[]"]) == 0
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["inputs"] == "corrupted (noise=mask)"
+    data = load_mnist_5k(Mnist5kConfig(limit=400))
+    import torch
+
+    noisy = corrupted_inputs(
+        data.val, 1024, MaskingNoise(MaskConfig()), validation_noise_generator(0, torch.device("cpu"))
+    )
+    expected = PCA(64).fit(data.train.images).reconstruction_mse(noisy, data.val.images)
+    assert report["pca_mse"] == pytest.approx(expected, rel=1e-9)
+    assert read_metrics(tmp_path / "run")["pca_val_mse"] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "data"),
+    [
+        (["model.code_dim=1"], None),  # a 1-unit code
+        (["data.val_fraction=0.003"], None),  # a validation split of one image (400 x 0.003 rounds to 1)
+        ([], (2, 8, 8)),  # two channels
+        (["model=conv", "model.encoder=[{channels: 2, kernel: 3}]"], (5, 8, 8)),  # five channels
+    ],
+)
+def test_a_finished_run_with_odd_shapes_still_completes_with_every_figure_that_makes_sense(
+    tmp_path, monkeypatch, overrides, data
+):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    extra = []
+    if data is not None:
+        np.savez("odd.npz", images=np.random.default_rng(0).integers(0, 256, (30, *data), dtype=np.uint8))
+        extra = ["data=npz", "data.path=odd.npz"]
+    assert run_main(["train", *TINY, "trainer.epochs=1", *extra, *overrides, "hydra.run.dir=run"]) == 0
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["status"] == "completed" and "val_mse" in metrics
+    assert {"reconstructions.png", "dictionary.png", "loss_curve.png", "latent_scatter.png"} <= set(metrics["figures"])
+    assert all((tmp_path / "run" / "figures" / name).is_file() for name in metrics["figures"])
