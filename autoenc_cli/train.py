@@ -37,7 +37,7 @@ from autoenc_cli.training.distributed import shutdown as shutdown_distributed
 from autoenc_cli.training.loop import FitResult, Trainer
 from autoenc_cli.training.metrics import corrupted_inputs, psnr
 from autoenc_cli.training.parts import RunParts
-from autoenc_cli.training.records import RunSummary, as_dict
+from autoenc_cli.training.records import RunSummary, as_dict, carried
 
 log = logging.getLogger("autoenc")
 
@@ -145,19 +145,11 @@ def announce(parts: RunParts, folder: RunFolder, resume: Optional[dict[str, Any]
 def write_results(folder: RunFolder, parts: RunParts, network: Any, result: FitResult) -> RunSummary:
     """metrics.json first, then the optional extras: a figure or the report failing never un-completes a run."""
     last = result.history[-1]
-    summary = RunSummary(
+    summary = carried(
+        last,
+        RunSummary,
         status="completed",
-        train_loss=last.train_loss,
-        val_loss=last.val_loss,
-        val_mse=last.val_mse,
         val_psnr=psnr(last.val_mse),
-        val_penalty=last.val_penalty,
-        l0=last.l0,
-        dead_fraction=last.dead_fraction,
-        dense_fraction=last.dense_fraction,
-        mean_activation=last.mean_activation,
-        val_psnr_noisy=last.val_psnr_noisy,
-        val_psnr_denoised=last.val_psnr_denoised,
         best_val_loss=result.best_val_loss,
         best_epoch=result.best_epoch,
         epochs=len(result.history),

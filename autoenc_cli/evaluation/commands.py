@@ -14,7 +14,7 @@ from omegaconf import MISSING, OmegaConf
 
 from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.schema import check_tree, choice, number
-from autoenc_cli.training.records import EvalReport, as_dict
+from autoenc_cli.training.records import EvalReport, as_dict, carried
 
 HELP = {
     "eval": "autoenc eval run=RUN_DIR [split=val|test] [checkpoint=best|last|stage1|...|PATH] [data=OPTION] "
@@ -163,24 +163,19 @@ def evaluate_run(config: EvalConfig) -> EvalReport:
     if noise.active:
         inputs = corrupted_inputs(split, config.batch_size, noise, run.validation_noise_generator())
     input_size = model.input_size
-    report = EvalReport(
-        run=str(config.run),
+    report = carried(
+        scores,
+        EvalReport,
+        run=str(Path(config.run).absolute()),
         checkpoint=config.checkpoint,
         data=(config.data or run.config.data).name,
         split=config.split,
         samples=len(split),
         inputs=f"corrupted (noise={run.config.noise.name})" if noise.active else "clean",
-        mse=scores.mse,
-        squared_error_per_image=scores.squared_error_per_image,
         psnr=psnr(scores.mse),
-        l0=scores.l0,
-        dead_fraction=scores.dead_fraction,
-        dense_fraction=scores.dense_fraction,
         code_dim=model.code_dim,
         input_size=input_size,
         compression_ratio=input_size / model.code_dim,
-        psnr_noisy=scores.psnr_noisy,
-        psnr_denoised=scores.psnr_denoised,
     )
     pca: Optional[PCA] = None
     if model.code_dim < min(input_size, len(train)):
@@ -243,7 +238,7 @@ def eval_main(argv: Sequence[str]) -> int:
         console.print(probe_table(report.probe))
     if not config.out:
         write_html_report(Path(config.run))
-    console.print(f"wrote {out}", soft_wrap=True)
+    console.print(f"wrote {out.absolute()}", soft_wrap=True)
     return 0
 
 

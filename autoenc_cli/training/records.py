@@ -22,6 +22,18 @@ def as_dict(record: Any) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if getattr(record, f.name) is not None}
 
 
+def carried(source: Any, record_class: type, **given: Any) -> Any:
+    """A ``record_class`` with ``given`` values, the rest taken from ``source``'s fields of the same name
+    (a ``val_`` field also from the unprefixed one: an evaluation of the validation split)."""
+    available = {f.name for f in dataclasses.fields(source)}
+    values = dict(given)
+    for target in dataclasses.fields(record_class):
+        for name in (target.name, target.name.removeprefix("val_")):
+            if target.name not in values and name in available:
+                values[target.name] = getattr(source, name)
+    return record_class(**values)
+
+
 def descriptions(record_class: type) -> dict[str, str]:
     return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(record_class)}
 
@@ -64,22 +76,7 @@ class EpochRecord:
 
     @classmethod
     def of(cls, stage: str, epoch: int, train_loss: float, val: Evaluation, lr: float, seconds: float) -> "EpochRecord":
-        return cls(
-            stage=stage,
-            epoch=epoch,
-            train_loss=train_loss,
-            val_loss=val.loss,
-            val_mse=val.mse,
-            val_penalty=val.penalty,
-            l0=val.l0,
-            dead_fraction=val.dead_fraction,
-            dense_fraction=val.dense_fraction,
-            mean_activation=val.mean_activation,
-            val_psnr_noisy=val.psnr_noisy,
-            val_psnr_denoised=val.psnr_denoised,
-            lr=lr,
-            seconds=seconds,
-        )
+        return carried(val, cls, stage=stage, epoch=epoch, train_loss=train_loss, lr=lr, seconds=seconds)
 
 
 @dataclass
