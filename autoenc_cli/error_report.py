@@ -57,11 +57,14 @@ def _composition_message(error: BaseException) -> Optional[str]:
 
 def one_line_or_none(error: BaseException) -> Optional[str]:
     """The one-line message for a user mistake, or None for an unexpected error (a bug)."""
+    import yaml
     from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(error, UserError):
         return str(error)
+    if isinstance(error, yaml.YAMLError):  # a user's YAML file (--config-dir) that does not parse
+        return "malformed YAML: " + "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
     if isinstance(error, OSError) and error.filename:  # e.g. an output folder that cannot be written
         return f"cannot write or read '{error.filename}': {error.strerror or error}"
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:

@@ -6,6 +6,7 @@ import os
 import secrets
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,10 +34,13 @@ def resumed_run_dir(resume: Any, new_run_dir: str) -> str:
     return str(path.parent.parent if path.suffix == ".pt" else path)
 
 
-# A resumed run keeps the original .hydra/ record and writes its own under .hydra/resumed/.
+# A resumed run keeps the original .hydra/ record and writes its own under .hydra/resumed/<time>/, one per resume.
 OmegaConf.register_new_resolver("autoenc_run_dir", resumed_run_dir, replace=True)
 OmegaConf.register_new_resolver(
-    "autoenc_hydra_subdir", lambda resume: ".hydra" if resume in (None, "") else ".hydra/resumed", replace=True
+    "autoenc_hydra_subdir",
+    lambda resume: ".hydra" if resume in (None, "") else f".hydra/resumed/{time.strftime('%Y-%m-%d_%H-%M-%S')}",
+    use_cache=True,
+    replace=True,
 )
 
 

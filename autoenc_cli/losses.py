@@ -43,7 +43,12 @@ class BCEConfig(LossConfig):
 
     def check_with(self, facts: Facts) -> None:
         if facts.model.output_activation != "sigmoid":
-            raise ConfigError("name", "bce", "needs a sigmoid output layer (model.output_activation=sigmoid)")
+            raise ConfigError(
+                "name",
+                "bce",
+                f"needs a sigmoid output layer (the model's is {facts.model.output_activation}): "
+                "model.output_activation=sigmoid, or a sigmoid last layer in an explicit model.decoder",
+            )
 
 
 @register(BCEConfig)

@@ -34,6 +34,26 @@ def validate_jobs(config_name: str, jobs: list[list[str]]) -> None:
             raise UserError(f"sweep job [{' '.join(overrides)}]: {error}") from None
 
 
+def check_sweep_folder(sweep_dir: Any, resume: Any, overrides: list[str]) -> None:
+    """A new sweep gets a new folder; ``resume=SWEEP_DIR`` must repeat the command that started it (a
+    job is matched to its folder by number, so other values would finish other jobs' records)."""
+    from autoenc_cli.artifacts.run_folder import refuse_unless_new
+    from autoenc_cli.resume import without_resume
+
+    if resume in (None, ""):
+        refuse_unless_new(sweep_dir, what="sweep")
+        return
+    record = sweep_dir / "multirun.yaml"
+    if not record.is_file():
+        raise UserError(f"resume={resume}: '{sweep_dir}' holds no sweep (no multirun.yaml)")
+    started_with = [str(item) for item in OmegaConf.load(record).hydra.overrides.task]
+    if without_resume(started_with) != without_resume(overrides):
+        raise UserError(
+            f"'{sweep_dir}' was started with [{' '.join(without_resume(started_with))}]; resume a sweep with the "
+            "command that started it plus resume=, nothing else changed"
+        )
+
+
 class SweepCallback(Callback):
     """Hydra callback for multiruns: a bad value in the last job fails in a second, not after hours."""
 
@@ -43,12 +63,7 @@ class SweepCallback(Callback):
         overrides = OmegaConf.to_container(config.hydra.overrides.task)
         assert isinstance(overrides, list)
         try:
-            sweep_dir = Path(config.hydra.sweep.dir)
-            if config.resume in (None, "") and (sweep_dir / "multirun.yaml").is_file():
-                raise UserError(
-                    f"'{sweep_dir}' already holds a sweep; finish it with the same command plus resume={sweep_dir}, "
-                    "or choose another hydra.sweep.dir / output_root"
-                )
+            check_sweep_folder(Path(config.hydra.sweep.dir), config.resume, [str(item) for item in overrides])
             validate_jobs(config.hydra.job.config_name, sweep_jobs([str(item) for item in overrides]))
         except UserError as error:
             # Hydra turns a callback's Exception into a warning and carries on; abort the sweep instead.

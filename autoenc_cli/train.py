@@ -23,12 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from autoenc_cli.artifacts.console import ProgressBars, console, metrics_table
 from autoenc_cli.artifacts.html_report import write_html_report
 from autoenc_cli.artifacts.run_figures import render_run_figures
-from autoenc_cli.artifacts.run_folder import RunFolder, RunFolderWriter, refuse_if_taken
+from autoenc_cli.artifacts.run_folder import RunFolder, RunFolderWriter, refuse_unless_new
 from autoenc_cli.baselines.pca import pca_baseline_mse
 from autoenc_cli.build import build_parts
-from autoenc_cli.errors import TrainingInterrupted, UserAbort, UserError
+from autoenc_cli.errors import DataError, TrainingInterrupted, UserAbort, UserError
 from autoenc_cli.hydra_app import CONFIG_PATH, run_hydra_app
-from autoenc_cli.resume import resume_point
+from autoenc_cli.resume import resume_point, run_folder_of
 from autoenc_cli.schema import TrainConfig
 from autoenc_cli.schema.check import check_shorthands
 from autoenc_cli.schema.resolve import resolve
@@ -42,8 +42,37 @@ from autoenc_cli.training.records import RunSummary, as_dict, carried
 log = logging.getLogger("autoenc")
 
 
+# Hydra's flags that take a value; the value is the next argument unless given as --flag=value.
+HYDRA_VALUE_FLAGS = {
+    "--config-dir",
+    "-cd",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+}
+
+
 def main(argv: Sequence[str]) -> None:
-    run_hydra_app(hydra_task, "autoenc train", argv)
+    run_hydra_app(hydra_task, "autoenc train", flags_first(argv))
+
+
+def flags_first(argv: Sequence[str]) -> list[str]:
+    """Hydra's flags before the overrides, wherever the user typed them (Hydra's parser wants them first)."""
+    flags, overrides, arguments = [], [], list(argv)
+    while arguments:
+        argument = arguments.pop(0)
+        if not argument.startswith("-"):
+            overrides.append(argument)
+            continue
+        flags.append(argument)
+        if argument in HYDRA_VALUE_FLAGS and arguments:
+            flags.append(arguments.pop(0))
+    return [*flags, *overrides]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
@@ -85,12 +114,18 @@ def train(
     if not parts.world.is_main:  # under torchrun only rank 0 shows progress and writes files
         Trainer(parts).fit(resume)
         return RunSummary(status="completed")
-    announce(parts, folder, resume)
     fingerprint = {
         "run_id": run_id,
         "model": model_fingerprint(config, parts.data.input_shape),
         "data": data_fingerprint(parts.data),
     }
+    trained_on = ((resume or {}).get("fingerprint") or {}).get("data")
+    if trained_on not in (None, fingerprint["data"]):
+        raise DataError(
+            f"the run's data ({config.data.name}) changed since the run trained (other images, labels or another "
+            "split): continuing would train and validate on a different split; restore the data to resume"
+        )
+    announce(parts, folder, resume)
     total_epochs = sum(phase.epochs for phase in parts.phases)
     with ProgressBars(total_epochs, completed=resume["epoch"] if resume else 0) as bars:
         trainer = Trainer(parts, [bars, RunFolderWriter(folder, config_yaml, fingerprint)])
@@ -122,11 +157,18 @@ class RunFolderGuard(Callback):
     """Hydra callback: before Hydra writes its files into a run folder, refuse one that holds another run."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.resume in (None, "") and int(os.environ.get("RANK", "0")) == 0:
-            try:
-                refuse_if_taken(Path(config.hydra.run.dir))
-            except UserError as error:
-                raise UserAbort(error) from None  # Hydra would turn an Exception into a warning
+        if int(os.environ.get("RANK", "0")) > 0:
+            return
+        run_dir = Path(config.hydra.run.dir)
+        try:
+            if config.resume in (None, ""):
+                refuse_unless_new(run_dir)
+            elif run_dir.absolute() != run_folder_of(str(config.resume)).absolute():
+                raise UserError(
+                    f"resume={config.resume} continues in that run's own folder; drop hydra.run.dir={run_dir}"
+                )
+        except UserError as error:
+            raise UserAbort(error) from None  # Hydra would turn an Exception into a warning
 
 
 def announce(parts: RunParts, folder: RunFolder, resume: Optional[dict[str, Any]]) -> None:
@@ -254,9 +296,17 @@ def job_outcome(folder: RunFolder, multirun: bool) -> Iterator[None]:
 
 
 def discard_if_empty(run_dir: Path) -> None:
+    """Remove a run folder in which nothing started, and the parents Hydra made for it if now empty."""
     if run_dir.is_dir() and {entry.name for entry in run_dir.iterdir()} <= NOTHING_STARTED:
         logging.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in run_dir.absolute().parents:
+            if parent == Path.cwd().absolute():
+                break
+            try:
+                parent.rmdir()  # only when empty: outputs/runs of a first, refused command
+            except OSError:
+                break
 
 
 def record_job_failure(folder: RunFolder, message: str) -> None:

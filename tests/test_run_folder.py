@@ -158,3 +158,76 @@ def test_a_finished_run_with_odd_shapes_still_completes_with_every_figure_that_m
     assert metrics["status"] == "completed" and "val_mse" in metrics
     assert {"reconstructions.png", "dictionary.png", "loss_curve.png", "latent_scatter.png"} <= set(metrics["figures"])
     assert all((tmp_path / "run" / "figures" / name).is_file() for name in metrics["figures"])
+
+
+def test_new_runs_and_sweeps_get_folders_of_their_own(finished, tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's own file")
+    cases = {
+        "is inside the run folder": ["train", *QUICK, "output_root=run"],
+        "is inside the run folder ": ["train", *QUICK, "hydra.run.dir=run/checkpoints"],
+        "already holds files": ["train", *QUICK, "hydra.run.dir=mine"],
+        "already holds a run": ["train", "-m", *QUICK, "optimizer.lr=0.001", "hydra.sweep.dir=run"],
+        "continues in that run's own folder": ["train", f"resume={finished}", "hydra.run.dir=elsewhere"],
+    }
+    before = snapshot(finished)
+    for expected, argv in cases.items():
+        assert run_main(argv) == 2, argv
+        assert expected.strip() in one_line_error(capsys), argv
+    assert snapshot(finished) == before and not (tmp_path / "elsewhere").exists()
+    assert sorted(path.name for path in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_a_refused_first_command_leaves_no_outputs_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for mistake in (["trainer.epochs=-1"], ["model=sparse_fc", "sparsity=topk", "k=65"]):
+        assert run_main(["train", *mistake]) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resuming_a_sweep_with_other_values_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", "-m", *QUICK, "optimizer.lr=0.001,0.002", "hydra.sweep.dir=sweep"]) == 0
+    before = snapshot(tmp_path / "sweep")
+    capsys.readouterr()
+    assert run_main(["train", "-m", *QUICK, "optimizer.lr=0.005,0.002,0.003", "resume=sweep"]) == 2
+    assert "resume a sweep with the command that started it" in one_line_error(capsys)
+    assert run_main(["train", "-m", *QUICK, "optimizer.lr=0.001,0.002", "resume=sweep"]) == 0  # the same: fine
+    after = snapshot(tmp_path / "sweep")
+    assert {name: data for name, data in after.items() if name in before and name.endswith(".json")} == {
+        name: data for name, data in before.items() if name.endswith(".json")
+    }
+
+
+def test_resume_refuses_data_that_changed_since_training(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez("mine.npz", images=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8))
+    assert run_main(["train", "data=npz", "data.path=mine.npz", "trainer.epochs=1", "hydra.run.dir=run"]) == 0
+    np.savez("mine.npz", images=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8))
+    before = snapshot(tmp_path / "run")
+    capsys.readouterr()
+    assert run_main(["train", "resume=run", "trainer.epochs=2"]) == 2
+    assert "changed since the run trained" in one_line_error(capsys)
+    after = {name: data for name, data in snapshot(tmp_path / "run").items() if not name.startswith(".hydra/resumed")}
+    assert after == before
+
+
+def test_load_run_takes_what_the_command_line_takes(finished):
+    import numpy as np
+
+    from autoenc_cli import load_run
+    from autoenc_cli.errors import UserError
+
+    run = load_run(finished)
+    digits = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    codes = run.encode(digits)
+    assert codes.shape == (3, 64) and run.encode(digits[0]).shape == (1, 64)  # one image
+    assert run.decode(codes.numpy()).shape == (3, 1, 28, 28)  # numpy codes
+    assert run.encode(np.zeros((0, 28, 28), np.uint8)).shape == (0, 64)
+    with pytest.raises(UserError, match=r"lie in \[0, 1\]"):
+        run.encode(digits.astype(np.float32))  # 0..255 floats
+    with pytest.raises(UserError, match="NaN"):
+        run.encode(np.full((2, 28, 28), np.nan, np.float32))

@@ -404,12 +404,17 @@ def test_reconstruct_refuses_earlier_pngs_and_replaces_all_of_them_with_overwrit
     pngs = root / "pngs"
     assert run_main(["reconstruct", f"run={run}", f"input={root / 'six.npz'}", f"out={pngs}"]) == 0
     assert f"wrote 6 reconstructions to {pngs.resolve()}" in capsys.readouterr().out.replace("\n", "")
-    (pngs / "notes.txt").write_text("mine")
     assert run_main(["reconstruct", f"run={run}", f"input={root / 'three.npz'}", f"out={pngs}"]) == 2
     assert "already holds 6 reconstructions (0000.png, ...); add overwrite=true" in capsys.readouterr().err
     argv = ["reconstruct", f"run={run}", f"input={root / 'three.npz'}", f"out={pngs}", "overwrite=true"]
+    (pngs / "notes.txt").write_text("mine")  # a user's own file: never mixed with reconstructions
+    assert run_main(argv) == 2
+    assert "holds other files (notes.txt" in capsys.readouterr().err
+    (pngs / "notes.txt").unlink()
     assert run_main(argv) == 0
-    assert sorted(path.name for path in pngs.iterdir()) == ["0000.png", "0001.png", "0002.png", "notes.txt"]
+    assert sorted(path.name for path in pngs.iterdir()) == ["0000.png", "0001.png", "0002.png"]
+    assert run_main(["reconstruct", f"run={run}", f"input={root / 'three.npz'}", f"out={run / 'figures'}"]) == 2
+    assert "is inside the run folder" in capsys.readouterr().err
 
 
 def test_reconstruct_from_a_folder_of_16_bit_pngs_feeds_the_model_their_intensities(string_label_run):

@@ -25,10 +25,28 @@ def sha256_text(text: str) -> str:
 def refuse_if_taken(path: Path, what: str = "run") -> None:
     """A folder that already holds a run is never written by another one."""
     taken = [name for name in RUN_FILES if (Path(path) / name).exists()]
+    where = "hydra.sweep.dir" if what == "sweep" else "hydra.run.dir"
     if taken:
         raise UserError(
             f"'{path}' already holds a run ({', '.join(taken)}); a new {what} never writes into another run's "
-            f"folder: continue it with resume={path}, or choose another hydra.run.dir / output_root"
+            f"folder: continue it with resume={path}, or choose another {where} / output_root"
+        )
+
+
+def refuse_unless_new(path: Path, what: str = "run") -> None:
+    """A new run or sweep gets a folder of its own: one that does not exist yet or is empty, and that
+    is not inside another run's folder (``output_root=RUN_DIR``, ``hydra.run.dir=RUN_DIR/checkpoints``)."""
+    path = Path(path)
+    refuse_if_taken(path, what)
+    for parent in path.absolute().parents:
+        if (parent / "run.json").is_file():
+            raise UserError(f"'{path}' is inside the run folder '{parent}'; a new {what} gets a folder of its own")
+    if (path / "multirun.yaml").is_file():
+        raise UserError(f"'{path}' already holds a sweep; finish it with the same command plus resume={path}")
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(
+            f"'{path}' already holds files; a new {what} gets a new or empty folder (choose another "
+            f"hydra.{'sweep' if what == 'sweep' else 'run'}.dir or output_root)"
         )
 
 

@@ -315,6 +315,17 @@ def _earlier_pngs(folder: Path) -> list[Path]:
 def _refuse_earlier_pngs(folder: Path, overwrite: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise UserError(f"out='{folder}' is a file; give a folder for PNGs (out=DIR) or a .npz (out=FILE.npz)")
+    for place in (folder.absolute(), *folder.absolute().parents):
+        if (place / "run.json").is_file():
+            raise UserError(
+                f"out='{folder}' is inside the run folder '{place}'; reconstructions go to a folder of their own"
+            )
+    others = [path.name for path in folder.iterdir() if path not in _earlier_pngs(folder)] if folder.is_dir() else []
+    if others:
+        raise UserError(
+            f"out='{folder}' holds other files ({', '.join(sorted(others)[:3])}, ...); PNG reconstructions go to a "
+            "new or empty folder (or one holding only earlier reconstructions, with overwrite=true)"
+        )
     earlier = _earlier_pngs(folder)
     if earlier and not overwrite:
         raise UserError(

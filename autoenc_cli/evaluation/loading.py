@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from autoenc_cli.build import build_model, resolve_device
-from autoenc_cli.data.tensors import DataBundle, as_images
+from autoenc_cli.data.files import checked_images
+from autoenc_cli.data.tensors import DataBundle
 from autoenc_cli.errors import DataError, UserError
 from autoenc_cli.losses import Objective
 from autoenc_cli.models.autoencoder import Autoencoder
@@ -36,7 +37,8 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     path = named if "/" not in checkpoint and not checkpoint.endswith(".pt") else Path(checkpoint)
     if not path.is_file():
         raise UserError(
-            f"no checkpoint at '{path}'; the run folder needs checkpoints/{checkpoint}.pt (checkpoint=best|last|PATH)"
+            f"no checkpoint at '{path}'; the run folder needs checkpoints/{checkpoint}.pt "
+            "(checkpoint=best|last|stage1|...|finetune|PATH)"
         )
     return path
 
@@ -56,27 +58,42 @@ class TrainedRun:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _batches(self, images: Any, batch_size: int) -> torch.Tensor:
-        tensor = as_images(images if isinstance(images, torch.Tensor) else np.asarray(images)).to(self.device)
+    def _images(self, images: Any) -> torch.Tensor:
+        """Images checked as the command line checks them (type, range, NaN), one image or a batch."""
+        array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        shape = self.model.input_shape
+        if tuple(array.shape) == shape or (shape[0] == 1 and tuple(array.shape) == shape[1:]):
+            array = array[None]  # a single image (C x H x W, or H x W for gray); anything else is a batch
+        if array.shape[0] == 0:
+            return torch.zeros(0, *self.model.input_shape, device=self.device)
+        tensor = checked_images(array, "images", minimum=1).to(self.device)
         if tuple(tensor.shape[1:]) != self.model.input_shape:
             raise UserError(f"images of shape {tuple(tensor.shape[1:])}; the model takes {self.model.input_shape}")
         return tensor
 
+    def _batched(self, step: Any, x: torch.Tensor, batch_size: int, width: int) -> torch.Tensor:
+        chunks = [step(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, width, device=self.device)
+
     @torch.inference_mode()
     def encode(self, images: Any, batch_size: int = 1024) -> torch.Tensor:
-        """Codes of N x H x W or N x C x H x W images (uint8 0..255, or float in [0, 1])."""
-        x = self._batches(images, batch_size)
-        return torch.cat([self.model.encode(x[start : start + batch_size]) for start in range(0, len(x), batch_size)])
+        """Codes of one image or a batch (H x W, C x H x W, N x H x W or N x C x H x W; uint8, uint16, bool or
+        float in [0, 1])."""
+        return self._batched(self.model.encode, self._images(images), batch_size, self.model.code_dim)
 
     @torch.inference_mode()
     def reconstruct(self, images: Any, batch_size: int = 1024) -> torch.Tensor:
-        x = self._batches(images, batch_size)
-        chunks = [self.model(x[start : start + batch_size]).reconstruction for start in range(0, len(x), batch_size)]
-        return torch.cat(chunks)
+        x = self._images(images)
+        if len(x) == 0:
+            return x
+        return torch.cat(
+            [self.model(x[start : start + batch_size]).reconstruction for start in range(0, len(x), batch_size)]
+        )
 
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(codes.to(self.device))
+    def decode(self, codes: Any) -> torch.Tensor:
+        codes = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
+        return self.model.decode(codes.float().to(self.device))
 
     def objective(self) -> Objective:
         return Objective(REGISTRY.build(self.config.loss), self.model.code_transform)
@@ -96,7 +113,8 @@ class TrainedRun:
             if data is not None or not hasattr(config, "path"):
                 raise
             raise DataError(
-                f"the run's data cannot be read: {error}; if it moved, add data.path=NEW_PATH to score the same data"
+                f"the run's data cannot be read: {error}; if it moved, add data={config.name} data.path=NEW_PATH "
+                "to score it there"
             ) from None
         if data is None and self.data_fingerprint not in (None, data_fingerprint(bundle)):
             raise DataError(
