@@ -23,9 +23,10 @@ def _to_image(grid: torch.Tensor) -> Any:
 
 
 def displayable(images: torch.Tensor) -> torch.Tensor:
-    """Images as gray (1 channel) or colour (3): any other channel count is shown as its channel mean."""
+    """Images as gray (1 channel) or colour (3); any other channel count shows its first channel in gray
+    (a channel mean can cancel out, e.g. an image and its negative)."""
     images = images.detach().float().cpu()
-    return images if images.shape[1] in (1, 3) else images.mean(dim=1, keepdim=True)
+    return images if images.shape[1] in (1, 3) else images[:, :1]
 
 
 def _show(ax: Any, grid: torch.Tensor, title: Optional[str] = None) -> None:
