@@ -239,9 +239,9 @@ def sparsity_layer_rows(device: torch.device, repeats: int) -> list[str]:
         code = torch.randn(batch, units, generator=torch.Generator().manual_seed(0)).to(device)
         k_sample, k_unit = 16, max(1, round(0.05 * batch))
         cases = {
-            f"topk k={k_sample}": (TopK(TopKConfig(k=k_sample)), lambda x, k=k_sample: naive_topk(x, k)),
+            f"topk k={k_sample}": (TopK(TopKConfig(k=k_sample), units), lambda x, k=k_sample: naive_topk(x, k)),
             f"lifetime k={k_unit} (5%)": (
-                Lifetime(LifetimeConfig(k=k_unit)).train(),
+                Lifetime(LifetimeConfig(k=k_unit), units).train(),
                 lambda x, k=k_unit: naive_lifetime(x, k),
             ),
         }

@@ -11,26 +11,46 @@ from typing import Optional
 import torch
 from torch import nn
 
-from autoenc_cli.data.tensors import DataBundle
+from autoenc_cli.data.tensors import DataBundle, Split, iterate_batches
 from autoenc_cli.errors import UserError
 from autoenc_cli.losses import Objective
 from autoenc_cli.models.autoencoder import Autoencoder
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.schema import TrainConfig
+from autoenc_cli.sparsity.base import SparsityStack
 from autoenc_cli.training.distributed import World, current_world, init_process_group
 from autoenc_cli.training.parts import RunParts
+
+
+def build_sparsity(config: TrainConfig, input_shape: tuple[int, ...]) -> SparsityStack:
+    """Every sparsity option of the run, in the order listed, sized for the model's code."""
+    code_dim = config.model.describe(tuple(input_shape)).code_dim
+    return SparsityStack({name: REGISTRY.build(member, code_dim) for name, member in config.sparsity.items()})
 
 
 def build_model(
     config: TrainConfig, input_shape: tuple[int, ...], code_transform: Optional[nn.Module] = None
 ) -> Autoencoder:
-    """The model, complete: its sparsity option is the code transform it is constructed with."""
-    sparsity = code_transform if code_transform is not None else REGISTRY.build(config.sparsity)
+    """The model, complete: its sparsity options are the code transform it is constructed with."""
+    sparsity = code_transform if code_transform is not None else build_sparsity(config, input_shape)
     return REGISTRY.build(config.model, tuple(input_shape), code_transform=sparsity)
 
 
+# The data-dependent init needs a good estimate of the mean, not the mean of a file larger than memory.
+MEAN_SAMPLES = 100_000
+
+
+@torch.no_grad()
+def split_mean(split: Split, batch_size: int, max_samples: int = MEAN_SAMPLES) -> torch.Tensor:
+    """The mean sample of a split (of its first ``max_samples``: splits are in seeded random order),
+    accumulated batch by batch in float64."""
+    sample = split if len(split) <= max_samples else split.take(max_samples)
+    total = sum(batch.double().sum(dim=0) for batch in iterate_batches(sample, batch_size))
+    return (total / len(sample)).float()
+
+
 def build_objective(config: TrainConfig, model: Autoencoder) -> Objective:
-    return Objective(REGISTRY.build(config.loss), model.code_transform)
+    return Objective(REGISTRY.build(config.loss), model)
 
 
 def resolve_device(name: str, world: World = World()) -> torch.device:
@@ -64,6 +84,8 @@ def build_parts(config: TrainConfig, data: Optional[DataBundle] = None) -> RunPa
     seed_everything(config.seed, config.trainer.deterministic)
     data = (data or REGISTRY.build(config.data)).to(device)
     model = build_model(config, data.input_shape).to(device)
+    if model.wants_data_mean:  # a resumed run's checkpoint replaces this with the trained values
+        model.initialise_from_data(split_mean(data.train, config.trainer.eval_batch_size))
     objective = build_objective(config, model)
     noise = REGISTRY.build(config.noise)
     phases = REGISTRY.build(config.schedule, config.trainer, model)

@@ -6,6 +6,7 @@ import re
 from typing import Optional
 
 from autoenc_cli.errors import UserError
+from autoenc_cli.schema.root import STACKED_GROUPS
 
 
 def _first_line(text: object) -> str:
@@ -29,6 +30,16 @@ def _parent_key(full_key: str) -> str:
     return re.sub(r"(\.[^.\[\]]+|\[\d+\]|^[^.\[\]]+)$", "", full_key)
 
 
+def _group_options(group: str) -> Optional[list[str]]:
+    """The YAML options of one of autoenc's config groups (None for a group it does not ship)."""
+    from importlib import resources
+
+    folder = resources.files("autoenc_cli.configs") / group
+    if not folder.is_dir():
+        return None
+    return [entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml")]
+
+
 def _composition_message(error: BaseException) -> Optional[str]:
     """An override that Hydra could not apply to the composed YAML, said in the user's terms: the keys
     that exist where an unknown one was given, the items a list has, the kind of value a key takes."""
@@ -39,8 +50,15 @@ def _composition_message(error: BaseException) -> Optional[str]:
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and "not in struct" in str(cause):
         full_key, parent = str(cause.full_key), _parent_key(str(cause.full_key))
         if isinstance(cause.parent_node, DictConfig):
-            allowed = ", ".join(str(key) for key in cause.parent_node.keys() if key != "hydra")
-            return f"unknown key '{full_key}'; allowed keys{f' in {parent}' if parent else ''}: {allowed or '(none)'}"
+            keys = [str(key) for key in cause.parent_node.keys() if key != "hydra"]
+            allowed = ", ".join(keys)
+            message = (
+                f"unknown key '{full_key}'; allowed keys{f' in {parent}' if parent else ''}: {allowed or '(none)'}"
+            )
+            if parent in STACKED_GROUPS:  # sparsity.topk.k without topk selected
+                member = full_key.split(".")[1]
+                message += f"; to add {member}, select {parent}=[{','.join([*keys, member])}]"
+            return message
     if isinstance(cause, ConfigIndexError) and isinstance(cause.parent_node, ListConfig):
         items = len(cause.parent_node)
         listed = _parent_key(str(cause.full_key))
@@ -67,10 +85,12 @@ def one_line_or_none(error: BaseException) -> Optional[str]:
         return "malformed YAML: " + "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
     if isinstance(error, OSError) and error.filename:  # e.g. an output folder that cannot be written
         return f"cannot write or read '{error.filename}': {error.strerror or error}"
-    if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        choices = ", ".join(sorted(error.options)) or "(none)"
-        return f"{group}={option} is not an option; choose one of {choices}"
+        options = error.options if error.options is not None else _group_options(group)
+        if options is not None:
+            choices = ", ".join(sorted(options)) or "(none)"
+            return f"{group}={option} is not an option; choose one of {choices}"
     if isinstance(error, OverrideParseException):
         return f"malformed override: {_first_line(error)}"
     if isinstance(error, (ValueError, TypeError, KeyError)) and _raised_inside_config_libraries(error):

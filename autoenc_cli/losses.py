@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from autoenc_cli.errors import ConfigError
-from autoenc_cli.models.autoencoder import AutoencoderOutput
+from autoenc_cli.models.autoencoder import Autoencoder, AutoencoderOutput
 from autoenc_cli.registry import register
 from autoenc_cli.schema import GroupConfig
 from autoenc_cli.schema.check import Facts
@@ -71,15 +71,16 @@ class LossTerms(NamedTuple):
 class Objective:
     """Reconstruction loss against the clean target plus the sparsity option's penalty, if any."""
 
-    def __init__(self, reconstruction: MSELoss | BCELoss, sparsity: Sparsity) -> None:
-        self.reconstruction, self.sparsity = reconstruction, sparsity
+    def __init__(self, reconstruction: MSELoss | BCELoss, network: Autoencoder) -> None:
+        self.reconstruction, self.network = reconstruction, network
 
-    def for_network(self, network: torch.nn.Module) -> "Objective":
+    def for_network(self, network: Autoencoder) -> "Objective":
         """The same loss with the penalty of ``network``'s own code transform (none for a greedy stage)."""
-        return Objective(self.reconstruction, network.code_transform)
+        return Objective(self.reconstruction, network)
 
     def __call__(self, output: AutoencoderOutput, target: torch.Tensor) -> LossTerms:
         reconstruction = self.reconstruction(output, target)
-        penalty = self.sparsity.penalty(output.code)
+        transform = self.network.code_transform
+        penalty = transform.penalty(output, target, self.network) if isinstance(transform, Sparsity) else None
         total = reconstruction if penalty is None else reconstruction + penalty
         return LossTerms(total, reconstruction, penalty)

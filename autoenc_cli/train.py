@@ -24,8 +24,9 @@ from autoenc_cli.artifacts.console import ProgressBars, console, metrics_table
 from autoenc_cli.artifacts.html_report import write_html_report
 from autoenc_cli.artifacts.run_figures import render_run_figures
 from autoenc_cli.artifacts.run_folder import RunFolder, RunFolderWriter, refuse_unless_new
-from autoenc_cli.baselines.pca import pca_baseline_mse
+from autoenc_cli.baselines.pca import PCABaseline, pca_baseline
 from autoenc_cli.build import build_parts
+from autoenc_cli.data.tensors import whole_split
 from autoenc_cli.errors import DataError, TrainingInterrupted, UserAbort, UserError
 from autoenc_cli.hydra_app import CONFIG_PATH, run_hydra_app
 from autoenc_cli.resume import resume_point, run_folder_of
@@ -201,11 +202,14 @@ def write_results(folder: RunFolder, parts: RunParts, network: Any, result: FitR
         samples_per_second=result.samples_per_second,
         device=str(parts.device),
         seed=parts.config.seed,
+        l0_threshold=result.final_codes.threshold if result.final_codes is not None else None,
     )
     folder.write_metrics(summary)
     trainer_config = parts.config.trainer
     if trainer_config.pca_baseline:
-        summary.pca_val_mse = optional("PCA baseline", lambda: pca_val_mse(parts, network.code_dim))
+        baseline = optional("PCA baseline", lambda: pca_val_mse(parts, network.code_dim))
+        if baseline is not None:
+            summary.pca_val_mse, summary.pca_val_mse_by_k = baseline.mse, baseline.mse_by_k
     notes: list[str] = []
     if trainer_config.figures:
         written, notes = render_run_figures(parts, network, folder.figures, result.history, result.final_codes)
@@ -219,13 +223,15 @@ def write_results(folder: RunFolder, parts: RunParts, network: Any, result: FitR
     return summary
 
 
-def pca_val_mse(parts: RunParts, code_dim: int) -> Optional[float]:
-    """PCA with code_dim components on the validation inputs the autoencoder saw (corrupted when denoising)."""
+def pca_val_mse(parts: RunParts, code_dim: int) -> Optional[PCABaseline]:
+    """PCA with code_dim components on the validation inputs the autoencoder saw (corrupted when denoising),
+    and with every fewer number of components (the sweep's frontier plot draws that curve)."""
+    whole_split(parts.data.train, "the PCA baseline")  # a memory-mapped split (data=vectors): skipped, with a note
     val, noise = parts.data.val, parts.noise
     inputs = val.images
     if noise.active:
         inputs = corrupted_inputs(val, parts.config.trainer.eval_batch_size, noise, parts.validation_noise_generator())
-    return pca_baseline_mse(parts.data.train.images, inputs, code_dim, val.images)
+    return pca_baseline(parts.data.train.images, inputs, code_dim, val.images)
 
 
 def optional(what: str, action: Callable[[], Any]) -> Any:

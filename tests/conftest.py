@@ -23,6 +23,9 @@ TINY = ["data.limit=400", "trainer.epochs=2", "trainer.log_every=2"]
 # A small .npz of 28 x 28 images for options that need a file (the config check reads its header).
 SAMPLE_NPZ = Path(tempfile.mkdtemp(prefix="autoenc-tests-")) / "images.npz"
 np.savez(SAMPLE_NPZ, images=np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8))
+# And a .npy of 40 vectors of 16 floats, for data=vectors.
+SAMPLE_VECTORS = SAMPLE_NPZ.with_name("vectors.npy")
+np.save(SAMPLE_VECTORS, np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32))
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

@@ -141,7 +141,7 @@ SAYS_WHAT_IS_ALLOWED = [
     # unknown keys list the keys that exist where the unknown one was given
     (["train", "trainer.epoch=3"], "unknown key 'trainer.epoch'; allowed keys in trainer: epochs, device,"),
     (["train", "+trainer.epoch=3"], "unknown key 'trainer.epoch'; allowed keys in trainer: epochs, device,"),
-    (["train", "foo=3"], "unknown key 'foo'; allowed keys: data, model,"),
+    (["train", "foo=3"], "unknown key 'foo'; allowed keys: model, data,"),
     (["train", "model.code_dimm=3"], "unknown key 'model.code_dimm'; allowed keys in model: name, code_dim,"),
     (["train", "data=npz", "data.pth=x"], "unknown key 'data.pth'; allowed keys in data: name, path,"),
     (["eval", "run=x", "rnu=y"], "unknown key 'rnu'; allowed keys: run, checkpoint,"),

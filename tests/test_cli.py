@@ -154,7 +154,10 @@ def test_a_bad_value_in_any_sweep_job_fails_before_the_first_job(tmp_path, monke
 @pytest.mark.parametrize(
     ("sweep", "expected"),
     [
-        (["model=sparse_fc", "sparsity=topk", "k=100,16"], "sparsity.k=100 is not allowed: must be <= the code size"),
+        (
+            ["model=sparse_fc", "sparsity=topk", "k=100,16"],
+            "sparsity.topk.k=100 is not allowed: must be <= the code size",
+        ),
         (["sparsity=kl", "model.code_activation=sigmoid,relu"], "model.code_activation='relu' is not allowed"),
         (["loss=bce", "model.output_activation=sigmoid,linear"], "loss.name='bce' is not allowed: needs a sigmoid"),
         (["model=sparse_fc,conv", "schedule=greedy", "schedule.untie=false"], "schedule.name='greedy' is not allowed"),

@@ -11,13 +11,14 @@ import pytest
 from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.registry import REGISTRY, Registry
 from autoenc_cli.schema.resolve import resolve
-from autoenc_cli.schema.root import GROUPS, TrainConfig, TrainerConfig
+from autoenc_cli.schema.root import GROUPS, STACKED_GROUPS, TrainConfig, TrainerConfig
 
-from conftest import SAMPLE_NPZ, compose_config
+from conftest import SAMPLE_NPZ, SAMPLE_VECTORS, compose_config
 
 # Options with a mandatory value (``???``) and what the tests fill in.
 REQUIRED = {
     "npz": [f"data.path={SAMPLE_NPZ}"],
+    "vectors": [f"data.path={SAMPLE_VECTORS}"],
     "image_folder": ["data.path=images"],
     "greedy": ["model.tied=true"],  # untying (the greedy default) needs tied weights
 }
@@ -38,7 +39,7 @@ def test_default_config_resolves_to_typed_objects():
         "adam",
         "standard",
     )
-    assert (run.sparsity.name, run.noise.name) == ("none", "none")
+    assert (run.sparsity, run.noise.name) == ({}, "none")
     assert run.trainer.epochs == 20 and run.schedule.policy == "plateau" and run.schedule.patience == 10
 
 
@@ -49,6 +50,11 @@ def test_every_group_option_composes_and_is_registered(group):
     for option in options:
         run = resolve(compose_config([f"{group}={option}", *REQUIRED.get(option, [])]))
         node = getattr(run, group)
+        if group in STACKED_GROUPS:  # {name: config}; `none` selects no member
+            assert list(node) == ([] if option == "none" else [option])
+            node = node.get(option)
+            if node is None:
+                continue
         assert dataclasses.is_dataclass(node)
         assert REGISTRY.config_class(group, node.name) is type(node)
 
@@ -107,6 +113,11 @@ def bounded_knobs() -> list[tuple[list[str], str, dict]]:
     schemas = [([], TrainConfig, ""), ([], TrainerConfig, "trainer.")]
     for group in GROUPS:
         for option in group_options(group):
+            if group in STACKED_GROUPS:  # members live under their name: sparsity.topk.k
+                if option in REGISTRY.names(group):
+                    schema = REGISTRY.config_class(group, option)
+                    schemas.append(([f"{group}={option}", *REQUIRED.get(option, [])], schema, f"{group}.{option}."))
+                continue
             schema = REGISTRY.config_class(group, compose_config([f"{group}={option}"])[group].name)
             schemas.append(([f"{group}={option}", *REQUIRED.get(option, [])], schema, f"{group}."))
     return [
@@ -153,9 +164,24 @@ def test_registry_groups_cover_every_config_group():
     assert set(GROUPS) <= set(REGISTRY.groups())
 
 
+TUTORIAL_SPARSE = {
+    "sparse_topk_16": ("topk", "k", 16),
+    "sparse_topk_5": ("topk", "k", 5),
+    "sparse_lifetime_25": ("lifetime", "rate", 0.25),
+    "sparse_lifetime_5": ("lifetime", "rate", 0.05),
+    "sparse_kl_0.01": ("kl", "lam", 0.01),
+    "sparse_kl_0.1": ("kl", "lam", 0.1),
+}
+
+
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_preset_resolves(experiment):
     run = resolve(compose_config([f"experiment={experiment}"]))
+    if experiment in TUTORIAL_SPARSE:  # the source tutorial's sparse figures, one preset per sweep job
+        option, knob, value = TUTORIAL_SPARSE[experiment]
+        assert run.model.name == "sparse_fc" and list(run.sparsity) == [option]
+        assert getattr(run.sparsity[option], knob) == value
+        return
     assert run.model.name == "fc"
     if experiment == "smoke":
         assert (run.data.limit, run.trainer.epochs) == (400, 2)
@@ -174,7 +200,7 @@ def test_a_new_option_is_one_module_in_its_group_package(tmp_path, monkeypatch):
         "from autoenc_cli.registry import REGISTRY\n"
         "@dataclass\nclass HalvesConfig(SparsityConfig):\n    name: str = 'halves'\n"
         "@REGISTRY.register(HalvesConfig)\nclass Halves(Sparsity):\n"
-        "    def __init__(self, config):\n        super().__init__()\n"
+        "    def __init__(self, config, code_dim):\n        super().__init__()\n"
         "    def forward(self, code):\n        return code / 2\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -185,5 +211,5 @@ def test_a_new_option_is_one_module_in_its_group_package(tmp_path, monkeypatch):
     assert "halves" in REGISTRY.names("sparsity")
     import torch
 
-    layer = REGISTRY.build(REGISTRY.config_class("sparsity", "halves")())
+    layer = REGISTRY.build(REGISTRY.config_class("sparsity", "halves")(), 2)
     assert torch.equal(layer(torch.ones(2)), torch.full((2,), 0.5))

@@ -44,9 +44,9 @@ def test_resuming_a_finished_run_leaves_it_as_it_is(finished, capsys):
 def test_a_changed_value_on_resume_and_a_conflicting_pair_are_refused(finished, capsys):
     assert run_main(["train", f"resume={finished}", "optimizer.lr=0.5"]) == 2
     assert "'optimizer.lr=0.5' would change optimizer.lr (saved: 0.001)" in one_line_error(capsys)
-    assert run_main(["train", *QUICK, "sparsity=topk", "k=5", "sparsity.k=16"]) == 2
-    assert "k=5 and sparsity.k=16 set the same value" in one_line_error(capsys)
-    assert run_main(["train", "-m", *QUICK, "sparsity=topk", "k=5,6", "sparsity.k=16"]) == 2
+    assert run_main(["train", *QUICK, "sparsity=topk", "k=5", "sparsity.topk.k=16"]) == 2
+    assert "k=5 and sparsity.topk.k=16 set the same value" in one_line_error(capsys)
+    assert run_main(["train", "-m", *QUICK, "sparsity=topk", "k=5,6", "sparsity.topk.k=16"]) == 2
     assert "sweep job [" in one_line_error(capsys)
 
 

@@ -63,6 +63,8 @@ def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table:
     for key, value in metrics.items():
         if isinstance(value, float):
             text = f"{value:.6g}"
+        elif isinstance(value, list) and len(value) > 8 and all(isinstance(item, float) for item in value):
+            text = f"{len(value)} values (see metrics.json)"  # a curve, e.g. pca_val_mse_by_k
         else:
             text = str(value)
         table.add_row(key, text)

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 DPI = 110
@@ -22,9 +23,15 @@ def _to_image(grid: torch.Tensor) -> Any:
     return grid[0].numpy() if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy()
 
 
+class NotDrawable(ValueError):
+    """This run's data cannot be drawn this way; the message says why, and stands alone as a note."""
+
+
 def displayable(images: torch.Tensor) -> torch.Tensor:
     """Images as gray (1 channel) or colour (3); any other channel count shows its first channel in gray
-    (a channel mean can cancel out, e.g. an image and its negative)."""
+    (a channel mean can cancel out, e.g. an image and its negative). Vectors (N x D) are refused."""
+    if images.ndim != 4:
+        raise NotDrawable(f"vector data (D={images.shape[-1]}) has no image layout")
     images = images.detach().float().cpu()
     return images if images.shape[1] in (1, 3) else images[:, :1]
 
@@ -87,15 +94,67 @@ def latent_map(path: Path, codes: torch.Tensor, labels: Optional[torch.Tensor]) 
     return _save(figure, path)
 
 
-def dictionary(path: Path, atoms: torch.Tensor, max_units: int = 256) -> Path:
-    """Each code unit's decoder feature as a tile, scaled per tile by its largest |value| (grey = 0)."""
-    atoms = displayable(atoms[:max_units])
+def dictionary(
+    path: Path,
+    atoms: torch.Tensor,
+    firing_frequency: Optional[torch.Tensor] = None,
+    active_threshold: float = 0.0,
+    max_units: int = 256,
+) -> Path:
+    """Each code unit's decoder feature as a tile, scaled per tile by its largest |value| (grey = 0).
+
+    With ``firing_frequency`` (per unit, on the validation split) the most frequently active units come
+    first, each tile is labelled with its frequency, and dead units (never active) come last, framed and
+    hatched in red: an untrained unit's decoder column is initial noise, not a learned feature.
+    """
+    total = atoms.shape[0]
+    order = torch.arange(total)
+    if firing_frequency is not None:
+        firing_frequency = firing_frequency.detach().float().cpu()
+        order = torch.argsort(firing_frequency, descending=True, stable=True)[:max_units]
+    atoms = displayable(atoms.detach().float().cpu()[order[:max_units]])
     scale = atoms.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (atoms.ndim - 1)))
     tiles = (atoms / scale + 1) / 2
-    columns = math.ceil(math.sqrt(tiles.shape[0]))
-    figure, ax = plt.subplots(figsize=(max(columns * 0.55, 3), max(math.ceil(tiles.shape[0] / columns) * 0.55, 3)))
-    _show(ax, make_grid(tiles, nrow=columns, padding=1, pad_value=1.0))
-    ax.set_title(f"Decoder features of {tiles.shape[0]} code units")
+    count, height, width = tiles.shape[0], tiles.shape[-2], tiles.shape[-1]
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    labelled = firing_frequency is not None
+    # White margins around every tile; the top one holds the frequency label.
+    gap, top = max(1, width // 14), max(1, width // 14) + (math.ceil(height * 0.3) if labelled else 0)
+    slots = torch.ones(rows * columns, tiles.shape[1], height + top + gap, width + 2 * gap)
+    slots[:count, :, top : top + height, gap : gap + width] = tiles
+    slot_height, slot_width = slots.shape[-2], slots.shape[-1]
+    grid = slots.view(rows, columns, -1, slot_height, slot_width).permute(2, 0, 3, 1, 4).flatten(3).flatten(1, 2)
+    figure, ax = plt.subplots(figsize=(max(columns * 0.62, 3), max(rows * (0.62 + 0.12 * labelled), 3)))
+    _show(ax, grid)
+    title = f"Decoder features of {count} code units"
+    if total > count:
+        title = f"Decoder features of {count} of {total} code units"
+    if labelled:
+        frequency = firing_frequency[order]
+        active = f"|code| > {active_threshold:g}" if active_threshold > 0 else "non-zero"
+        dead_total = int((firing_frequency == 0).sum())
+        title += f", most often active first\n(label: fraction of validation samples with {active})"
+        if dead_total:
+            units = "unit" if dead_total == 1 else "units"
+            shown = "shown last" if total == count else f"{int((frequency == 0).sum())} of them shown last"
+            title += f"\n{dead_total} dead {units} (never active on the validation split) {shown}, marked red"
+        for index, value in enumerate(frequency.tolist()):
+            left, upper = (index % columns) * slot_width, (index // columns) * slot_height
+            dead = value == 0
+            ax.text(
+                left + slot_width / 2,
+                upper + top - 0.5,
+                "dead" if dead else f"{value:.2g}",
+                ha="center",
+                va="bottom",
+                fontsize=5,
+                color="red" if dead else "black",
+            )
+            if dead:
+                corner = (left + gap - 0.5, upper + top - 0.5)
+                ax.add_patch(Rectangle(corner, width, height, fill=False, edgecolor="red", hatch="///", linewidth=1.2))
+    ax.set_title(title, fontsize=8 if labelled else None)
     return _save(figure, path)
 
 
@@ -140,15 +199,27 @@ def code_density(path: Path, firing_frequency: torch.Tensor) -> Path:
     return _save(figure, path)
 
 
-def frontier(path: Path, points: Sequence[tuple[str, float, float]]) -> Path:
-    """val_mse against l0 across runs: the sparsity-fidelity trade-off."""
+def frontier(
+    path: Path, points: Sequence[tuple[str, float, float]], pca_mse_by_k: Optional[Sequence[float]] = None
+) -> Path:
+    """val_mse against l0 across runs: the sparsity-fidelity trade-off; with ``pca_mse_by_k`` (entry i:
+    PCA with i + 1 components) PCA's MSE against its number of components, the linear reference."""
     figure, ax = plt.subplots(figsize=(6.5, 4.5))
     ordered = sorted(points, key=lambda point: point[1])
     ax.plot([point[1] for point in ordered], [point[2] for point in ordered], color="lightgrey", zorder=1)
-    ax.scatter([point[1] for point in ordered], [point[2] for point in ordered], zorder=2)
+    ax.scatter([point[1] for point in ordered], [point[2] for point in ordered], zorder=2, label="runs (l0)")
     for label, l0, mse in ordered:
         ax.annotate(label, (l0, mse), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel("l0 (mean active code units per validation sample)")
+    values = [mse for _, _, mse in ordered]
+    if pca_mse_by_k:
+        # Up to a little past the densest run, so a long curve does not squeeze the runs into a corner.
+        shown = list(pca_mse_by_k[: max(math.ceil(1.5 * max(point[1] for point in ordered)), 2)])
+        ax.plot(range(1, len(shown) + 1), shown, color="tab:orange", linestyle="--", label="PCA (k components)")
+        values += shown
+        ax.legend(fontsize=8)
+    if values and all(value > 0 for value in values):
+        ax.set_yscale("log")
+    ax.set_xlabel("l0 (mean active code units per validation sample); k for PCA")
     ax.set_ylabel("validation MSE per pixel")
     ax.set_title("Sparsity-fidelity frontier")
     ax.grid(alpha=0.3)

@@ -38,6 +38,8 @@ def _cell(value: Any) -> str:
         return f'<td class="number">{value:.6g}</td>'
     if isinstance(value, int) and not isinstance(value, bool):
         return f'<td class="number">{value}</td>'
+    if isinstance(value, list) and value and all(isinstance(item, float) for item in value):
+        return f"<td>{', '.join(f'{item:.4g}' for item in value)}</td>"  # a curve, e.g. pca_val_mse_by_k
     return f"<td>{html.escape(str(value))}</td>"
 
 

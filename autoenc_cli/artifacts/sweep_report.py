@@ -69,8 +69,31 @@ def label_runs(records: list[RunRecord]) -> None:
     varying = [key for key in sorted(keys) if len(values[key]) > 1]
     for record in records:
         chosen = dict(o.partition("=")[::2] for o in record.overrides)
-        parts = [f"{key}={chosen[key]}" for key in varying if key in chosen]
+        # A preset's name says it all (experiment=sparse_topk_5 -> sparse_topk_5).
+        parts = [chosen[key] if key == "experiment" else f"{key}={chosen[key]}" for key in varying if key in chosen]
         record.label = " ".join(parts) if parts else record.path.name
+
+
+# The numbers printed under each run's dictionary: how sparse, how many units unused, how faithful.
+PANEL_METRICS = (("l0", "l0", "{:.1f}"), ("dead_fraction", "dead", "{:.0%}"), ("val_fvu", "FVU", "{:.3f}"))
+
+
+def panel_title(record: RunRecord) -> str:
+    numbers = [
+        f"{name} {spec.format(record.metrics[key])}"
+        for key, name, spec in PANEL_METRICS
+        if record.metrics.get(key) is not None
+    ]
+    return f"{record.label}\n{'  '.join(numbers)}" if numbers else record.label
+
+
+def pca_at_l0(metrics: dict[str, Any]) -> Optional[float]:
+    """PCA's validation MSE with as many components as the run has active units (rounded): the linear
+    baseline at the same code budget, from the run's ``pca_val_mse_by_k`` curve."""
+    curve, l0 = metrics.get("pca_val_mse_by_k") or [], metrics.get("l0")
+    if l0 is None or not curve:
+        return None
+    return curve[min(max(round(l0), 1), len(curve)) - 1]
 
 
 def summary_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
@@ -81,17 +104,30 @@ def summary_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
             "status": record.status,
             "overrides": " ".join(record.overrides),
             **{metric: record.metrics.get(metric) for metric in SUMMARY_METRICS},
+            "pca_val_mse_at_l0": pca_at_l0(record.metrics),
             "path": str(record.path),
         }
         for record in records
     ]
 
 
-TABLE_COLUMNS = ("run", "label", "status", "val_mse", "l0", "dead_fraction", "dense_fraction", "pca_val_mse")
+TABLE_COLUMNS = (
+    "run",
+    "label",
+    "status",
+    "val_mse",
+    "val_fvu",
+    "l0",
+    "dead_fraction",
+    "dense_fraction",
+    "pca_val_mse_at_l0",
+)
 
 
 # Short headers keep the console table whole in an 80-column log; summary.csv keeps the full names.
-SHORT_HEADERS = {"dead_fraction": "dead", "dense_fraction": "dense", "pca_val_mse": "pca_mse"}
+SHORT_HEADERS = {"val_fvu": "fvu", "dead_fraction": "dead", "dense_fraction": "dense", "pca_val_mse_at_l0": "pca@l0"}
+# Fractions to 3 significant digits (the rest to 4), for the same reason.
+FRACTION_COLUMNS = ("val_fvu", "dead_fraction", "dense_fraction")
 
 
 def summary_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
@@ -100,9 +136,12 @@ def summary_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
         left = column in ("label", "status")
         table.add_column(SHORT_HEADERS.get(column, column), justify="left" if left else "right", overflow="fold")
     for row in rows:
-        cells = [row[column] for column in TABLE_COLUMNS]
-        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v)) for v in cells])
+        table.add_row(*[_cell(row[column], 3 if column in FRACTION_COLUMNS else 4) for column in TABLE_COLUMNS])
     return table
+
+
+def _cell(value: Any, digits: int) -> str:
+    return f"{value:.{digits}g}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
 def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, Any]], Table]:
@@ -115,10 +154,16 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
     write_csv(out_dir / "summary.csv", rows)
     finished = [r for r in records if r.status == "completed" and r.metrics.get("l0") is not None]
     if finished:
+        # The runs share their data, so any run's PCA curve serves; the longest reaches the largest code.
+        pca_curve = max((r.metrics.get("pca_val_mse_by_k") or [] for r in finished), key=len)
         figures.frontier(
-            out_dir / "figures" / "frontier.png", [(r.label, r.metrics["l0"], r.metrics["val_mse"]) for r in finished]
+            out_dir / "figures" / "frontier.png",
+            [(r.label, r.metrics["l0"], r.metrics["val_mse"]) for r in finished],
+            pca_curve,
         )
-    dictionaries: list[tuple[str, Optional[Path]]] = [(r.label, r.path / "figures" / "dictionary.png") for r in records]
+    dictionaries: list[tuple[str, Optional[Path]]] = [
+        (panel_title(r), r.path / "figures" / "dictionary.png") for r in records
+    ]
     figures.image_panels(out_dir / "figures" / "dictionaries.png", dictionaries, "Decoder features per run")
     write_comparison_html(out_dir, rows, TABLE_COLUMNS)
     return rows, summary_table(rows, f"{len(records)} runs in {out_dir}")

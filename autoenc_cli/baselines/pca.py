@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -16,6 +18,7 @@ class PCA:
         self.mean = flat.mean(dim=0)
         # Right singular vectors of the centred data are the principal axes.
         _, _, vh = torch.linalg.svd(flat - self.mean, full_matrices=False)
+        self.axes = vh  # every principal axis, by decreasing variance: PCA with fewer components for free
         self.components = vh[: self.num_components]  # (k, D)
         return self
 
@@ -31,6 +34,20 @@ class PCA:
         reconstruction = self.decode(self.encode(images), tuple(images.shape[1:]))
         return (reconstruction - targets).pow(2).mean().item()
 
+    def mse_by_components(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> list[float]:
+        """``reconstruction_mse`` with k = 1, 2, ... components (as many as were kept), all at once.
+
+        The axes are orthonormal, so with input coordinates c and target coordinates p on them the error
+        with k components is ||target - mean||^2 + sum over the first k axes of (c^2 - 2 c p).
+        """
+        targets = images if targets is None else targets
+        centred_targets = targets.flatten(1).double() - self.mean
+        input_coordinates = (images.flatten(1).double() - self.mean) @ self.components.T
+        target_coordinates = centred_targets @ self.components.T
+        change_per_axis = (input_coordinates * (input_coordinates - 2 * target_coordinates)).sum(dim=0)
+        errors = centred_targets.pow(2).sum() + change_per_axis.cumsum(dim=0)
+        return (errors.clamp_min(0) / targets.numel()).tolist()
+
 
 def pca_baseline_mse(
     train: torch.Tensor, val_inputs: torch.Tensor, num_components: int, val_targets: torch.Tensor | None = None
@@ -41,3 +58,21 @@ def pca_baseline_mse(
     if num_components >= train[0].numel() or num_components >= train.shape[0]:
         return None
     return PCA(num_components).fit(train).reconstruction_mse(val_inputs, val_targets)
+
+
+@dataclass
+class PCABaseline:
+    mse: float | None  # pca_baseline_mse's number: None when the code is not smaller than the input
+    mse_by_k: list[float]  # the validation MSE with k = i + 1 components at index i, up to num_components
+
+
+def pca_baseline(
+    train: torch.Tensor, val_inputs: torch.Tensor, num_components: int, val_targets: torch.Tensor | None = None
+) -> PCABaseline:
+    """``pca_baseline_mse`` and the whole curve over k = 1..num_components (fewer when the data has fewer
+    principal axes) from a single SVD of ``train``."""
+    pca = PCA(num_components).fit(train)
+    mse = None
+    if num_components < min(train[0].numel(), train.shape[0]):
+        mse = pca.reconstruction_mse(val_inputs, val_targets)
+    return PCABaseline(mse, pca.mse_by_components(val_inputs, val_targets))

@@ -20,7 +20,7 @@ class DataConfig(GroupConfig):
     limit: Optional[int] = number(None, ge=2)  # keep only this many samples (smoke runs)
 
     def input_shape(self) -> tuple[int, ...]:
-        """The shape of one sample (C x H x W), known without loading the data (a file header at most)."""
+        """One sample's shape (C x H x W; (D,) for vectors), known without loading the data (a file header at most)."""
         raise NotImplementedError
 
 

@@ -1,4 +1,5 @@
-"""In-memory splits and the index-slicing batcher that replaces a per-sample DataLoader."""
+"""Splits held in memory (or read per batch from a memory map) and the index-slicing batcher that
+replaces a per-sample DataLoader."""
 
 from __future__ import annotations
 
@@ -11,9 +12,79 @@ import torch
 from autoenc_cli.errors import DataError
 
 
+class MappedRows:
+    """The rows of an (N, D) array that one split owns, read on demand: a split of a memory-mapped file
+    larger than memory (``data=vectors``). It stands in for a split's ``images`` tensor where the training
+    code only indexes it: ``len``, ``shape``, ``device``, ``[slice | int | index tensor]`` and ``to``.
+    Code that needs the whole split as one tensor (PCA) asks ``in_memory`` first.
+
+    A read gathers its rows from the array in ascending row order (one fancy-index: the page cache and
+    read-ahead see a forward scan), puts them back in the order asked for, converts them to float32,
+    moves them to ``device`` and normalises them there: ``(x - shift) / divisor``.
+    """
+
+    dtype = torch.float32
+
+    def __init__(
+        self,
+        array: np.ndarray,
+        index: np.ndarray,
+        device: torch.device | str = "cpu",
+        shift: Optional[torch.Tensor] = None,
+        divisor: Optional[torch.Tensor] = None,
+    ) -> None:
+        self.array = array  # (N, D): an np.memmap, or any array
+        self.index = index  # (n,) int64: the array rows of this split, in split order
+        self.device = torch.device(device)
+        self.shift = shift.to(self.device) if shift is not None else None  # (D,) or a scalar, float32
+        self.divisor = divisor.to(self.device) if divisor is not None else None
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.index), self.array.shape[1]))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: slice | int | torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        rows = self.index[key]
+        return self.read(rows) if np.ndim(rows) else self.read(rows[None])[0]
+
+    def read_raw(self, rows: np.ndarray) -> torch.Tensor:
+        """Float32 rows of the array on the CPU, in the order given, not normalised."""
+        ascending = np.argsort(rows, kind="stable")
+        values = torch.from_numpy(np.asarray(self.array[rows[ascending]], dtype=np.float32))
+        if np.all(ascending[1:] > ascending[:-1]):  # already in file order (a sequential pass)
+            return values
+        ordered = torch.empty_like(values)
+        ordered[torch.from_numpy(ascending)] = values
+        return ordered
+
+    def normalise(self, values: torch.Tensor) -> torch.Tensor:
+        """``(values - shift) / divisor`` in place (values is a fresh tensor of the caller's)."""
+        if self.shift is not None:
+            values.sub_(self.shift)
+        if self.divisor is not None:
+            values.div_(self.divisor)
+        return values
+
+    def read(self, rows: np.ndarray) -> torch.Tensor:
+        """Rows of the array on the split's device, normalised."""
+        return self.normalise(self.read_raw(rows).to(self.device))
+
+    def to(self, device: torch.device) -> "MappedRows":
+        return MappedRows(self.array, self.index, device, self.shift, self.divisor)
+
+
+class NotInMemory(Exception):
+    """An operation needs a whole split as one tensor, but the split is read per batch from a memory map."""
+
+
 @dataclass
 class Split:
-    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    images: torch.Tensor | MappedRows  # (N, C, H, W) float32 in [0, 1]; (N, D) float32 for vectors
     labels: Optional[torch.Tensor] = None  # (N,) int64, when the source has labels
 
     def __len__(self) -> int:
@@ -24,8 +95,24 @@ class Split:
         return Split(self.images.to(device), labels)
 
     def take(self, count: int) -> "Split":
+        """The first ``count`` samples, in memory (a memory-mapped split reads just those rows)."""
         labels = self.labels[:count] if self.labels is not None else None
         return Split(self.images[:count], labels)
+
+
+def in_memory(split: Split) -> bool:
+    """Whether the split is one tensor (False: its rows are read per batch from a memory map)."""
+    return isinstance(split.images, torch.Tensor)
+
+
+def whole_split(split: Split, what: str) -> torch.Tensor:
+    """The split's images as one tensor, for ``what`` (e.g. PCA) that needs them all at once."""
+    if not in_memory(split):
+        rows, width = split.images.shape
+        raise NotInMemory(
+            f"{what} needs the whole {rows:,} x {width} split in memory; it is read per batch from a memory map"
+        )
+    return split.images
 
 
 @dataclass
@@ -35,6 +122,8 @@ class DataBundle:
     test: Optional[Split] = None
     num_classes: Optional[int] = None  # labels are 0..num_classes-1 (loaders map a user's own labels to these)
     class_names: Optional[tuple[str, ...]] = None  # the user's label (or subfolder) for each class id
+    # Set by loaders whose data is too large to hash whole (data=vectors): used as the data fingerprint.
+    fingerprint: Optional[str] = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -66,14 +155,19 @@ def as_images(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor.float()
 
 
+def fraction_split(count: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (train, validation) of ``split_by_fraction``: a seeded shuffle whose first
+    ``round(val_fraction * count)`` positions validate (at least one, never all)."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    val_count = min(max(1, round(val_fraction * count)), count - 1)
+    return order[val_count:], order[:val_count]
+
+
 def split_by_fraction(
     images: torch.Tensor, labels: Optional[torch.Tensor], val_fraction: float, seed: int
 ) -> tuple[Split, Split]:
     """Seeded shuffle, then the first ``round(val_fraction * N)`` samples validate and the rest train."""
-    count = images.shape[0]
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    val_count = min(max(1, round(val_fraction * count)), count - 1)
-    val_index, train_index = order[:val_count], order[val_count:]
+    train_index, val_index = fraction_split(images.shape[0], val_fraction, seed)
     pick = lambda index: Split(images[index], labels[index] if labels is not None else None)  # noqa: E731
     return pick(train_index), pick(val_index)
 
@@ -91,6 +185,8 @@ def iterate_batches(
         for start in range(0, count, batch_size):
             yield split.images[start : start + batch_size]
         return
-    order = torch.randperm(count, generator=generator).to(split.images.device)
+    order = torch.randperm(count, generator=generator)
+    if in_memory(split):  # a memory-mapped split reads its rows on the CPU: its order stays there
+        order = order.to(split.images.device)
     for start in range(skip_batches * batch_size, count, batch_size):
         yield split.images[order[start : start + batch_size]]

@@ -105,6 +105,8 @@ def compose_command(config_name: str, schema: type, argv: Sequence[str]) -> Any:
         cfg = compose(config_name=config_name, overrides=overrides)
     plain = OmegaConf.to_container(cfg, resolve=True)
     data = plain.pop("data", None)
+    if data is not None:  # what a data preset sets for training's model (data=vectors: a linear output)
+        plain.pop("model", None)
     config = typed(schema, plain, "")
     if data is not None:
         config.data = typed(REGISTRY.config_class("data", data.get("name")), data, "data")
@@ -143,6 +145,7 @@ def load_for_command(config: UseRunConfig) -> Any:
 
 def evaluate_run(config: EvalConfig) -> EvalReport:
     from autoenc_cli.baselines.pca import PCA
+    from autoenc_cli.data.tensors import in_memory
     from autoenc_cli.training.metrics import corrupted_inputs, evaluate, psnr
 
     run = load_for_command(config)
@@ -157,6 +160,7 @@ def evaluate_run(config: EvalConfig) -> EvalReport:
         config.batch_size,
         noise if noise.active else None,
         run.validation_noise_generator(),
+        run.active_threshold,
     )
     # Like with like: PCA projects what the autoencoder saw (the same corruption, for a denoising run).
     inputs = None
@@ -178,7 +182,11 @@ def evaluate_run(config: EvalConfig) -> EvalReport:
         compression_ratio=input_size / model.code_dim,
     )
     pca: Optional[PCA] = None
-    if model.code_dim < min(input_size, len(train)):
+    if model.code_dim < min(input_size, len(train)) and not (in_memory(train) and in_memory(split)):
+        from autoenc_cli.artifacts.console import console
+
+        console.print("[yellow]note[/]: PCA baseline skipped: the data is read per batch from a memory map")
+    elif model.code_dim < min(input_size, len(train)):
         pca = PCA(model.code_dim).fit(train.images)
         report.pca_mse = pca.reconstruction_mse(split.images if inputs is None else inputs, split.images)
         report.pca_squared_error_per_image = report.pca_mse * input_size
@@ -282,6 +290,11 @@ def reconstruct_main(argv: Sequence[str]) -> int:
     else:
         _refuse_earlier_pngs(out, config.overwrite)
     run = load_for_command(config)
+    if len(run.model.input_shape) != 3:  # data=vectors: input= and out= are images
+        raise UserError(
+            f"reconstruct reads and writes images, but run='{config.run}' takes vectors of shape "
+            f"{run.model.input_shape}; use autoenc encode for their codes"
+        )
     images = read_user_images(Path(config.input), run.model.input_shape).to(run.device)
     outputs = reconstruct_images(run.model, images, config.batch_size).clamp(0, 1).cpu()
     if out.suffix == ".npz":

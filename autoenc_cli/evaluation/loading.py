@@ -18,7 +18,7 @@ import torch
 from autoenc_cli.build import build_model, resolve_device
 from autoenc_cli.data.files import checked_images
 from autoenc_cli.data.tensors import DataBundle
-from autoenc_cli.errors import DataError, UserError
+from autoenc_cli.errors import ConfigError, DataError, UserError
 from autoenc_cli.losses import Objective
 from autoenc_cli.models.autoencoder import Autoencoder
 from autoenc_cli.noise.base import Noise
@@ -26,6 +26,7 @@ from autoenc_cli.registry import REGISTRY
 from autoenc_cli.schema import TrainConfig
 from autoenc_cli.schema.resolve import typed_config
 from autoenc_cli.training.checkpoint import check_checkpoint_belongs, data_fingerprint, load_checkpoint
+from autoenc_cli.training.metrics import active_threshold
 from autoenc_cli.training.parts import validation_noise_generator
 
 
@@ -60,8 +61,13 @@ class TrainedRun:
 
     def _images(self, images: Any) -> torch.Tensor:
         """Images checked as the command line checks them (type, range, NaN), one image or a batch."""
-        array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         shape = self.model.input_shape
+        if len(shape) == 1:  # data=vectors: the model takes them normalised with the training split's statistics
+            raise UserError(
+                f"this run's model takes vectors of shape {shape}, not images; give vectors normalised as in training "
+                "to run.model.encode(torch.as_tensor(x)) (run.load_data() gives the run's own, normalised)"
+            )
+        array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         if tuple(array.shape) == shape or (shape[0] == 1 and tuple(array.shape) == shape[1:]):
             array = array[None]  # a single image (C x H x W, or H x W for gray); anything else is a batch
         if array.shape[0] == 0:
@@ -96,7 +102,12 @@ class TrainedRun:
         return self.model.decode(codes.float().to(self.device))
 
     def objective(self) -> Objective:
-        return Objective(REGISTRY.build(self.config.loss), self.model.code_transform)
+        return Objective(REGISTRY.build(self.config.loss), self.model)
+
+    @property
+    def active_threshold(self) -> float:
+        """The |code| above which a unit counts as active, as the run counted it in training."""
+        return active_threshold(self.config.trainer.active_threshold, self.model.code_activation)
 
     def noise(self) -> Noise:
         return REGISTRY.build(self.config.noise)
@@ -107,6 +118,13 @@ class TrainedRun:
     def load_data(self, data: Optional[Any] = None) -> DataBundle:
         """The run's own data set (or ``data``, a typed data config of the same shape), on the model's device."""
         config = data if data is not None else self.config.data
+        trained_normalize = getattr(self.config.data, "normalize", None)  # data=vectors: the model's input space
+        if getattr(config, "normalize", trained_normalize) != trained_normalize:
+            raise ConfigError(
+                "data.normalize",
+                config.normalize,
+                f"the run trained on data.normalize={trained_normalize}; its model takes inputs normalised that way",
+            )
         try:
             bundle = REGISTRY.build(config)
         except DataError as error:

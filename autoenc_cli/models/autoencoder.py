@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from autoenc_cli.schema import GroupConfig
-from autoenc_cli.sparsity.base import Sparsity
 
 if TYPE_CHECKING:
     from autoenc_cli.schema.check import ModelFacts
@@ -30,10 +29,11 @@ class AutoencoderOutput(NamedTuple):
     code: torch.Tensor  # (batch, code_dim) after the sparsity transform
     logits: torch.Tensor  # decoder output before the output activation, in the input's shape
     reconstruction: torch.Tensor  # output_activation(logits)
+    raw_code: torch.Tensor  # (batch, code_dim) the encoder's output, before the sparsity transform
 
 
 class Autoencoder(nn.Module):
-    """x -> encoder -> code transform (sparsity) -> code -> decoder -> output activation.
+    """x -> (minus the input bias) -> encoder -> code transform (sparsity) -> code -> decoder -> output activation.
 
     The encoder maps a batch of inputs (batch, *input_shape) to flat codes (batch, code_dim); the
     decoder maps codes back to logits of shape (batch, *input_shape). Keeping the output activation
@@ -53,19 +53,26 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
-        # The sparsity option (see autoenc_cli.sparsity); the base class passes codes through, no penalty.
-        self.code_transform = code_transform if code_transform is not None else Sparsity()
+        # The sparsity options (autoenc_cli.sparsity builds them); models only apply the transform.
+        self.code_transform = code_transform if code_transform is not None else nn.Identity()
         self.output_activation = output_activation
         self.input_shape = tuple(input_shape)
         self.code_dim = code_dim
         self.code_activation = code_activation  # name of the code layer's activation
+        # The pre-encoder bias (Bricken et al. 2023): a learned offset removed from every input, so the
+        # encoder sees data centred on its mean. None: inputs go to the encoder as they are.
+        self.input_bias: Optional[nn.Parameter] = None
 
     @property
     def input_size(self) -> int:
         return math.prod(self.input_shape)
 
+    def raw_code(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output, before the sparsity transform."""
+        return self.encoder(x - self.input_bias if self.input_bias is not None else x)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.code_transform(self.encoder(x))
+        return self.code_transform(self.raw_code(x))
 
     def decode_logits(self, code: torch.Tensor) -> torch.Tensor:
         return self.decoder(code).view(code.shape[0], *self.input_shape)
@@ -74,18 +81,35 @@ class Autoencoder(nn.Module):
         return self.output_activation(self.decode_logits(code))
 
     def forward(self, x: torch.Tensor) -> AutoencoderOutput:
-        code = self.encode(x)
+        raw_code = self.raw_code(x)
+        code = self.code_transform(raw_code)
         logits = self.decode_logits(code)
-        return AutoencoderOutput(code, logits, self.output_activation(logits))
+        return AutoencoderOutput(code, logits, self.output_activation(logits), raw_code)
+
+    @property
+    def wants_data_mean(self) -> bool:
+        """Whether ``initialise_from_data`` needs the training data's mean before training starts."""
+        return False
+
+    def initialise_from_data(self, mean: torch.Tensor) -> None:
+        """Data-dependent initialisation from the training split's mean image (nothing by default)."""
+
+    def after_step(self) -> None:
+        """Called after every optimizer step: re-impose constraints on the parameters (none by default)."""
 
     @torch.no_grad()
-    def dictionary(self) -> torch.Tensor:
-        """The image each code unit writes: decoder logits for a one-hot code minus those for zero.
+    def dictionary(self, activation_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The image each code unit writes: the decoder's response to that unit alone minus the response
+        to the zero code.
 
-        For a single linear decoder layer this is exactly that unit's weight column; for deeper or
-        convolutional decoders it is the unit's response around the zero code.
+        Without ``activation_scale``, in logits for a unit value of 1: exactly that unit's weight column
+        for a single linear decoder layer, its response around the zero code for deeper or convolutional
+        decoders. With ``activation_scale`` (code_dim,), in output space for each unit at that value
+        (e.g. its mean when active): what it adds to a reconstruction, so weights a saturated output
+        activation ignores (an image's always-black border) do not show as features.
         """
         device = next(self.parameters()).device
-        basis = torch.cat([torch.zeros(1, self.code_dim, device=device), torch.eye(self.code_dim, device=device)])
-        logits = self.decode_logits(basis)
-        return logits[1:] - logits[:1]
+        scale = torch.ones(self.code_dim, device=device) if activation_scale is None else activation_scale.to(device)
+        basis = torch.cat([torch.zeros(1, self.code_dim, device=device), torch.diag(scale)])
+        response = self.decode_logits(basis) if activation_scale is None else self.decode(basis)
+        return response[1:] - response[:1]

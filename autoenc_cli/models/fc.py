@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+import torch
 from torch import nn
 
 from autoenc_cli.errors import ConfigError
@@ -20,7 +21,7 @@ from autoenc_cli.models.layers import (
     mlp,
 )
 from autoenc_cli.registry import register
-from autoenc_cli.schema import number
+from autoenc_cli.schema import choice, number
 from autoenc_cli.schema.check import ModelFacts
 
 
@@ -36,6 +37,13 @@ class FCModelConfig(ModelConfig):
     decoder: Optional[list[LayerSpec]] = None
     output_activation: str = "sigmoid"  # of the mirrored decoder's output layer
     tied: bool = False  # decoder layers use the transposed encoder weights (with biases of their own)
+    # Subtract a learned bias, initialised to the training data's mean, from every input before the
+    # encoder, and start the output layer's bias at the mean (Bricken et al. 2023; Gao et al. 2024).
+    pre_bias: bool = False
+    # random: PyTorch's default init; transpose: each decoder layer starts as its encoder layer's
+    # transpose (Gao et al. 2024), so every unit starts by writing what it reads.
+    decoder_init: str = choice("random", ("random", "transpose"))
+    unit_norm_decoder: bool = False  # rescale the code's decoder columns to unit norm after every step
 
     def check(self) -> None:
         check_activation("code_activation", self.code_activation)
@@ -55,6 +63,12 @@ class FCModelConfig(ModelConfig):
             )
         if self.tied and not self.is_mirror():
             raise ConfigError("tied", True, "needs a decoder that mirrors the encoder (leave model.decoder null)")
+        if self.decoder_init == "transpose" and not self.is_mirror():
+            raise ConfigError(
+                "decoder_init",
+                "transpose",
+                "needs a decoder that mirrors the encoder; use random or leave model.decoder null",
+            )
 
     def is_mirror(self) -> bool:
         if self.decoder is None:
@@ -74,6 +88,8 @@ class SparseFCModelConfig(FCModelConfig):
 
     name: str = "sparse_fc"
     code_activation: str = "relu"
+    pre_bias: bool = True
+    decoder_init: str = choice("transpose", ("random", "transpose"))
 
 
 def decoder_layers(
@@ -127,6 +143,41 @@ class FCAutoencoder(Autoencoder):
             activation(output_activation),
             code_transform,
         )
+        self.unit_norm_decoder = config.unit_norm_decoder
+        if config.pre_bias:
+            self.input_bias = nn.Parameter(torch.zeros(input_shape))
+        if config.decoder_init == "transpose" and not config.tied:
+            self._start_decoder_as_encoder_transpose()
+        if self.unit_norm_decoder:
+            self.after_step()
+
+    @torch.no_grad()
+    def _start_decoder_as_encoder_transpose(self) -> None:
+        for index in range(self.num_layers):
+            encoder_layer, decoder_layer = (block[0] for block in self.layer_pair(index))
+            decoder_layer.weight.copy_(encoder_layer.weight.t())
+
+    @property
+    def wants_data_mean(self) -> bool:
+        return self.input_bias is not None
+
+    @torch.no_grad()
+    def initialise_from_data(self, mean: torch.Tensor) -> None:
+        """The input bias becomes the mean; the output layer's bias is set so the zero code decodes to it."""
+        if self.input_bias is None:
+            return
+        self.input_bias.copy_(mean.view_as(self.input_bias))
+        output_bias = self.decoder[-1][0].bias
+        inverse = INVERSE_ACTIVATIONS.get(type(self.output_activation))
+        if inverse is not None:
+            output_bias.copy_(inverse(mean.flatten()))
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Unit-norm decoder columns: each code unit writes a direction, its size is in the code."""
+        if self.unit_norm_decoder:
+            weight = self.decoder[0][0].weight  # (out, code_dim); a tied layer's is the encoder's, transposed
+            weight.div_(weight.norm(dim=0, keepdim=True).clamp_min(1e-12))
 
     @property
     def num_layers(self) -> int:
@@ -149,6 +200,15 @@ class FCAutoencoder(Autoencoder):
         for block in self.decoder:
             if isinstance(block[0], TiedLinear):
                 block[0] = block[0].untied()
+
+
+# The inverse of an output activation, clamped inside its range: the output bias that decodes the zero
+# code to the data's mean. Activations without an inverse here keep PyTorch's default bias.
+INVERSE_ACTIVATIONS = {
+    nn.Identity: lambda mean: mean,
+    nn.Sigmoid: lambda mean: torch.logit(mean.clamp(1e-3, 1 - 1e-3)),
+    nn.Tanh: lambda mean: torch.atanh(mean.clamp(-1 + 1e-3, 1 - 1e-3)),
+}
 
 
 register(FCModelConfig)(FCAutoencoder)
@@ -174,6 +234,7 @@ class LayerwiseStage(Autoencoder):
             activation_name(code_block[1]),
             model.output_activation,
         )
+        self.input_bias = model.input_bias  # shared: a stage sees the inputs the model sees
         self.depth = depth
 
     def extra_repr(self) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional
 
 from autoenc_cli.errors import UserError
 from autoenc_cli.schema.fields import check_tree, with_prefix
-from autoenc_cli.schema.root import GROUPS, SHORTHANDS
+from autoenc_cli.schema.root import GROUPS, SHORTHANDS, STACKED_GROUPS
 
 if TYPE_CHECKING:
     from autoenc_cli.schema.root import TrainConfig
@@ -45,14 +45,18 @@ def check_config(config: "TrainConfig") -> Facts:
     facts = Facts(config, tuple(input_shape), model)
     for group in GROUPS:
         option = getattr(config, group)
-        with_prefix(group, lambda option=option: option.check_with(facts))
+        members = option.items() if group in STACKED_GROUPS else [(None, option)]
+        for name, member in members:
+            prefix = f"{group}.{name}" if name else group
+            with_prefix(prefix, lambda member=member: member.check_with(facts))
     return facts
 
 
 def check_shorthands(overrides: list[str]) -> None:
-    """``k=5 sparsity.k=16`` names one value twice: refused, never silently resolved."""
+    """``k=5 sparsity.topk.k=16`` names one value twice: refused, never silently resolved."""
     given = dict(override.lstrip("+").partition("=")[::2] for override in overrides)
     for key, group in SHORTHANDS.items():
-        full = f"{group}.{key}"
-        if key in given and full in given and given[key] != given[full]:
-            raise UserError(f"{key}={given[key]} and {full}={given[full]} set the same value; give only one of them")
+        for full, value in given.items():
+            parts = full.split(".")
+            if key in given and len(parts) == 3 and parts[0] == group and parts[2] == key and given[key] != value:
+                raise UserError(f"{key}={given[key]} and {full}={value} set the same value; give only one of them")

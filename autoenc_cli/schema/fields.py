@@ -59,6 +59,10 @@ def check_tree(node: Any) -> None:
         for index, item in enumerate(node):
             with_prefix(f"[{index}]", lambda item=item: check_tree(item))
         return
+    if isinstance(node, dict):  # a stacked group's members, by name
+        for name, item in node.items():
+            with_prefix(str(name), lambda item=item: check_tree(item))
+        return
     if not dataclasses.is_dataclass(node):
         return
     for field in dataclasses.fields(node):

@@ -14,7 +14,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.schema.check import check_config
-from autoenc_cli.schema.root import GROUPS, SHORTHANDS, TrainConfig
+from autoenc_cli.schema.root import GROUPS, SHORTHANDS, STACKED_GROUPS, TrainConfig
 
 
 def resolve(cfg: DictConfig) -> TrainConfig:
@@ -38,6 +38,9 @@ def typed_config(cfg: DictConfig | dict) -> TrainConfig:
     plain.pop("hydra", None)
     config = typed(TrainConfig, plain, "")
     for group, node in groups.items():
+        if group in STACKED_GROUPS:
+            setattr(config, group, typed_members(group, node))
+            continue
         if not isinstance(node, dict):
             raise ConfigError(group, node, f"must be a config group; choose one of {', '.join(REGISTRY.names(group))}")
         setattr(config, group, typed(REGISTRY.config_class(group, node.get("name")), node, group))
@@ -45,15 +48,50 @@ def typed_config(cfg: DictConfig | dict) -> TrainConfig:
     return config
 
 
+def typed_members(group: str, node: Any) -> dict[str, Any]:
+    """A stacked group (``sparsity=[topk,lifetime]`` composes ``{topk: {...}, lifetime: {...}}``): each
+    member typed by its key, in the order listed. An empty group (``sparsity=none``) has no members."""
+    if node is None:
+        return {}
+    if isinstance(node, dict) and isinstance(node.get("name"), str):  # a config saved before stacking
+        node = {node["name"]: {key: value for key, value in node.items() if key != "name"}}
+    allowed = f"choose from {', '.join(REGISTRY.names(group))}, e.g. {group}=[{REGISTRY.names(group)[0]}]"
+    if not isinstance(node, dict):
+        raise ConfigError(group, node, f"must be a mapping of {group} options; {allowed}")
+    members = {}
+    for name, member in node.items():
+        if name not in REGISTRY.names(group):
+            raise UserError(f"{group}.{name} is not a {group} option; {allowed}")
+        member = dict(member or {})
+        if member.pop("name", name) != name:
+            raise UserError(f"{group}.{name}.name: a {group} option's name is its key ({name}); leave name out")
+        members[name] = typed(REGISTRY.config_class(group, name), {**member, "name": name}, f"{group}.{name}")
+    return members
+
+
+def stack_label(members: dict[str, Any]) -> str:
+    """How a user selects these members: ``none``, ``topk`` or ``[topk,lifetime]``."""
+    names = list(members)
+    return "none" if not names else names[0] if len(names) == 1 else f"[{','.join(names)}]"
+
+
 def _apply_shorthands(config: TrainConfig) -> None:
-    """``k=16`` sets ``sparsity.k``: the top-level value wins over the group's default."""
+    """``k=16`` sets ``sparsity.<member>.k`` on the one member that has ``k``; the top-level value wins
+    over the member's default. No member with the key, or several, is refused: never a guess."""
     for key, group in SHORTHANDS.items():
-        value, target = getattr(config, key), getattr(config, group)
+        value, members = getattr(config, key), getattr(config, group)
         if value is None:
             continue
-        if not hasattr(target, key):
-            raise ConfigError(key, value, f"{group}={target.name} has no '{key}'; choose a {group} option that does")
-        setattr(target, key, value)
+        owners = [name for name, member in members.items() if hasattr(member, key)]
+        label = stack_label(members)
+        if not owners:
+            raise ConfigError(key, value, f"{group}={label} has no '{key}'; choose a {group} option that does")
+        if len(owners) > 1:
+            spelled = " or ".join(f"{group}.{owner}.{key}={value}" for owner in owners)
+            raise UserError(
+                f"{key}={value} is ambiguous: {group}={label} has '{key}' in {' and '.join(owners)}; give {spelled}"
+            )
+        setattr(members[owners[0]], key, value)
 
 
 def typed(schema: type, node: dict, path: str) -> Any:

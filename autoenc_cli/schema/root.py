@@ -15,7 +15,12 @@ if TYPE_CHECKING:
 # Config groups whose options are looked up in the registry by their ``name`` key.
 GROUPS = tuple(GROUP_PACKAGES)
 
-# Top-level shorthands (``k=16``) for a key inside a group (``sparsity.k``), so sweeps read naturally.
+# Groups where several options may be selected at once (``sparsity=[topk,lifetime]``): the group's
+# node maps each selected option's name to its config, in the order listed; none selected is valid.
+STACKED_GROUPS = ("sparsity",)
+
+# Top-level shorthands (``k=16``) for a key of a group's member (``sparsity.topk.k``), so sweeps read
+# naturally; applied where exactly one selected member has the key.
 SHORTHANDS = {"k": "sparsity", "lam": "sparsity"}
 
 
@@ -46,6 +51,9 @@ class TrainerConfig:
     precision: str = choice("fp32", ("fp32", "bf16", "fp16"))  # autocast dtype; fp16 adds a gradient scaler
     compile: bool = False  # torch.compile the model for training
     threads: Optional[int] = number(None, ge=1)  # CPU threads for torch; null keeps torch's default
+    # |code| a unit must exceed to count as active (l0, dead/dense units, firing frequency); null: 0, or 0.1
+    # for sigmoid/tanh codes, which are never exactly zero
+    active_threshold: Optional[float] = number(None, ge=0)
 
     def check(self) -> None:
         allowed = ("auto", "cpu", "cuda")
@@ -68,5 +76,5 @@ class TrainConfig:
     loss: Any = None
     optimizer: Any = None
     schedule: Any = None
-    sparsity: Any = None
+    sparsity: Any = None  # {option name: its config}, in the order listed (see STACKED_GROUPS)
     noise: Any = None

@@ -8,7 +8,7 @@ the kept entries only. Everything is batched; there are no Python loops over sam
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -16,7 +16,11 @@ from autoenc_cli.errors import ConfigError
 from autoenc_cli.registry import register
 from autoenc_cli.schema import number
 from autoenc_cli.schema.check import Facts
+from autoenc_cli.sparsity.auxk import AuxKFields, AuxKLoss
 from autoenc_cli.sparsity.base import Sparsity, SparsityConfig
+
+if TYPE_CHECKING:
+    from autoenc_cli.models.autoencoder import Autoencoder, AutoencoderOutput
 
 
 class KeepTopK(torch.autograd.Function):
@@ -50,9 +54,10 @@ def check_k_fits(k: int, facts: Facts) -> None:
 
 
 @dataclass
-class TopKConfig(SparsityConfig):
+class TopKConfig(SparsityConfig, AuxKFields):
     name: str = "topk"
     k: int = number(16, ge=1)  # code units kept per sample
+    k_anneal_steps: int = number(0, ge=0)  # training steps over which k falls from the code size to k
 
     def check_with(self, facts: Facts) -> None:
         check_k_fits(self.k, facts)
@@ -60,14 +65,45 @@ class TopKConfig(SparsityConfig):
 
 @register(TopKConfig)
 class TopK(Sparsity):
-    """Per-sample k-sparse codes (Makhzani & Frey, 2013): each sample keeps its k largest units."""
+    """Per-sample k-sparse codes (Makhzani & Frey, 2013): each sample keeps its k largest units.
 
-    def __init__(self, config: TopKConfig) -> None:
+    Dead units are revived by the AuxK loss; ``k_anneal_steps`` optionally starts with every unit
+    kept and lowers k linearly, so no unit starts out starved of gradient.
+    """
+
+    def __init__(self, config: TopKConfig, code_dim: int) -> None:
         super().__init__()
-        self.k = config.k
+        self.k, self.anneal_steps, self.code_dim = config.k, config.k_anneal_steps, code_dim
+        self.auxk = AuxKLoss(config, code_dim)
+        # Training steps taken, saved for resume; mirrored on the host so annealing needs no device sync.
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self._host_steps: Optional[int] = None
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_steps = None  # read the loaded count again
+
+    def current_k(self) -> int:
+        if not (self.training and self.anneal_steps):
+            return self.k
+        if self._host_steps is None:
+            self._host_steps = int(self.steps)
+        done = min(self._host_steps, self.anneal_steps) / self.anneal_steps
+        return round(self.code_dim + (self.k - self.code_dim) * done)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
-        return keep_top_k(code, self.k, dim=1)
+        kept = keep_top_k(code, self.current_k(), dim=1)
+        if self.training:
+            self.steps += 1
+            if self._host_steps is not None:
+                self._host_steps += 1
+            self.auxk.observe(kept)
+        return kept
+
+    def penalty(
+        self, output: "AutoencoderOutput", target: torch.Tensor, model: "Autoencoder"
+    ) -> Optional[torch.Tensor]:
+        return self.auxk(output, target, model)
 
 
 @dataclass
@@ -82,7 +118,7 @@ class Lifetime(Sparsity):
     """Lifetime winner-take-all (Makhzani & Frey, 2015): during training each unit keeps its k largest
     activations across the minibatch; at evaluation codes pass unchanged."""
 
-    def __init__(self, config: LifetimeConfig) -> None:
+    def __init__(self, config: LifetimeConfig, code_dim: int) -> None:
         super().__init__()
         self.k, self.rate = config.k, config.rate
 
@@ -97,7 +133,7 @@ class Lifetime(Sparsity):
 
 
 @dataclass
-class BatchTopKConfig(SparsityConfig):
+class BatchTopKConfig(SparsityConfig, AuxKFields):
     name: str = "batch_topk"
     k: int = number(16, ge=1)  # average code units kept per sample: k x batch_size kept per batch
     threshold_momentum: float = number(0.01, gt=0, le=1)  # EMA weight of each batch's threshold
@@ -112,9 +148,10 @@ class BatchTopK(Sparsity):
     whole batch. Evaluation keeps activations above a threshold estimated during training (an EMA of
     the smallest kept activation per batch), so it does not depend on batch composition."""
 
-    def __init__(self, config: BatchTopKConfig) -> None:
+    def __init__(self, config: BatchTopKConfig, code_dim: int) -> None:
         super().__init__()
         self.k, self.momentum = config.k, config.threshold_momentum
+        self.auxk = AuxKLoss(config, code_dim)
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_seen", torch.zeros((), dtype=torch.bool))
 
@@ -124,7 +161,14 @@ class BatchTopK(Sparsity):
         flat = code.reshape(1, -1)
         kept = keep_top_k(flat, self.k * code.shape[0], dim=1)
         self._update_threshold(flat.detach(), kept.detach())
-        return kept.view_as(code)
+        kept = kept.view_as(code)
+        self.auxk.observe(kept)
+        return kept
+
+    def penalty(
+        self, output: "AutoencoderOutput", target: torch.Tensor, model: "Autoencoder"
+    ) -> Optional[torch.Tensor]:
+        return self.auxk(output, target, model)
 
     @torch.no_grad()
     def _update_threshold(self, flat: torch.Tensor, kept: torch.Tensor) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,6 +13,9 @@ from autoenc_cli.registry import register
 from autoenc_cli.schema import number
 from autoenc_cli.schema.check import Facts
 from autoenc_cli.sparsity.base import Sparsity, SparsityConfig
+
+if TYPE_CHECKING:
+    from autoenc_cli.models.autoencoder import Autoencoder, AutoencoderOutput
 
 # Code activations whose outputs lie strictly inside (0, 1), as the KL penalty needs.
 UNIT_INTERVAL_ACTIVATIONS = ("sigmoid",)
@@ -27,12 +31,12 @@ class L1Config(SparsityConfig):
 class L1Penalty(Sparsity):
     """lam x mean over samples of the code's L1 norm."""
 
-    def __init__(self, config: L1Config) -> None:
+    def __init__(self, config: L1Config, code_dim: int) -> None:
         super().__init__()
         self.lam = config.lam
 
-    def penalty(self, code: torch.Tensor) -> torch.Tensor:
-        return self.lam * code.abs().sum(dim=1).mean()
+    def penalty(self, output: "AutoencoderOutput", target: torch.Tensor, model: "Autoencoder") -> torch.Tensor:
+        return self.lam * output.code.abs().sum(dim=1).mean()
 
 
 @dataclass
@@ -56,11 +60,11 @@ class KLPenalty(Sparsity):
     """lam x mean over units of KL(rho || rho_hat_j), rho_hat_j the unit's mean activation in the batch
     (the sparse autoencoder of Ng's CS294A notes). Not clamped: a saturated unit shows as inf."""
 
-    def __init__(self, config: KLConfig) -> None:
+    def __init__(self, config: KLConfig, code_dim: int) -> None:
         super().__init__()
         self.lam, self.rho = config.lam, config.rho
 
-    def penalty(self, code: torch.Tensor) -> torch.Tensor:
-        rho, rho_hat = self.rho, code.mean(dim=0)
+    def penalty(self, output: "AutoencoderOutput", target: torch.Tensor, model: "Autoencoder") -> torch.Tensor:
+        rho, rho_hat = self.rho, output.code.mean(dim=0)
         divergence = rho * (math.log(rho) - torch.log(rho_hat)) + (1 - rho) * (math.log1p(-rho) - torch.log1p(-rho_hat))
         return self.lam * divergence.mean()

@@ -44,7 +44,7 @@ def model_fingerprint(config: Any, input_shape: tuple[int, ...]) -> str:
     """What determines the network's tensors: the model and sparsity options and the input shape."""
     described = {
         "model": dataclasses.asdict(config.model),
-        "sparsity": dataclasses.asdict(config.sparsity),
+        "sparsity": {name: dataclasses.asdict(member) for name, member in config.sparsity.items()},
         "input_shape": list(input_shape),
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
@@ -52,7 +52,10 @@ def model_fingerprint(config: Any, input_shape: tuple[int, ...]) -> str:
 
 def data_fingerprint(data: DataBundle) -> str:
     """A hash of the train and validation images and labels, in split order: any change to the file or
-    to the split changes it."""
+    to the split changes it. A loader whose data is too large to hash whole gives its own (``data=vectors``:
+    header, sampled rows, split and statistics; see ``vectors_fingerprint``)."""
+    if data.fingerprint is not None:
+        return data.fingerprint
     digest = hashlib.sha256()
     for split in (data.train, data.val):
         for tensor in (split.images, split.labels):

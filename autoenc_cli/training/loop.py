@@ -16,7 +16,7 @@ from autoenc_cli.models.autoencoder import Autoencoder
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.schedules import LearningRatePolicy, Phase
 from autoenc_cli.training.callbacks import Callback, EpochEnd, Failed, Interrupted, PhaseEnd, PhaseStart, StepEnd
-from autoenc_cli.training.metrics import CodeStatistics, evaluate
+from autoenc_cli.training.metrics import CodeStatistics, active_threshold, evaluate
 from autoenc_cli.training.parts import RunParts
 from autoenc_cli.training.records import EpochRecord, Evaluation, as_dict
 
@@ -149,6 +149,7 @@ class Trainer:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            self.network.after_step()
             self.running_loss += loss.detach()
             self.step_in_epoch += 1
             self.result.samples_seen += clean.shape[0]
@@ -193,6 +194,7 @@ class Trainer:
                 parts.config.trainer.eval_batch_size,
                 parts.noise if parts.noise.active else None,
                 parts.validation_noise_generator(),
+                active_threshold(parts.config.trainer.active_threshold, self.network.code_activation),
             )
 
     def _record(

@@ -47,7 +47,14 @@ class Evaluation:
     penalty: float = metric("the sparsity penalty (0 without one)")
     mse: float = metric("mean squared error per pixel against the clean input")
     squared_error_per_image: float = metric("squared error summed over an image's pixels (Hinton & Salakhutdinov)")
-    l0: float = metric("mean number of non-zero code units per sample")
+    fvu: Optional[float] = metric(
+        "fraction of variance unexplained: squared error over the clean input's squared deviation from its mean "
+        "on the split, both summed over samples and values (0 perfect, 1 no better than the mean input)"
+    )
+    explained_variance: Optional[float] = metric("1 - fvu")
+    cosine_similarity: float = metric("mean cosine similarity of a clean input and its reconstruction")
+    l0: float = metric("mean number of active code units per sample (|code| > l0_threshold)")
+    l0_threshold: float = metric("the |code| above which a unit counts as active (trainer.active_threshold)")
     dead_fraction: float = metric("fraction of code units never active on the split")
     dense_fraction: float = metric("fraction of code units active on more than half of the samples")
     mean_activation: float = metric("mean |code| per unit and sample")
@@ -64,6 +71,9 @@ class EpochRecord:
     train_loss: float = metric("mean training loss over the epoch's steps")
     val_loss: float = metric("validation loss")
     val_mse: float = metric("validation MSE per pixel")
+    val_fvu: Optional[float] = metric("validation fraction of variance unexplained")
+    val_explained_variance: Optional[float] = metric("validation explained variance (1 - fvu)")
+    val_cosine_similarity: Optional[float] = metric("validation mean cosine similarity of input and reconstruction")
     val_penalty: float = metric("validation sparsity penalty")
     l0: float = metric("validation l0")
     dead_fraction: float = metric("validation dead fraction")
@@ -91,8 +101,14 @@ class RunSummary:
     val_loss: Optional[float] = metric("final validation loss", summary=True)
     val_mse: Optional[float] = metric("final validation MSE per pixel", summary=True)
     val_psnr: Optional[float] = metric("final validation PSNR (dB)")
+    val_fvu: Optional[float] = metric(
+        "final validation fraction of variance unexplained (squared error over variance about the mean)", summary=True
+    )
+    val_explained_variance: Optional[float] = metric("final validation explained variance (1 - fvu)", summary=True)
+    val_cosine_similarity: Optional[float] = metric("final validation cosine similarity of input and reconstruction")
     val_penalty: Optional[float] = metric("final validation sparsity penalty", summary=True)
-    l0: Optional[float] = metric("mean non-zero code units per validation sample", summary=True)
+    l0: Optional[float] = metric("mean active code units (|code| > l0_threshold) per validation sample", summary=True)
+    l0_threshold: Optional[float] = metric("the |code| above which a unit counts as active (trainer.active_threshold)")
     dead_fraction: Optional[float] = metric("code units never active on the validation split", summary=True)
     dense_fraction: Optional[float] = metric("code units active on more than half of it", summary=True)
     mean_activation: Optional[float] = metric("mean |code| per unit and sample")
@@ -110,6 +126,9 @@ class RunSummary:
     pca_val_mse: Optional[float] = metric(
         "validation MSE of PCA with code_dim components on the same split and inputs (corrupted for denoising)",
         summary=True,
+    )
+    pca_val_mse_by_k: Optional[list[float]] = metric(
+        "PCA's validation MSE per pixel with k components, as pca_val_mse; entry i is k = i + 1, up to code_dim"
     )
     wall_seconds: Optional[float] = metric("wall time of the whole run, figures included")
     figures: Optional[list[str]] = metric("the figures this run wrote (report.html shows these and no others)")
@@ -137,7 +156,11 @@ class EvalReport:
     mse: float = metric("MSE per pixel")
     squared_error_per_image: float = metric("squared error summed over an image's pixels")
     psnr: float = metric("PSNR (dB)")
-    l0: float = metric("mean non-zero code units per sample")
+    fvu: Optional[float] = metric("fraction of variance unexplained (squared error over variance about the mean)")
+    explained_variance: Optional[float] = metric("explained variance (1 - fvu)")
+    cosine_similarity: float = metric("mean cosine similarity of a clean input and its reconstruction")
+    l0: float = metric("mean active code units per sample (|code| > l0_threshold)")
+    l0_threshold: float = metric("the |code| above which a unit counts as active (the run's trainer.active_threshold)")
     dead_fraction: float = metric("code units never active on the split")
     dense_fraction: float = metric("code units active on more than half of the split")
     code_dim: int = metric("code units")
