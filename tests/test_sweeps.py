@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def test_multirun_writes_summary_frontier_and_dictionary_grid(topk_sweep):
     assert [float(row["l0"]) for row in rows] == [2.0, 8.0]
     assert all(row["status"] == "completed" and float(row["val_mse"]) > 0 for row in rows)
     assert float(rows[0]["val_mse"]) > float(rows[1]["val_mse"])  # fewer active units, worse fit
+    for row, k in zip(rows, (2, 8)):  # PCA at the run's l0: the k-th point of the run's own PCA curve
+        curve = json.loads((topk_sweep / row["run"] / "metrics.json").read_text())["pca_val_mse_by_k"]
+        assert float(row["pca_val_mse_at_l0"]) == pytest.approx(curve[k - 1])
+        assert curve == sorted(curve, reverse=True)  # more components never fit worse
     for figure in ("frontier.png", "dictionaries.png"):
         with Image.open(topk_sweep / "figures" / figure) as image:
             assert image.width > 200

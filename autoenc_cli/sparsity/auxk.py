@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from autoenc_cli.schema import number
+from autoenc_cli.sparsity.base import Sparsity
 
 if TYPE_CHECKING:
     from autoenc_cli.models.autoencoder import Autoencoder, AutoencoderOutput
@@ -57,3 +58,15 @@ class AuxKLoss(nn.Module):
         residual_power = (output.reconstruction.detach() - target).pow(2).mean().clamp_min(1e-12)
         normalised = (completed - target).pow(2).mean() / residual_power  # 1 when the dead units add nothing
         return self.coef * dead.any() * normalised
+
+
+class RevivesDeadUnits(Sparsity):
+    """A hard option whose penalty is its AuxK loss (set ``self.auxk`` and call ``auxk.observe`` on the
+    codes it keeps in training)."""
+
+    auxk: AuxKLoss
+
+    def penalty(
+        self, output: "AutoencoderOutput", target: torch.Tensor, model: "Autoencoder"
+    ) -> Optional[torch.Tensor]:
+        return self.auxk(output, target, model)

@@ -8,7 +8,7 @@ the kept entries only. Everything is batched; there are no Python loops over sam
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -16,11 +16,8 @@ from autoenc_cli.errors import ConfigError
 from autoenc_cli.registry import register
 from autoenc_cli.schema import number
 from autoenc_cli.schema.check import Facts
-from autoenc_cli.sparsity.auxk import AuxKFields, AuxKLoss
+from autoenc_cli.sparsity.auxk import AuxKFields, AuxKLoss, RevivesDeadUnits
 from autoenc_cli.sparsity.base import Sparsity, SparsityConfig
-
-if TYPE_CHECKING:
-    from autoenc_cli.models.autoencoder import Autoencoder, AutoencoderOutput
 
 
 class KeepTopK(torch.autograd.Function):
@@ -64,7 +61,7 @@ class TopKConfig(SparsityConfig, AuxKFields):
 
 
 @register(TopKConfig)
-class TopK(Sparsity):
+class TopK(RevivesDeadUnits):
     """Per-sample k-sparse codes (Makhzani & Frey, 2013): each sample keeps its k largest units.
 
     Dead units are revived by the AuxK loss; ``k_anneal_steps`` optionally starts with every unit
@@ -99,11 +96,6 @@ class TopK(Sparsity):
                 self._host_steps += 1
             self.auxk.observe(kept)
         return kept
-
-    def penalty(
-        self, output: "AutoencoderOutput", target: torch.Tensor, model: "Autoencoder"
-    ) -> Optional[torch.Tensor]:
-        return self.auxk(output, target, model)
 
 
 @dataclass
@@ -143,7 +135,7 @@ class BatchTopKConfig(SparsityConfig, AuxKFields):
 
 
 @register(BatchTopKConfig)
-class BatchTopK(Sparsity):
+class BatchTopK(RevivesDeadUnits):
     """BatchTopK (Bussmann et al., 2024): training keeps the k x batch_size largest activations of the
     whole batch. Evaluation keeps activations above a threshold estimated during training (an EMA of
     the smallest kept activation per batch), so it does not depend on batch composition."""
@@ -164,11 +156,6 @@ class BatchTopK(Sparsity):
         kept = kept.view_as(code)
         self.auxk.observe(kept)
         return kept
-
-    def penalty(
-        self, output: "AutoencoderOutput", target: torch.Tensor, model: "Autoencoder"
-    ) -> Optional[torch.Tensor]:
-        return self.auxk(output, target, model)
 
     @torch.no_grad()
     def _update_threshold(self, flat: torch.Tensor, kept: torch.Tensor) -> None:
