@@ -91,12 +91,14 @@ def test_auxk_counts_silence_and_trains_only_dead_units():
     output = model(images)
     silent = (output.code == 0).all(dim=0)
     assert torch.equal(topk.auxk.samples_since_fired, torch.where(silent, 8, 0))
-    assert build_objective(config, model)(output, images).penalty.item() == 0.0  # nobody dead yet: no aux loss
+    assert not topk.auxk.check_dead_units()
+    assert build_objective(config, model)(output, images).penalty is None  # nobody dead yet: no aux loss
 
     topk.auxk.samples_since_fired.fill_(0)
     dead = torch.zeros(16, dtype=torch.bool)
     dead[:5] = True
     topk.auxk.samples_since_fired[dead] = 10
+    assert topk.auxk.check_dead_units()  # training checks every CHECK_EVERY steps
     output = model(images)
     dead = topk.auxk.samples_since_fired >= 10  # those that fired in this batch are alive again
     assert 0 < dead.sum() < 5
@@ -121,7 +123,8 @@ def test_k_annealing_starts_dense_and_reaches_k():
     assert seen == sorted(seen, reverse=True)
     assert int((layer.eval()(torch.rand(3, 20)) != 0).sum(dim=1)[0]) == 4  # evaluation always keeps k
     restored = TopK(TopKConfig(k=4, k_anneal_steps=10), 20).train()
-    restored.load_state_dict(TopK(TopKConfig(k=4, k_anneal_steps=10), 20).state_dict() | {"steps": torch.tensor(5)})
+    saved = TopK(TopKConfig(k=4, k_anneal_steps=10), 20).state_dict()
+    restored.load_state_dict(saved | {"auxk.steps": torch.tensor(5)})
     assert int((restored(torch.rand(3, 20)) != 0).sum(dim=1)[0]) == 12  # resumes where it was
 
 

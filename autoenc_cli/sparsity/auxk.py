@@ -9,7 +9,7 @@ towards what the live ones miss. It is zero when no unit is dead, and there is n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import nn
@@ -30,23 +30,57 @@ class AuxKFields:
     dead_after: int = number(1600, ge=1)  # training samples without firing after which a unit counts as dead
 
 
+# Training steps between host reads of "is any unit dead?". The auxiliary loss, which costs a second
+# decoder pass, is computed only while one is: one device sync per CHECK_EVERY steps instead of an
+# auxiliary pass on every step (most runs have no dead unit most of the time).
+CHECK_EVERY = 32
+
+
 class AuxKLoss(nn.Module):
     def __init__(self, fields: AuxKFields, code_dim: int) -> None:
         super().__init__()
         self.aux_k, self.coef, self.dead_after = min(fields.aux_k, code_dim), fields.aux_coef, fields.dead_after
-        # Saved with the model, so a resumed run knows which units were dead.
+        # Saved with the model, so a resumed run knows which units were dead and continues bit for bit.
         self.register_buffer("samples_since_fired", torch.zeros(code_dim, dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps observed
+        self.register_buffer("any_dead", torch.zeros((), dtype=torch.bool))  # as of the last check
+        self._host: Optional[list] = None  # [steps, any_dead] mirrored on the host; read once after a load
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host = None
+
+    def _mirror(self) -> list:
+        if self._host is None:
+            self._host = [int(self.steps), bool(self.any_dead)]
+        return self._host
+
+    @property
+    def steps_taken(self) -> int:
+        """Training steps observed, without a device sync (k annealing reads it every step)."""
+        return self._mirror()[0]
 
     @torch.no_grad()
     def observe(self, code: torch.Tensor) -> None:
         """Count, per unit, the training samples since it last fired in ``code``."""
         fired = (code != 0).any(dim=0)
         self.samples_since_fired.add_(code.shape[0]).masked_fill_(fired, 0)
+        self.steps += 1
+        self._mirror()[0] += 1
+        if self.coef and self._mirror()[0] % CHECK_EVERY == 0:
+            self.check_dead_units()
+
+    @torch.no_grad()
+    def check_dead_units(self) -> bool:
+        any_dead = bool((self.samples_since_fired >= self.dead_after).any())  # the one device sync
+        self.any_dead.fill_(any_dead)
+        self._mirror()[1] = any_dead
+        return any_dead
 
     def forward(
         self, output: "AutoencoderOutput", target: torch.Tensor, model: "Autoencoder"
     ) -> Optional[torch.Tensor]:
-        if not self.training or self.coef == 0:
+        if not self.training or self.coef == 0 or not self._mirror()[1]:
             return None
         dead = self.samples_since_fired >= self.dead_after
         values, indices = (output.raw_code * dead).topk(self.aux_k, dim=1)
@@ -57,7 +91,7 @@ class AuxKLoss(nn.Module):
         completed = model.output_activation(output.logits.detach() + added)
         residual_power = (output.reconstruction.detach() - target).pow(2).mean().clamp_min(1e-12)
         normalised = (completed - target).pow(2).mean() / residual_power  # 1 when the dead units add nothing
-        return self.coef * dead.any() * normalised
+        return self.coef * dead.any() * normalised  # units may have fired since the check
 
 
 class RevivesDeadUnits(Sparsity):

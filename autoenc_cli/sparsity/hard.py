@@ -71,29 +71,17 @@ class TopK(RevivesDeadUnits):
     def __init__(self, config: TopKConfig, code_dim: int) -> None:
         super().__init__()
         self.k, self.anneal_steps, self.code_dim = config.k, config.k_anneal_steps, code_dim
-        self.auxk = AuxKLoss(config, code_dim)
-        # Training steps taken, saved for resume; mirrored on the host so annealing needs no device sync.
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self._host_steps: Optional[int] = None
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._host_steps = None  # read the loaded count again
+        self.auxk = AuxKLoss(config, code_dim)  # also counts the training steps annealing follows
 
     def current_k(self) -> int:
         if not (self.training and self.anneal_steps):
             return self.k
-        if self._host_steps is None:
-            self._host_steps = int(self.steps)
-        done = min(self._host_steps, self.anneal_steps) / self.anneal_steps
+        done = min(self.auxk.steps_taken, self.anneal_steps) / self.anneal_steps
         return round(self.code_dim + (self.k - self.code_dim) * done)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         kept = keep_top_k(code, self.current_k(), dim=1)
         if self.training:
-            self.steps += 1
-            if self._host_steps is not None:
-                self._host_steps += 1
             self.auxk.observe(kept)
         return kept
 
