@@ -22,7 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "encode": ("autoenc_cli.evaluation.commands:encode_main", "write a run's codes for a data set to .npz"),
     "reconstruct": ("autoenc_cli.evaluation.commands:reconstruct_main", "reconstruct (denoise) your images with a run"),
+    "tune": ("autoenc_cli.tune:main", "search hyperparameters with Optuna (pruning, SQLite study, resume)"),
     "report": ("autoenc_cli.report:main", "compare finished runs: a sweep folder or run folders"),
+    "export": ("autoenc_cli.export:main", "write a run's model as model.safetensors + config.json to share"),
 }
 
 USAGE = """usage: autoenc <command> [arguments]
@@ -69,7 +71,7 @@ def version() -> str:
 HYDRA_FLAGS_WITH_VALUE = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name"}
 HYDRA_FLAGS_WITH_VALUE |= {"-cd", "--config-dir", "--experimental-rerun"}
 HYDRA_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-RUN_COMMANDS = ("eval", "encode", "reconstruct")  # they take run=RUN_DIR
+RUN_COMMANDS = ("eval", "encode", "reconstruct", "export")  # they take run=RUN_DIR
 PATH_KEYS = {"path", "root", "run", "input", "out", "resume", "output_root", "checkpoint", "dir"}  # take a path
 
 

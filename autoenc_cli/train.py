@@ -33,6 +33,7 @@ from autoenc_cli.resume import resume_point, run_folder_of
 from autoenc_cli.schema import TrainConfig
 from autoenc_cli.schema.check import check_shorthands
 from autoenc_cli.schema.resolve import resolve
+from autoenc_cli.training.callbacks import Callback as TrainingCallback
 from autoenc_cli.training.checkpoint import data_fingerprint, model_fingerprint
 from autoenc_cli.training.distributed import shutdown as shutdown_distributed
 from autoenc_cli.training.loop import FitResult, Trainer
@@ -109,7 +110,12 @@ def train(
     folder: RunFolder,
     resume: Optional[dict[str, Any]] = None,
     run_id: Optional[str] = None,
+    callbacks: Sequence[TrainingCallback] = (),
+    sweep_dir: Optional[Path] = None,
 ) -> RunSummary:
+    """Train one run into ``folder``. ``callbacks`` see the loop's events after the run folder's writer
+    (``autoenc tune`` reports each epoch to its trial); ``sweep_dir`` is the sweep or study the run belongs
+    to (loggers group its runs there)."""
     started = time.perf_counter()
     parts = build_parts(config)
     if not parts.world.is_main:  # under torchrun only rank 0 shows progress and writes files
@@ -129,7 +135,7 @@ def train(
     announce(parts, folder, resume)
     total_epochs = sum(phase.epochs for phase in parts.phases)
     with ProgressBars(total_epochs, completed=resume["epoch"] if resume else 0) as bars:
-        trainer = Trainer(parts, [bars, RunFolderWriter(folder, config_yaml, fingerprint)])
+        trainer = Trainer(parts, [bars, RunFolderWriter(folder, config_yaml, fingerprint), *callbacks])
         with stop_on_signals(trainer):
             result = trainer.fit(resume)
     summary = write_results(folder, parts, trainer.network, result)
