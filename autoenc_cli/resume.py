@@ -20,8 +20,16 @@ from autoenc_cli.io import read_json
 from autoenc_cli.schema.resolve import typed_config
 from autoenc_cli.training.checkpoint import check_checkpoint_belongs, load_checkpoint
 
-# What may change when a single run is resumed: how long it trains and where, not what it is.
-RESUME_OVERRIDABLE = ("trainer.epochs", "trainer.device", "trainer.log_every", "trainer.figures", "trainer.threads")
+# What may change when a single run is resumed: how long it trains, where, and where it is logged; not what it
+# is. A key under a listed group (logger.mlflow.experiment) may change too.
+RESUME_OVERRIDABLE = (
+    "trainer.epochs",
+    "trainer.device",
+    "trainer.log_every",
+    "trainer.figures",
+    "trainer.threads",
+    "logger",
+)
 
 
 @dataclass
@@ -55,7 +63,7 @@ def _resume_run(cfg: DictConfig, resume: str, overrides: list[str]) -> ResumePoi
     for override in overrides:
         key = override.partition("=")[0].lstrip("+~")
         wanted, current = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
-        if key in RESUME_OVERRIDABLE:
+        if key in RESUME_OVERRIDABLE or key.partition(".")[0] in RESUME_OVERRIDABLE:
             extended |= key == "trainer.epochs" and wanted > current
             OmegaConf.update(saved, key, wanted, merge=False)
         elif _plain(wanted) != _plain(current):

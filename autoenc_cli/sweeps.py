@@ -74,8 +74,10 @@ class SweepCallback(Callback):
 
         from autoenc_cli.artifacts.console import console
         from autoenc_cli.artifacts.sweep_report import write_report
+        from autoenc_cli.loggers import finish_sweep
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        finish_sweep(sweep_dir)
         rows, table = write_report([sweep_dir], sweep_dir)
         console.print(table)
         console.print(f"sweep summary: [bold]{sweep_dir / 'summary.csv'}[/]", soft_wrap=True)

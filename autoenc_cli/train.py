@@ -29,6 +29,7 @@ from autoenc_cli.build import build_parts
 from autoenc_cli.data.tensors import whole_split
 from autoenc_cli.errors import DataError, TrainingInterrupted, UserAbort, UserError
 from autoenc_cli.hydra_app import CONFIG_PATH, run_hydra_app
+from autoenc_cli.loggers.run_loggers import RunLoggers
 from autoenc_cli.resume import resume_point, run_folder_of
 from autoenc_cli.schema import TrainConfig
 from autoenc_cli.schema.check import check_shorthands
@@ -100,7 +101,8 @@ def job(cfg: DictConfig) -> Optional[dict[str, Any]]:
         # A sweep being resumed restarts its jobs that never trained in their own folders.
         fresh = point.state is None and not cfg.resume
         identity = folder.start(config_yaml) if fresh else folder.continued(config_yaml)
-        return as_dict(train(config, config_yaml, folder, point.state, identity["run_id"]))
+        sweep_dir = Path(hydra_config.sweep.dir) if multirun else None
+        return as_dict(train(config, config_yaml, folder, point.state, identity["run_id"], sweep_dir=sweep_dir))
     return None
 
 
@@ -133,14 +135,19 @@ def train(
             "split): continuing would train and validate on a different split; restore the data to resume"
         )
     announce(parts, folder, resume)
+    loggers = RunLoggers.build(parts, folder.path, run_id, sweep_dir, resume)
+    logged_runs = loggers.start()  # before the first checkpoint, which keeps their ids for a resume
+    writer = RunFolderWriter(folder, config_yaml, fingerprint, logged_runs)
     total_epochs = sum(phase.epochs for phase in parts.phases)
     with ProgressBars(total_epochs, completed=resume["epoch"] if resume else 0) as bars:
-        trainer = Trainer(parts, [bars, RunFolderWriter(folder, config_yaml, fingerprint), *callbacks])
+        # Loggers before the writer: an epoch is checkpointed only once it is logged (a resume re-logs, never skips).
+        trainer = Trainer(parts, [bars, *([loggers] if loggers.loggers else []), writer, *callbacks])
         with stop_on_signals(trainer):
             result = trainer.fit(resume)
     summary = write_results(folder, parts, trainer.network, result)
     summary.wall_seconds = time.perf_counter() - started
     folder.write_metrics(summary)
+    loggers.finish(summary, [folder.figures / name for name in summary.figures or []], trainer.global_step)
     console.print(metrics_table(as_dict(summary), title="final metrics"))
     console.print(f"run folder: [bold]{folder.path}[/]", soft_wrap=True)
     return summary
@@ -276,7 +283,8 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
 
 
 # A folder holding only these never trained (run.json is written before the data is loaded).
-NOTHING_STARTED = {".hydra", "train.log", "run.json"}
+# (A logger that failed to start may have left its folder.)
+NOTHING_STARTED = {".hydra", "train.log", "run.json", "tensorboard", "wandb"}
 
 
 @contextmanager

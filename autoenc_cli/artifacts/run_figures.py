@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -41,9 +41,15 @@ def typical_activation(codes: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def render_run_figures(
-    parts: RunParts, model: Autoencoder, figures_dir: Path, records: Sequence[EpochRecord], codes: CodeStatistics
+    parts: RunParts,
+    model: Autoencoder,
+    figures_dir: Path,
+    records: Sequence[EpochRecord],
+    codes: CodeStatistics,
+    only: Optional[Sequence[str]] = None,
 ) -> tuple[list[Path], list[str]]:
-    """The standard figures of ``model`` (the network of the run's last phase) on the validation split.
+    """The standard figures of ``model`` (the network of the run's last phase) on the validation split
+    (``only``: just the figures of these file names, as loggers take during training).
 
     Each figure is drawn on its own: one that cannot be drawn for this run is skipped with a note (the
     second list), never failing the others or the run.
@@ -83,6 +89,8 @@ def render_run_figures(
         drawings.append(("stages.png", lambda path: figures.stages(path, history)))
     written, notes = [], []
     for name, draw in drawings:
+        if only is not None and name not in only:
+            continue
         try:
             written.append(draw(figures_dir / name))
         except figures.NotDrawable as error:  # a figure this kind of data has none of: say why, plainly

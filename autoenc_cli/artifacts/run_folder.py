@@ -104,12 +104,20 @@ class RunFolderWriter(Callback):
     """Keeps history.csv and checkpoints/{last,best}.pt current after every epoch, writes one checkpoint
     per stage boundary of a multi-phase schedule, and marks metrics.json interrupted or failed."""
 
-    def __init__(self, folder: RunFolder, config_yaml: str, fingerprint: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        folder: RunFolder,
+        config_yaml: str,
+        fingerprint: dict[str, Any] | None = None,
+        logged_runs: dict[str, Any] | None = None,
+    ) -> None:
         self.folder, self.config_yaml, self.fingerprint = folder, config_yaml, fingerprint or {}
+        self.logged_runs = logged_runs or {}
 
     def _state(self, snapshot: Any) -> dict[str, Any]:
-        """The Trainer's state, with the config that produced it and its fingerprint (run, model, data)."""
-        return {**snapshot(), "config": self.config_yaml, "fingerprint": self.fingerprint}
+        """The Trainer's state, with the config that produced it, its fingerprint (run, model, data) and the
+        ids of the runs its loggers write to (a resume continues those)."""
+        return {**snapshot(), "config": self.config_yaml, "fingerprint": self.fingerprint, "loggers": self.logged_runs}
 
     def on_epoch_end(self, event: EpochEnd) -> None:
         self.folder.write_history(event.history)

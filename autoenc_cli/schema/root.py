@@ -17,7 +17,7 @@ GROUPS = tuple(GROUP_PACKAGES)
 
 # Groups where several options may be selected at once (``sparsity=[topk,lifetime]``): the group's
 # node maps each selected option's name to its config, in the order listed; none selected is valid.
-STACKED_GROUPS = ("sparsity",)
+STACKED_GROUPS = ("sparsity", "logger")
 
 # Top-level shorthands (``k=16``) for a key of a group's member (``sparsity.topk.k``), so sweeps read
 # naturally; applied where exactly one selected member has the key.
@@ -78,3 +78,4 @@ class TrainConfig:
     schedule: Any = None
     sparsity: Any = None  # {option name: its config}, in the order listed (see STACKED_GROUPS)
     noise: Any = None
+    logger: Any = None  # {option name: its config}: the experiment trackers, none to several

@@ -27,6 +27,7 @@ class PhaseStart:
 class StepEnd:
     step: int  # steps done in the epoch
     loss: float  # running mean training loss of the epoch
+    global_step: int = 0  # optimizer steps done in the whole run (all epochs and phases)
 
 
 @dataclass
@@ -35,6 +36,9 @@ class EpochEnd:
     improved: bool  # the best validation loss of the phase so far
     history: list[EpochRecord]
     snapshot: Snapshot
+    global_step: int = 0  # optimizer steps done in the whole run
+    network: Any = None  # the network the phase trains (for figures)
+    codes: Any = None  # the validation pass's CodeStatistics (firing frequency, threshold)
 
 
 @dataclass

@@ -56,6 +56,7 @@ class Trainer:
         self.phase_index = 0
         self.epoch_in_phase = 0
         self.step_in_epoch = 0  # steps done in the current epoch (non-zero only when interrupted mid-epoch)
+        self.global_step = 0  # optimizer steps done in the run, all phases (loggers' x axis)
         self.running_loss = torch.zeros((), device=parts.device)
         self.epoch_batch_state = self.batch_generator.get_state()
         self.stop_requested: Optional[str] = None  # set by a signal handler: stop after the current step
@@ -109,10 +110,13 @@ class Trainer:
         self.result.best_val_loss, self.result.best_epoch = float("inf"), 0
         if resume:
             self._restore_phase(resume)
-        steps_per_epoch = -(-len(self.parts.data.train) // config.data.batch_size)
         self._emit(
-            "on_phase_start", PhaseStart(phase.name, index, len(self.parts.phases), phase.epochs, steps_per_epoch)
+            "on_phase_start", PhaseStart(phase.name, index, len(self.parts.phases), phase.epochs, self.steps_per_epoch)
         )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.parts.data.train) // self.parts.config.data.batch_size)
 
     def _training_module(self, network: torch.nn.Module) -> torch.nn.Module:
         """What the training step calls: the network, wrapped for data parallelism and compiled as asked.
@@ -152,9 +156,10 @@ class Trainer:
             self.network.after_step()
             self.running_loss += loss.detach()
             self.step_in_epoch += 1
+            self.global_step += 1
             self.result.samples_seen += clean.shape[0]
             if self.step_in_epoch % log_every == 0:
-                self._emit("on_step", StepEnd(self.step_in_epoch, self._mean_loss()))
+                self._emit("on_step", StepEnd(self.step_in_epoch, self._mean_loss(), self.global_step))
             if self.stop_requested:
                 raise TrainingInterrupted(f"{self.stop_requested} {self._where()}")
         if parts.world.is_distributed:  # report the global mean, not rank 0's shard (one sync per epoch)
@@ -214,7 +219,8 @@ class Trainer:
         improved = val.loss < result.best_val_loss
         if improved:
             result.best_val_loss, result.best_epoch = val.loss, record.epoch
-        self._emit("on_epoch_end", EpochEnd(record, improved, result.history, self.state_dict))
+        event = EpochEnd(record, improved, result.history, self.state_dict, self.global_step, self.network, codes)
+        self._emit("on_epoch_end", event)
 
     def _emit(self, hook: str, event: Any) -> None:
         for callback in self.callbacks:
@@ -238,6 +244,7 @@ class Trainer:
             "best": [self.result.best_val_loss, float(self.result.best_epoch)],
             "progress": [self.result.train_seconds, float(self.result.samples_seen)],
             "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
             "running_loss": self.running_loss.detach().cpu(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -255,6 +262,9 @@ class Trainer:
         self.batch_generator.set_state(state["rng"]["batches"])
         self.noise_generator.set_state(state["rng"]["noise"])
         self.step_in_epoch = int(state["step_in_epoch"])
+        # A checkpoint from before global_step was saved: every epoch has the same number of steps.
+        done = len(self.result.history) * self.steps_per_epoch + self.step_in_epoch
+        self.global_step = int(state.get("global_step", done))
         self.running_loss = state["running_loss"].to(self.parts.device)
 
     def _restore_phase(self, state: dict[str, Any]) -> None:

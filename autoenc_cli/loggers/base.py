@@ -1,0 +1,80 @@
+"""What every logger shares: its config fields, what it is told about the run, and the calls it answers."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+from autoenc_cli.extras import require
+from autoenc_cli.schema.fields import number
+from autoenc_cli.schema.root import GroupConfig
+
+Scalar = int | float | str | bool
+
+
+@dataclass
+class LoggerConfig(GroupConfig):
+    group: ClassVar[str] = "logger"
+    module: ClassVar[str] = ""  # the tracker's Python package, installed by the pip extra ``extra``
+    extra: ClassVar[str] = ""
+    # The standard figures (reconstructions, dictionary, latent map) every this many epochs; every figure
+    # of the run folder is logged at the end either way. 0: at the end only.
+    figures_every: int = number(5, ge=0)
+
+    def check(self) -> None:
+        """A tracker that is not installed fails with the config check, naming its extra."""
+        require(self.module, self.extra, f"logger={self.name}")
+
+
+@dataclass
+class RunContext:
+    """What a logger knows of the run it logs."""
+
+    folder: Path  # the run folder
+    run_id: str  # run.json's id
+    name: str  # a readable run name: the folder's, with the sweep's job number
+    hparams: dict[str, Scalar]  # the whole config, flattened to dotted keys
+    output_root: Path
+    sweep_dir: Optional[Path]  # the sweep or tune study the run is a job of
+    saved: dict[str, Any]  # what this logger kept in the checkpoint being resumed ({} when new)
+    start_step: int  # optimizer steps already done (a resumed run logs only later steps)
+
+
+class Logger:
+    """One tracker. Steps are global optimizer steps, so a resumed run continues the same curves."""
+
+    def __init__(self, config: LoggerConfig, context: RunContext) -> None:
+        self.config, self.context = config, context
+
+    def start(self) -> dict[str, Any]:
+        """Open (or, on resume, reopen) the logged run; returns what to keep in checkpoints to reopen it."""
+        return {}
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def log_images(self, images: dict[str, Path], step: int, final: bool = False) -> None:
+        """PNG files by tag (``figures/reconstructions``); ``final``: the finished run's figures."""
+
+    def flush(self) -> None:
+        """Send what is buffered (called after every epoch)."""
+
+    def finish(self, status: str) -> None:
+        """``completed``, ``failed`` or ``interrupted``."""
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Scalar]:
+    """A config as dotted keys with plain values (lists as text), as trackers take hyperparameters."""
+    node = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    flat: dict[str, Scalar] = {}
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if dataclasses.is_dataclass(value) or (isinstance(value, dict) and value):
+            flat.update(flatten(value, f"{dotted}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[dotted] = value
+        else:  # None, lists, empty groups
+            flat[dotted] = "null" if value is None else str(value)
+    return flat

@@ -1,0 +1,163 @@
+"""``logger=mlflow``: runs in an MLflow tracking store; a sweep's jobs are child runs of one parent run.
+
+By default the store is a SQLite database in the output root (``mlflow ui --backend-store-uri
+sqlite:///outputs/mlflow.db`` shows it) with artifacts beside it in OUTPUT_ROOT/mlartifacts;
+``logger.mlflow.tracking_uri`` points at any other store or server.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+from autoenc_cli.errors import UserError
+from autoenc_cli.io import read_json, write_json
+from autoenc_cli.loggers.base import Logger, LoggerConfig, RunContext
+from autoenc_cli.registry import register
+
+# MLflow's limits: parameters per log_batch call, and a parameter value's length.
+PARAMS_PER_BATCH, PARAM_VALUE_LENGTH = 100, 6000
+STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+SWEEP_RECORD = "mlflow.json"  # in a sweep folder: the parent run of its jobs
+
+
+@dataclass
+class MLflowConfig(LoggerConfig):
+    module: ClassVar[str] = "mlflow"
+    extra: ClassVar[str] = "mlflow"
+    name: str = "mlflow"
+    tracking_uri: Optional[str] = None  # null: sqlite:///OUTPUT_ROOT/mlflow.db (a local SQLite store)
+    experiment: str = "autoenc"  # the MLflow experiment the runs go to (made when missing)
+    # where a new experiment keeps artifacts (figures); null: OUTPUT_ROOT/mlartifacts with the default store,
+    # the server's choice with another tracking_uri
+    artifact_location: Optional[str] = None
+
+
+def default_tracking_uri(output_root: Path) -> str:
+    return f"sqlite:///{(output_root / 'mlflow.db').absolute()}"
+
+
+@register(MLflowConfig)
+class MLflowLogger(Logger):
+    def __init__(self, config: MLflowConfig, context: RunContext) -> None:
+        super().__init__(config, context)
+        self.tracking_uri = context.saved.get("tracking_uri") or config.tracking_uri
+        self.tracking_uri = self.tracking_uri or default_tracking_uri(context.output_root)
+        self.client: Any = None
+        self.run_id: Optional[str] = None
+        self.pending: list[Any] = []  # metrics sent in one batch per epoch
+        self.logged_through: dict[str, int] = {}  # a resumed run's last step per metric: never logged twice
+
+    def start(self) -> dict[str, Any]:
+        from filelock import FileLock
+        from mlflow import MlflowClient
+
+        # MLflow announces creating its tables at INFO; autoenc's screen is its own.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        # One process at a time creates the store's tables, the experiment and a sweep's parent run.
+        with FileLock(str(self._lock_path())):
+            if self.context.saved.get("run_id"):
+                self._reopen(self.context.saved["run_id"])
+            else:
+                self._create()
+        return {"run_id": self.run_id, "tracking_uri": self.tracking_uri}
+
+    def _lock_path(self) -> Path:
+        where = self.context.sweep_dir or self.context.output_root
+        where.mkdir(parents=True, exist_ok=True)
+        return where / ".mlflow.lock"
+
+    def _experiment_id(self) -> str:
+        config: MLflowConfig = self.config  # type: ignore[assignment]
+        found = self.client.get_experiment_by_name(config.experiment)
+        if found is not None:
+            return found.experiment_id
+        location = config.artifact_location
+        if location is None and config.tracking_uri is None:
+            location = (self.context.output_root / "mlartifacts").absolute().as_uri()
+        return self.client.create_experiment(config.experiment, artifact_location=location)
+
+    def _create(self) -> None:
+        experiment_id = self._experiment_id()
+        context = self.context
+        tags = {"autoenc.run_dir": str(context.folder.absolute()), "autoenc.run_id": context.run_id}
+        if context.sweep_dir is not None:
+            tags["mlflow.parentRunId"] = self._sweep_parent(experiment_id)
+        run = self.client.create_run(experiment_id, run_name=context.name, tags=tags)
+        self.run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        params = [Param(key, str(value)[:PARAM_VALUE_LENGTH]) for key, value in context.hparams.items()]
+        for start in range(0, len(params), PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=params[start : start + PARAMS_PER_BATCH])
+
+    def _sweep_parent(self, experiment_id: str) -> str:
+        """The sweep's parent run: made by its first job, recorded in the sweep folder for the others."""
+        sweep_dir = self.context.sweep_dir
+        assert sweep_dir is not None
+        record = read_json(sweep_dir / SWEEP_RECORD)
+        if record.get("tracking_uri") == self.tracking_uri and record.get("experiment_id") == experiment_id:
+            return record["run_id"]
+        parent = self.client.create_run(
+            experiment_id, run_name=sweep_dir.name, tags={"autoenc.sweep_dir": str(sweep_dir.absolute())}
+        )
+        write_json(
+            sweep_dir / SWEEP_RECORD,
+            {"tracking_uri": self.tracking_uri, "experiment_id": experiment_id, "run_id": parent.info.run_id},
+        )
+        return parent.info.run_id
+
+    def _reopen(self, run_id: str) -> None:
+        try:
+            run = self.client.get_run(run_id)
+        except Exception as error:  # noqa: BLE001 - MLflow raises its own exception types per store
+            raise UserError(
+                f"logger=mlflow: the run being resumed was logged as MLflow run {run_id} in {self.tracking_uri}, "
+                f"which does not have it ({type(error).__name__}); restore that store to resume"
+            ) from None
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        for key in run.data.metrics:
+            steps = [metric.step for metric in self.client.get_metric_history(run_id, key)]
+            self.logged_through[key] = max(steps, default=-1)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if step > self.logged_through.get(key, -1):
+                self.pending.append(Metric(key, float(value), now, step))
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for start in range(0, len(pending), 1000):  # log_batch takes at most 1000 metrics
+            self.client.log_batch(self.run_id, metrics=pending[start : start + 1000])
+
+    def log_images(self, images: dict[str, Path], step: int, final: bool = False) -> None:
+        for tag, path in images.items():
+            folder = str(Path(tag).parent) if final else f"{Path(tag).parent}/step_{step:07d}"
+            self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
+
+    def finish(self, status: str) -> None:
+        if self.run_id is None:
+            return
+        self.flush()
+        self.client.set_terminated(self.run_id, status=STATUS[status])
+        self.run_id = None
+
+
+def finish_sweep(sweep_dir: Path) -> None:
+    """Mark a sweep's parent run finished, when its jobs logged to MLflow."""
+    record = read_json(sweep_dir / SWEEP_RECORD)
+    if not record.get("run_id"):
+        return
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=record["tracking_uri"]).set_terminated(record["run_id"], status="FINISHED")

@@ -1,0 +1,267 @@
+"""The logger group: what each tracker holds is read back with the tracker's own reader (TensorBoard's event
+accumulator, the MLflow client on the SQLite store, W&B's record protocol), after plain runs, sweeps and resumes."""
+
+from __future__ import annotations
+
+import csv
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoenc_cli.artifacts.run_folder import RunFolderWriter
+from autoenc_cli.loggers.run_loggers import epoch_metrics
+from autoenc_cli.training.checkpoint import load_checkpoint
+from autoenc_cli.training.records import EpochRecord
+
+from conftest import TINY, only_run_dir, read_metrics, run_main
+
+QUICK = [*TINY, "trainer.pca_baseline=false"]
+
+
+def history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def expected_loss_steps(run_dir: Path) -> list[int]:
+    """The global steps a run reports its training loss at: every log_every steps within each epoch."""
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    epochs = len(history(run_dir))
+    steps_per_epoch = state["global_step"] // epochs
+    log_every = 2  # TINY's trainer.log_every
+    return [
+        epoch * steps_per_epoch + step
+        for epoch in range(epochs)
+        for step in range(log_every, steps_per_epoch + 1, log_every)
+    ]
+
+
+def event_accumulator(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_tensorboard_holds_losses_metrics_figures_and_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *QUICK, "model=sparse_fc", "sparsity=topk", "logger=tensorboard",
+                     "logger.tensorboard.figures_every=1"]) == 0  # fmt: skip
+    run_dir = only_run_dir(tmp_path)
+    events = event_accumulator(run_dir)
+    losses = events.Scalars("train/loss")
+    assert [event.step for event in losses] == expected_loss_steps(run_dir)
+    rows = history(run_dir)
+    for tag, column in (("val/mse", "val_mse"), ("val/l0", "l0"), ("val/dead_fraction", "dead_fraction"),
+                        ("val/fvu", "val_fvu"), ("lr", "lr"), ("train/epoch_loss", "train_loss")):  # fmt: skip
+        assert [event.value for event in events.Scalars(tag)] == pytest.approx([float(row[column]) for row in rows])
+    assert [event.value for event in events.Scalars("val/l0")] == [16.0, 16.0]  # top-k 16: exactly 16 active
+    # Figures every epoch while training (at each epoch's last step), and the run folder's set at the end.
+    steps = [event.step for event in events.Scalars("val/mse")]
+    reconstructions = events.Images("figures/reconstructions")
+    assert [image.step for image in reconstructions] == [*steps, steps[-1]]
+    assert reconstructions[0].width > 100 and reconstructions[0].height > 50
+    assert {"figures/dictionary", "figures/latent_map", "figures/loss_curve"} <= set(events.Tags()["images"])
+    assert events.Scalars("summary/val_mse")[0].value == pytest.approx(read_metrics(run_dir)["val_mse"])
+    # The config in TensorBoard's HParams view, with the metrics it compares runs by.
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    parsed = {tag: plugin_data_pb2.HParamsPluginData.FromString(raw) for tag, raw in content.items()}
+    start = next(data.session_start_info for data in parsed.values() if data.HasField("session_start_info"))
+    assert start.hparams["model.code_dim"].number_value == 64
+    assert start.hparams["sparsity.topk.k"].number_value == 16
+    assert start.hparams["model.name"].string_value == "sparse_fc"
+    experiment = next(data.experiment for data in parsed.values() if data.HasField("experiment"))
+    assert "val/mse" in {metric.name.tag for metric in experiment.metric_infos}
+    assert any(data.HasField("session_end_info") for data in parsed.values())
+
+
+def crash_before_the_second_checkpoint(monkeypatch) -> None:
+    """The process dies after epoch 2 was logged but before its checkpoint was written."""
+    save = RunFolderWriter.on_epoch_end
+
+    def crash(self, event):
+        if event.record.epoch == 2:
+            raise RuntimeError("power cut")
+        save(self, event)
+
+    monkeypatch.setattr(RunFolderWriter, "on_epoch_end", crash)
+
+
+def test_a_run_resumed_after_a_crash_continues_the_same_logged_runs_without_duplicate_steps(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", *QUICK, "trainer.epochs=3", "trainer.figures=false", "logger=[tensorboard,mlflow]"]
+    with monkeypatch.context() as patch:
+        crash_before_the_second_checkpoint(patch)
+        with pytest.raises(RuntimeError, match="power cut"):
+            run_main(argv)
+    run_dir = only_run_dir(tmp_path)
+    first_ids = load_checkpoint(run_dir / "checkpoints" / "last.pt")["loggers"]
+    client = MlflowClient(tracking_uri=first_ids["mlflow"]["tracking_uri"])
+    assert client.get_run(first_ids["mlflow"]["run_id"]).info.status == "FAILED"
+    logged_before = [metric.step for metric in client.get_metric_history(first_ids["mlflow"]["run_id"], "val/mse")]
+    assert len(logged_before) == 2  # epoch 2 reached the trackers, not the checkpoint
+
+    assert run_main(["train", f"resume={run_dir}"]) == 0
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["loggers"] == first_ids  # the same logged runs, continued
+    expected = expected_loss_steps(run_dir)
+    events = event_accumulator(run_dir)
+    assert [event.step for event in events.Scalars("train/loss")] == expected  # the crashed attempt's tail purged
+    assert len(events.Scalars("val/mse")) == 3
+    run_id = first_ids["mlflow"]["run_id"]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_experiment_by_name("autoenc").experiment_id])) == 1
+    loss_steps = [metric.step for metric in client.get_metric_history(run_id, "train/loss")]
+    assert sorted(loss_steps) == expected  # each step once
+    val_mse = sorted(client.get_metric_history(run_id, "val/mse"), key=lambda metric: metric.step)
+    assert [metric.value for metric in val_mse] == pytest.approx([float(row["val_mse"]) for row in history(run_dir)])
+
+
+def test_mlflow_records_params_metrics_and_figures_in_a_sqlite_store(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *QUICK, "logger=mlflow", "logger.mlflow.experiment=digits"]) == 0
+    run_dir = only_run_dir(tmp_path)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["autoenc.run_dir"] == str(run_dir.absolute())
+    assert run.data.params["model.code_dim"] == "64" and run.data.params["optimizer.name"] == "adam"
+    metrics = read_metrics(run_dir)
+    assert run.data.metrics["summary/val_psnr"] == pytest.approx(metrics["val_psnr"])
+    assert run.data.metrics["val/mse"] == pytest.approx(metrics["val_mse"])
+    steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == sorted(set(steps)) and steps == expected_loss_steps(run_dir)
+    figures = {item.path for item in client.list_artifacts(run.info.run_id, "figures")}
+    assert {"figures/reconstructions.png", "figures/dictionary.png", "figures/latent_map.png"} <= figures
+    assert (tmp_path / "outputs" / "mlartifacts").is_dir()  # beside the store, not ./mlruns in the working folder
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_sweep_is_one_mlflow_parent_run_with_a_child_per_job(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", "-m", *QUICK, "trainer.figures=false", "logger=mlflow", "model.code_dim=8,16"]) == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("autoenc").experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
+    assert sorted(run.data.params["model.code_dim"] for run in children) == ["16", "8"]
+    assert parents[0].info.status == "FINISHED" and all(run.info.status == "FINISHED" for run in children)
+
+
+def wandb_records(run_dir: Path) -> list:
+    """Every record of a W&B offline run, parsed with W&B's own protobuf schema. The .wandb file is a
+    LevelDB-format log (a 7-byte W&B header, then 32 KiB blocks of checksummed, possibly split records)."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    data, records, pending, position = path.read_bytes(), [], b"", 7
+    assert data[:4] == b":W&B"
+    block = 32768
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if kind == 0 and length == 0:
+            break
+        pending += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_wandb_runs_offline_and_records_metrics_and_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert run_main(["train", *QUICK, "trainer.figures=false", "logger=wandb"]) == 0
+    run_dir = only_run_dir(tmp_path)
+    records = wandb_records(run_dir)
+    rows = history(run_dir)
+    logged: dict[str, list[float]] = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            for item in record.history.item:
+                logged.setdefault(item.key or "/".join(item.nested_key), []).append(float(item.value_json))
+    assert logged["val/mse"] == pytest.approx([float(row["val_mse"]) for row in rows])
+    assert len(logged["train/loss"]) == len(expected_loss_steps(run_dir))
+    run = next(record.run for record in records if record.WhichOneof("record_type") == "run")
+    assert run.project == "autoenc"
+    assert run.run_id == load_checkpoint(run_dir / "checkpoints" / "last.pt")["loggers"]["wandb"]["id"]
+    config = {item.key: item.value_json for item in run.config.update}
+    assert config["model.code_dim"] == "64" and config["optimizer.name"] == '"adam"'
+
+
+@pytest.mark.parametrize("logger, module", [("tensorboard", "tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb")])
+def test_a_missing_tracker_is_one_line_naming_its_extra(tmp_path, monkeypatch, capsys, logger, module):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    assert run_main(["train", *QUICK, f"logger={logger}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"autoenc: error: logger={logger} needs the '{logger}' extra ({module} is not installed): "
+        f'python -m pip install -e ".[{logger}]" (in a clone) or python -m pip install "autoenc[{logger}]"'
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_bad_logger_options_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *QUICK, "logger=bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert run_main(["train", *QUICK, "logger=wandb", "logger.wandb.mode=cloud"]) == 2
+    assert (
+        "logger.wandb.mode='cloud' is not allowed: choose one of offline, online, disabled" in capsys.readouterr().err
+    )
+    assert run_main(["train", *QUICK, "logger=tensorboard", "logger.tensorboard.figures_every=-1"]) == 2
+    assert "logger.tensorboard.figures_every" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_tracker_failing_mid_run_stops_logging_but_not_the_run(tmp_path, monkeypatch, capsys):
+    from autoenc_cli.loggers.tensorboard import TensorBoardLogger
+
+    def broken(self, metrics, step):
+        raise OSError("disk quota exceeded")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(TensorBoardLogger, "log_metrics", broken)
+    assert run_main(["train", *QUICK, "trainer.figures=false", "logger=tensorboard"]) == 0
+    assert read_metrics(only_run_dir(tmp_path))["status"] == "completed"
+    assert "logger=tensorboard stopped logging (OSError: disk quota exceeded)" in capsys.readouterr().out
+
+
+def test_logging_figures_leaves_the_training_numbers_unchanged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["train", *QUICK, "trainer.epochs=3", "noise=gaussian"]
+    assert run_main([*base, "output_root=plain"]) == 0
+    assert run_main([*base, "output_root=logged", "logger=tensorboard", "logger.tensorboard.figures_every=1"]) == 0
+    (plain,), (logged,) = (tmp_path / "plain" / "runs").iterdir(), (tmp_path / "logged" / "runs").iterdir()
+    assert [row["val_mse"] for row in history(plain)] == [row["val_mse"] for row in history(logged)]
+
+
+def test_epoch_metrics_name_every_validation_number():
+    record = EpochRecord(stage="train", epoch=3, train_loss=0.5, val_loss=0.4, val_mse=0.01, val_fvu=0.2, l0=16.0,
+                         dead_fraction=0.0, dense_fraction=0.1, mean_activation=0.3, val_penalty=0.0, lr=1e-3,
+                         seconds=1.0)  # fmt: skip
+    assert epoch_metrics(record) == {
+        "train/epoch_loss": 0.5, "lr": 1e-3, "epoch": 3.0, "val/loss": 0.4, "val/mse": 0.01, "val/fvu": 0.2,
+        "val/penalty": 0.0, "val/l0": 16.0, "val/dead_fraction": 0.0, "val/dense_fraction": 0.1,
+        "val/mean_activation": 0.3,
+    }  # fmt: skip
