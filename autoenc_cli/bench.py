@@ -7,8 +7,10 @@
 - Sparsity layers: forward+backward of the batched top-k and lifetime layers against the per-sample
   (per-unit) Python-loop masks a tutorial would write.
 - Noise: batched corruption on tensors against a per-sample Dataset transform behind a DataLoader.
+- Loggers: whole fits with each experiment tracker against the same fit with none (figures off, so this is
+  the cost of logging the loss every log_every steps and the metrics every epoch); ``--loggers`` runs only this.
 
-    python -m autoenc_cli.bench [--repeats 5] [--epochs 3] [--device auto] [--out bench.md]
+    python -m autoenc_cli.bench [--repeats 5] [--epochs 3] [--device auto] [--out bench.md] [--loggers]
 """
 
 from __future__ import annotations
@@ -304,6 +306,62 @@ def noise_rows(repeats: int) -> list[str]:
     return rows
 
 
+# Each tracker alone and all three, figures off: the per-step and per-epoch logging cost.
+LOGGER_CASES = {
+    "none": [],
+    "tensorboard": ["tensorboard"],
+    "mlflow": ["mlflow"],
+    "wandb": ["wandb"],
+    "all three": ["tensorboard", "mlflow", "wandb"],
+}
+
+
+def logged_fit_seconds(loggers: Sequence[str], root: str, device: str, epochs: int) -> tuple[float, int]:
+    """Seconds of one fit of the default model with ``loggers`` (started and finished outside the timing)
+    and the optimizer steps it took."""
+    import uuid
+    from pathlib import Path
+
+    from autoenc_cli.loggers.run_loggers import RunLoggers
+    from autoenc_cli.training.records import RunSummary
+
+    overrides = [f"logger=[{','.join(loggers)}]"] if loggers else []
+    overrides += [f"logger.{name}.figures_every=0" for name in loggers]
+    overrides += [f"trainer.device={device}", f"trainer.epochs={epochs}", "trainer.figures=false"]
+    overrides.append(f"output_root={root}")
+    parts = build_parts(resolve(compose(overrides)))
+    folder = Path(root) / uuid.uuid4().hex
+    folder.mkdir()
+    run_loggers = RunLoggers.build(parts, folder, folder.name, None, None)
+    run_loggers.start()
+    trainer = Trainer(parts, [run_loggers])
+    started = time.perf_counter()
+    trainer.fit()
+    seconds = time.perf_counter() - started
+    run_loggers.finish(RunSummary(status="completed"), [], trainer.global_step)
+    return seconds, trainer.global_step
+
+
+def logger_rows(device: str, epochs: int, repeats: int) -> list[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="autoenc-bench-") as root:
+        seconds: dict[str, list[float]] = {name: [] for name in LOGGER_CASES}
+        steps = 0
+        for repeat in range(repeats + 1):  # interleaved; the first round warms up
+            for name, loggers in LOGGER_CASES.items():
+                elapsed, steps = logged_fit_seconds(loggers, root, device, epochs)
+                if repeat:
+                    seconds[name].append(elapsed)
+    base = statistics.median(seconds["none"])
+    rows = []
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        per_step = (median - base) / steps * 1e6
+        rows.append(f"| {name} | {median:.3f} | {median / base:.3f}x | {per_step:+.0f} |")
+    return rows
+
+
 def timed(action: Callable[[], None]) -> float:
     started = time.perf_counter()
     action()
@@ -318,9 +376,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     parser.add_argument("--memory-of", nargs=2, metavar=("CASE", "LOOP"), help=argparse.SUPPRESS)
+    parser.add_argument("--loggers", action="store_true", help="only the experiment trackers' overhead")
     args = parser.parse_args(argv)
     if args.memory_of:
         peak_memory_child(*args.memory_of, args.device, epochs=1)
+        return
+    if args.loggers:
+        emit(logger_table(args), args.out)
         return
     device_name = (
         torch.cuda.get_device_name()
@@ -355,11 +417,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         "| per-sample Dataset transform (samples/s) | speed-up |",
         "| --- | ---: | ---: | ---: |",
         *noise_rows(args.repeats),
+        "",
+        *logger_table(args),
     ]
+    emit(lines, args.out)
+
+
+def logger_table(args: argparse.Namespace) -> list[str]:
+    return [
+        f"| logger (default fc, {args.epochs} epochs, log_every 10, figures off) | fit seconds | vs none "
+        "| overhead per step (us) |",
+        "| --- | ---: | ---: | ---: |",
+        *logger_rows(args.device, args.epochs, args.repeats),
+    ]
+
+
+def emit(lines: list[str], out: str | None) -> None:
     table = "\n".join(lines)
     print(table)
-    if args.out:
-        with open(args.out, "w") as handle:
+    if out:
+        with open(out, "w") as handle:
             handle.write(table + "\n")
 
 

@@ -108,3 +108,22 @@ def test_stage_checkpoints_record_their_phase_and_code_size(greedy_run):
     run = load_run(greedy_run, "stage1")
     assert (run.phase, run.model.code_dim) == ("stage1", 128)
     assert run.encode(torch.rand(3, 1, 28, 28)).shape == (3, 128)
+
+
+def test_load_run_takes_an_exported_folder_as_it_takes_the_run(npz_run, tmp_path):
+    from autoenc_cli import load_run
+    from autoenc_cli.errors import UserError
+    from autoenc_cli.export import export_run
+
+    run_dir, data = npz_run
+    export_run(run_dir, tmp_path / "shared")
+    shutil.copytree(tmp_path / "shared", tmp_path / "elsewhere")  # shared: no run folder, no checkpoints
+    run, exported = load_run(run_dir), load_run(tmp_path / "elsewhere")
+    images = np.load(data)["images"][:7]
+    assert torch.equal(run.encode(images), exported.encode(images))
+    assert torch.equal(run.reconstruct(images), exported.reconstruct(images))
+    assert (exported.phase, exported.epoch, exported.model.input_shape) == ("train", run.epoch, (1, 12, 12))
+    assert exported.checkpoint == tmp_path / "elsewhere" / "model.safetensors"
+    assert len(exported.load_data().val) == 12  # the run's own data, its fingerprint checked
+    with pytest.raises(UserError, match="holds one network; leave checkpoint= out"):
+        load_run(tmp_path / "elsewhere", checkpoint="last")

@@ -23,6 +23,7 @@ HELP = {
     "[overwrite=true] [threads=N]",
     "reconstruct": "autoenc reconstruct run=RUN_DIR input=FILE.npz|DIR out=OUT.npz|DIR [checkpoint=...] "
     "[overwrite=true] [threads=N]",
+    "export": "autoenc export run=RUN_DIR out=DIR [checkpoint=best|last|stage1|...|PATH] [overwrite=true]",
 }
 
 
@@ -234,6 +235,7 @@ def run_probes(probe: ProbeConfig, model: Any, data: Any, split: Any, pca: Any) 
 def eval_main(argv: Sequence[str]) -> int:
     from autoenc_cli.artifacts.console import console, metrics_table, probe_table
     from autoenc_cli.artifacts.html_report import write_html_report
+    from autoenc_cli.evaluation.loading import is_export
     from autoenc_cli.io import write_json
 
     config = compose_command("eval", EvalConfig, argv)
@@ -244,7 +246,7 @@ def eval_main(argv: Sequence[str]) -> int:
     console.print(metrics_table({k: v for k, v in result.items() if k != "probe"}, title=f"eval: {config.split} split"))
     if report.probe is not None:
         console.print(probe_table(report.probe))
-    if not config.out:
+    if not config.out and not is_export(Path(config.run)):  # an exported model has no run report to update
         write_html_report(Path(config.run))
     console.print(f"wrote {out.absolute()}", soft_wrap=True)
     return 0
