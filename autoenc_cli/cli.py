@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "encode": ("autoenc_cli.evaluation.commands:encode_main", "write a run's codes for a data set to .npz"),
     "reconstruct": ("autoenc_cli.evaluation.commands:reconstruct_main", "reconstruct (denoise) your images with a run"),
-    "tune": ("autoenc_cli.tune:main", "search hyperparameters with Optuna (pruning, SQLite study, resume)"),
+    "tune": ("autoenc_cli.tuning:main", "search hyperparameters with Optuna (pruning, SQLite study, resume)"),
     "report": ("autoenc_cli.report:main", "compare finished runs: a sweep folder or run folders"),
     "export": ("autoenc_cli.export:main", "write a run's model as model.safetensors + config.json to share"),
 }
@@ -82,7 +82,7 @@ def bare_argument_problem(command: str, args: Sequence[str]) -> Optional[str]:
     import shlex
     from pathlib import Path
 
-    if command not in ("train", *RUN_COMMANDS):
+    if command not in ("train", "tune", *RUN_COMMANDS):
         return None
     previous: Optional[str] = None
     position = 0
@@ -124,6 +124,8 @@ def bare_argument_problem(command: str, args: Sequence[str]) -> Optional[str]:
             return f"'{argument}' is not KEY=VALUE; to use the run in that folder write run={shlex.quote(argument)}"
         if command == "train" and (Path(argument) / "checkpoints").is_dir():
             return f"'{argument}' is not KEY=VALUE; to continue that run write resume={shlex.quote(argument)}"
+        if command == "tune" and (Path(argument) / "study.db").is_file():
+            return f"'{argument}' is not KEY=VALUE; to continue that study write resume={shlex.quote(argument)}"
         return f"'{argument}' is not KEY=VALUE; 'autoenc {command} --help' lists the options"
     return None
 

@@ -200,14 +200,29 @@ def code_density(path: Path, firing_frequency: torch.Tensor) -> Path:
 
 
 def frontier(
-    path: Path, points: Sequence[tuple[str, float, float]], pca_mse_by_k: Optional[Sequence[float]] = None
+    path: Path,
+    points: Sequence[tuple[str, float, float]],
+    pca_mse_by_k: Optional[Sequence[float]] = None,
+    front: Sequence[int] = (),
+    front_label: str = "Pareto front",
 ) -> Path:
     """val_mse against l0 across runs: the sparsity-fidelity trade-off; with ``pca_mse_by_k`` (entry i:
-    PCA with i + 1 components) PCA's MSE against its number of components, the linear reference."""
+    PCA with i + 1 components) PCA's MSE against its number of components, the linear reference.
+
+    ``front`` (indices into ``points``: an ``autoenc tune`` study's Pareto front or best trial) is drawn
+    highlighted, joined by a step line where it is a trade-off curve in this plane (MSE falling as l0 grows).
+    A study's scattered trials are not joined; a grid sweep's runs are, in order of l0."""
     figure, ax = plt.subplots(figsize=(6.5, 4.5))
+    marked = sorted((points[index] for index in set(front)), key=lambda point: (point[1], point[2]))
     ordered = sorted(points, key=lambda point: point[1])
-    ax.plot([point[1] for point in ordered], [point[2] for point in ordered], color="lightgrey", zorder=1)
+    if not marked:
+        ax.plot([point[1] for point in ordered], [point[2] for point in ordered], color="lightgrey", zorder=1)
     ax.scatter([point[1] for point in ordered], [point[2] for point in ordered], zorder=2, label="runs (l0)")
+    if marked:
+        xs, ys = [point[1] for point in marked], [point[2] for point in marked]
+        if len(marked) > 1 and all(later <= earlier for earlier, later in zip(ys, ys[1:])):
+            ax.step(xs, ys, where="post", color="tab:red", linewidth=1.2, zorder=3)
+        ax.scatter(xs, ys, s=90, facecolors="none", edgecolors="tab:red", linewidths=1.8, zorder=4, label=front_label)
     for label, l0, mse in ordered:
         ax.annotate(label, (l0, mse), textcoords="offset points", xytext=(4, 4), fontsize=7)
     values = [mse for _, _, mse in ordered]
@@ -216,6 +231,7 @@ def frontier(
         shown = list(pca_mse_by_k[: max(math.ceil(1.5 * max(point[1] for point in ordered)), 2)])
         ax.plot(range(1, len(shown) + 1), shown, color="tab:orange", linestyle="--", label="PCA (k components)")
         values += shown
+    if pca_mse_by_k or marked:
         ax.legend(fontsize=8)
     if values and all(value > 0 for value in values):
         ax.set_yscale("log")

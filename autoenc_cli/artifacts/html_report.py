@@ -30,6 +30,7 @@ figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; border: 1px solid 
 pre { background: #f6f6f6; padding: 1rem; overflow-x: auto; }
 td.doc { color: #666; font-size: 0.9em; } .warning { color: #9a6700; font-weight: bold; }
 .status-completed { color: #1a7f37; } .status-failed, .status-interrupted { color: #cf222e; }
+.status-pruned { color: #9a6700; }
 """
 
 

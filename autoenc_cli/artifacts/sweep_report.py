@@ -24,7 +24,7 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        return str(self.metrics.get("status", "missing"))
+        return str(self.metrics.get("status", "missing"))  # completed, pruned (autoenc tune), interrupted, failed
 
 
 def is_run_folder(path: Path) -> bool:
@@ -68,10 +68,28 @@ def label_runs(records: list[RunRecord]) -> None:
     values = {key: {dict(o.partition("=")[::2] for o in r.overrides).get(key) for r in records} for key in keys}
     varying = [key for key in sorted(keys) if len(values[key]) > 1]
     for record in records:
-        chosen = dict(o.partition("=")[::2] for o in record.overrides)
+        chosen = {key: _short(value) for key, value in (o.partition("=")[::2] for o in record.overrides)}
         # A preset's name says it all (experiment=sparse_topk_5 -> sparse_topk_5).
         parts = [chosen[key] if key == "experiment" else f"{key}={chosen[key]}" for key in varying if key in chosen]
         record.label = " ".join(parts) if parts else record.path.name
+
+
+def _short(value: str) -> str:
+    """A long float (a value ``autoenc tune`` sampled: 0.0031622776601683794) to 4 significant digits."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.4g}" if len(value) > 8 and any(mark in value for mark in ".eE") else value
+
+
+def study_front(folder: Path) -> Optional[tuple[str, set[str]]]:
+    """An ``autoenc tune`` study's best trials (its best.json): the summary column that marks them (``best``,
+    or ``pareto`` for a study of several objectives) and their run folders' names; None for a grid sweep."""
+    record = read_json(folder / "best.json")
+    if record.get("front") not in ("best", "pareto"):
+        return None
+    return str(record["front"]), {str(entry.get("run")) for entry in record.get("best", [])}
 
 
 # The numbers printed under each run's dictionary: how sparse, how many units unused, how faithful.
@@ -96,12 +114,14 @@ def pca_at_l0(metrics: dict[str, Any]) -> Optional[float]:
     return curve[min(max(round(l0), 1), len(curve)) - 1]
 
 
-def summary_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
+def summary_rows(records: Sequence[RunRecord], front: Optional[tuple[str, set[str]]] = None) -> list[dict[str, Any]]:
+    """One row per run; with a study's ``front`` a column (best or pareto) marks its best trials."""
     return [
         {
             "run": record.path.name,
             "label": record.label,
             "status": record.status,
+            **({front[0]: record.path.name in front[1]} if front else {}),
             "overrides": " ".join(record.overrides),
             **{metric: record.metrics.get(metric) for metric in SUMMARY_METRICS},
             "pca_val_mse_at_l0": pca_at_l0(record.metrics),
@@ -130,27 +150,38 @@ SHORT_HEADERS = {"val_fvu": "fvu", "dead_fraction": "dead", "dense_fraction": "d
 FRACTION_COLUMNS = ("val_fvu", "dead_fraction", "dense_fraction")
 
 
-def summary_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
+def table_columns(front: Optional[tuple[str, set[str]]]) -> tuple[str, ...]:
+    """TABLE_COLUMNS, with a study's best or pareto column after the status."""
+    return TABLE_COLUMNS if front is None else (*TABLE_COLUMNS[:3], front[0], *TABLE_COLUMNS[3:])
+
+
+def summary_table(rows: Sequence[dict[str, Any]], title: str, columns: Sequence[str] = TABLE_COLUMNS) -> Table:
     table = Table(title=title, header_style="bold")
-    for column in TABLE_COLUMNS:
+    for column in columns:
         left = column in ("label", "status")
         table.add_column(SHORT_HEADERS.get(column, column), justify="left" if left else "right", overflow="fold")
     for row in rows:
-        table.add_row(*[_cell(row[column], 3 if column in FRACTION_COLUMNS else 4) for column in TABLE_COLUMNS])
+        table.add_row(*[_cell(row[column], 3 if column in FRACTION_COLUMNS else 4) for column in columns])
     return table
 
 
 def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, bool):
+        return "*" if value else ""  # a study's best / pareto mark
     return f"{value:.{digits}g}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
 def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, Any]], Table]:
-    """Build the comparison of the runs under ``paths`` into ``out_dir``; returns the rows and table."""
+    """Build the comparison of the runs under ``paths`` into ``out_dir``; returns the rows and table.
+
+    An ``autoenc tune`` study folder (one path, with best.json) also gets its best trials marked: a
+    ``best`` or ``pareto`` column, and highlighted points on the frontier plot."""
     from autoenc_cli.artifacts import figures
 
     records = [read_run(path) for path in find_runs(paths)]
     label_runs(records)
-    rows = summary_rows(records)
+    front = study_front(paths[0]) if len(paths) == 1 else None
+    rows = summary_rows(records, front)
     write_csv(out_dir / "summary.csv", rows)
     finished = [r for r in records if r.status == "completed" and r.metrics.get("l0") is not None]
     if finished:
@@ -160,10 +191,13 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
             out_dir / "figures" / "frontier.png",
             [(r.label, r.metrics["l0"], r.metrics["val_mse"]) for r in finished],
             pca_curve,
+            front=[index for index, r in enumerate(finished) if front and r.path.name in front[1]],
+            front_label="Pareto front (the study's objectives)" if front and front[0] == "pareto" else "best trial",
         )
     dictionaries: list[tuple[str, Optional[Path]]] = [
         (panel_title(r), r.path / "figures" / "dictionary.png") for r in records
     ]
     figures.image_panels(out_dir / "figures" / "dictionaries.png", dictionaries, "Decoder features per run")
-    write_comparison_html(out_dir, rows, TABLE_COLUMNS)
-    return rows, summary_table(rows, f"{len(records)} runs in {out_dir}")
+    columns = table_columns(front)
+    write_comparison_html(out_dir, rows, columns)
+    return rows, summary_table(rows, f"{len(records)} runs in {out_dir}", columns)

@@ -93,9 +93,9 @@ class EpochRecord:
 class RunSummary:
     """metrics.json: how a run ended and, when it completed, its final numbers."""
 
-    status: str = metric("completed, interrupted or failed", summary=True)
+    status: str = metric("completed, interrupted, failed, or pruned (a tune trial stopped early)", summary=True)
     error: Optional[str] = metric("why the run failed")
-    stopped: Optional[str] = metric("where an interrupted run stopped")
+    stopped: Optional[str] = metric("where an interrupted run stopped, or after which epoch a tune trial was pruned")
     signal: Optional[str] = metric("the signal that interrupted the run")
     train_loss: Optional[float] = metric("final epoch's mean training loss")
     val_loss: Optional[float] = metric("final validation loss", summary=True)

@@ -1,0 +1,232 @@
+"""One trial: its config composed and checked, an ordinary run folder, ``train()`` with a callback that
+reports every epoch to Optuna; and the workers (threads) that run trials until the budget is used."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from omegaconf import OmegaConf
+
+from autoenc_cli.artifacts.console import console
+from autoenc_cli.artifacts.run_folder import RunFolder
+from autoenc_cli.errors import TrainingInterrupted, UserError
+from autoenc_cli.training.callbacks import Callback, EpochEnd, PhaseStart, StepEnd
+from autoenc_cli.training.records import EpochRecord, RunSummary, carried
+from autoenc_cli.tuning.compose import Composer
+from autoenc_cli.tuning.search_space import Param
+from autoenc_cli.tuning.settings import Objective
+from autoenc_cli.tuning.study import owner, trials_used
+
+log = logging.getLogger("autoenc")
+
+
+@dataclass
+class StudyRun:
+    """What every worker shares."""
+
+    study: Any
+    study_dir: Path
+    base: list[str]  # the train overrides every trial starts from
+    params: dict[str, Param]
+    objectives: list[Objective]
+    prune_on: Optional[str]  # the per-epoch metric the pruner watches; None: no pruning
+    warmup_epochs: int
+    trials: int
+    deadline: Optional[float]
+    composer: Composer
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    errors: list[BaseException] = field(default_factory=list)
+    started: int = 0  # trials this process started
+
+
+class TrialReporter(Callback):
+    """Reports the objective after every epoch (``trial.report``) and stops the run when the pruner says
+    so (``TrialPruned``) or when the study is asked to stop (Ctrl-C: the run is interrupted, checkpoint saved).
+    No trial is pruned before ``warmup_epochs`` nor after its last epoch (nothing left to save: it completes)."""
+
+    def __init__(self, trial: Any, metric: Optional[str], warmup_epochs: int, stop: threading.Event) -> None:
+        self.trial, self.metric, self.warmup_epochs, self.stop = trial, metric, warmup_epochs, stop
+        self.last: Optional[EpochRecord] = None
+        self.final_epoch: Optional[int] = None  # known when the last phase starts
+
+    def on_phase_start(self, event: PhaseStart) -> None:
+        if event.index == event.phase_count - 1:
+            self.final_epoch = self.epochs + event.epochs
+
+    def on_step(self, event: StepEnd) -> None:
+        if self.stop.is_set():
+            raise TrainingInterrupted(f"the study stopped in epoch {self.epochs + 1}, by step {event.step}")
+
+    @property
+    def epochs(self) -> int:
+        return self.last.epoch if self.last else 0
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        import optuna
+
+        self.last = record = event.record
+        value = getattr(record, self.metric) if self.metric else None
+        if value is not None and math.isfinite(value):
+            self.trial.report(value, record.epoch)
+            last = self.final_epoch is not None and record.epoch >= self.final_epoch
+            if record.epoch > self.warmup_epochs and not last and self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {record.epoch} ({self.metric} {value:.6g})")
+        if self.stop.is_set():
+            raise TrainingInterrupted(f"the study stopped after epoch {record.epoch}")
+
+
+@dataclass
+class Outcome:
+    state: str  # complete | pruned | failed | interrupted
+    values: Optional[list[float]] = None
+    message: str = ""
+
+
+def write_hydra_record(folder: RunFolder, overrides: list[str], cfg: Any) -> None:
+    """.hydra/ as a grid sweep's job has it: the config and the overrides that made it."""
+    hydra_dir = folder.path / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    if cfg is not None:
+        OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides)), hydra_dir / "overrides.yaml")
+
+
+@contextmanager
+def trial_log(folder: RunFolder) -> Iterator[None]:
+    """train.log in the run folder, as Hydra writes one, with this thread's records only."""
+    handler = logging.FileHandler(folder.path / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    thread = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == thread)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def run_trial(run: StudyRun, trial: Any) -> Outcome:
+    import optuna
+
+    from autoenc_cli.train import optional, train
+
+    sampled = [run.params[key].override(value) for key, value in trial.params.items()]
+    overrides = [*run.base, *sampled]
+    folder = RunFolder(run.study_dir / str(trial.number))
+    folder.path.mkdir(parents=True, exist_ok=True)
+    console.rule(f"trial {trial.number}: {' '.join(sampled)}")
+    try:
+        config, config_yaml, cfg = run.composer.train_config(overrides)
+    except UserError as error:
+        write_hydra_record(folder, overrides, None)
+        folder.write_metrics(RunSummary(status="failed", error=f"config check: {error}"))
+        optional("report.html", lambda: write_report_page(folder))
+        return Outcome("failed", message=f"config check: {error}")
+    write_hydra_record(folder, overrides, cfg)
+    identity = folder.start(config_yaml)
+    reporter = TrialReporter(trial, run.prune_on, run.warmup_epochs, run.stop)
+    with trial_log(folder):
+        try:
+            summary = train(config, config_yaml, folder, None, identity["run_id"], [reporter], run.study_dir)
+        except optuna.TrialPruned as pruned:
+            summary = RunSummary(status="pruned", stopped=str(pruned), epochs=reporter.epochs)
+            if reporter.last is not None:  # the metrics of the epoch it was pruned after
+                summary = carried(
+                    reporter.last, RunSummary, status="pruned", stopped=str(pruned), epochs=reporter.epochs
+                )
+            folder.write_metrics(summary)
+            optional("report.html", lambda: write_report_page(folder))
+            return Outcome("pruned", message=str(pruned))
+        except TrainingInterrupted as interrupted:
+            return Outcome("interrupted", message=str(interrupted))
+        except Exception as error:  # noqa: BLE001 - a failed trial is recorded and the study goes on
+            if not isinstance(error, UserError):
+                log.exception("trial %d failed", trial.number)
+            message = f"{type(error).__name__}: {error}"
+            folder.write_metrics(RunSummary(status="failed", error=message))
+            optional("report.html", lambda: write_report_page(folder))
+            return Outcome("failed", message=message)
+    values = [getattr(summary, objective.name) for objective in run.objectives]
+    if any(value is None or not math.isfinite(value) for value in values):
+        missing = [o.name for o, v in zip(run.objectives, values) if v is None or not math.isfinite(v)]
+        return Outcome("failed", message=f"the run has no finite {', '.join(missing)}")
+    return Outcome("complete", values=[float(value) for value in values])
+
+
+def write_report_page(folder: RunFolder) -> None:
+    from autoenc_cli.artifacts.html_report import write_html_report
+
+    write_html_report(folder.path)
+
+
+def tell(run: StudyRun, trial: Any, outcome: Outcome) -> None:
+    from optuna.trial import TrialState
+
+    study, number = run.study, trial.number
+    if outcome.state == "complete":
+        study.tell(trial, outcome.values)
+        shown = ", ".join(f"{o.name} {v:.6g}" for o, v in zip(run.objectives, outcome.values))
+        console.print(f"[green]trial {number} complete[/]: {shown}", soft_wrap=True)
+        return
+    if outcome.message:
+        trial.set_user_attr("error" if outcome.state == "failed" else outcome.state, outcome.message)
+    if outcome.state == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+        console.print(f"[yellow]trial {number} {outcome.message}[/]", soft_wrap=True)
+        return
+    study.tell(trial, state=TrialState.FAIL)
+    if outcome.state == "interrupted":  # runs again (as a new trial) when the study continues
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": number})
+        console.print(f"[yellow]trial {number} interrupted[/]: {outcome.message}; its params are queued again")
+    else:
+        console.print(f"[red]trial {number} failed[/]: {outcome.message}", soft_wrap=True)
+
+
+def next_trial(run: StudyRun) -> Any:
+    """The next trial to train, or None when the study is done, stopped or out of time."""
+    with run.lock:
+        if run.stop.is_set() or run.errors or (run.deadline is not None and time.monotonic() > run.deadline):
+            return None
+        if trials_used(run.study) >= run.trials:
+            return None
+        trial = run.study.ask({key: param.distribution() for key, param in run.params.items()})
+        for key, value in owner().items():  # a crashed process's trial is recognised on resume
+            trial.set_user_attr(key, value)
+        run.started += 1
+        return trial
+
+
+def work(run: StudyRun) -> None:
+    try:
+        while (trial := next_trial(run)) is not None:
+            tell(run, trial, run_trial(run, trial))
+    except BaseException as error:  # noqa: BLE001 - handed to the main thread, which re-raises it
+        run.errors.append(error)
+        run.stop.set()
+
+
+def run_workers(run: StudyRun, n_jobs: int) -> None:
+    """``n_jobs`` threads take trials until the budget is used; the calling thread waits (and takes Ctrl-C)."""
+    workers = [threading.Thread(target=work, args=(run,), name=f"tune-worker-{i}", daemon=True) for i in range(n_jobs)]
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(min(level, logging.INFO))  # each train.log keeps what Hydra's job logging would
+    try:
+        for worker in workers:
+            worker.start()
+        while any(worker.is_alive() for worker in workers):
+            for worker in workers:
+                worker.join(timeout=0.2)
+    finally:
+        root.setLevel(level)
+    if run.errors:
+        raise run.errors[0]
