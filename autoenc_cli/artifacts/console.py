@@ -32,7 +32,12 @@ class ProgressBars(Callback):
         self.steps: Optional[Any] = None
 
     def __enter__(self) -> "ProgressBars":
-        self.progress.start()
+        from rich.errors import LiveError
+
+        try:
+            self.progress.start()
+        except LiveError:  # another run's bars are on screen (parallel tune trials): this one trains without
+            pass
         return self
 
     def __exit__(self, *exc: Any) -> None:

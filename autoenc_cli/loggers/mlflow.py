@@ -47,6 +47,7 @@ class MLflowLogger(Logger):
         self.tracking_uri = self.tracking_uri or default_tracking_uri(context.output_root)
         self.client: Any = None
         self.run_id: Optional[str] = None
+        self.artifact_uri = ""
         self.pending: list[Any] = []  # metrics sent in one batch per epoch
         self.logged_through: dict[str, int] = {}  # a resumed run's last step per metric: never logged twice
 
@@ -88,7 +89,7 @@ class MLflowLogger(Logger):
         if context.sweep_dir is not None:
             tags["mlflow.parentRunId"] = self._sweep_parent(experiment_id)
         run = self.client.create_run(experiment_id, run_name=context.name, tags=tags)
-        self.run_id = run.info.run_id
+        self.run_id, self.artifact_uri = run.info.run_id, run.info.artifact_uri
         from mlflow.entities import Param
 
         params = [Param(key, str(value)[:PARAM_VALUE_LENGTH]) for key, value in context.hparams.items()]
@@ -119,7 +120,7 @@ class MLflowLogger(Logger):
                 f"logger=mlflow: the run being resumed was logged as MLflow run {run_id} in {self.tracking_uri}, "
                 f"which does not have it ({type(error).__name__}); restore that store to resume"
             ) from None
-        self.run_id = run_id
+        self.run_id, self.artifact_uri = run_id, run.info.artifact_uri
         self.client.update_run(run_id, status="RUNNING")
         for key in run.data.metrics:
             steps = [metric.step for metric in self.client.get_metric_history(run_id, key)]
@@ -141,9 +142,14 @@ class MLflowLogger(Logger):
             self.client.log_batch(self.run_id, metrics=pending[start : start + 1000])
 
     def log_images(self, images: dict[str, Path], step: int, final: bool = False) -> None:
+        # The run's own artifact store, named by the run: MLflow 3.0's client looks a run's store up in the
+        # process-wide default tracking URI instead of its own.
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repository = get_artifact_repository(self.artifact_uri)
         for tag, path in images.items():
             folder = str(Path(tag).parent) if final else f"{Path(tag).parent}/step_{step:07d}"
-            self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
+            repository.log_artifact(str(path), artifact_path=folder)
 
     def finish(self, status: str) -> None:
         if self.run_id is None:
