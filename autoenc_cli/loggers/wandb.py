@@ -52,9 +52,14 @@ class WandbLogger(Logger):
             group=group,
             tags=list(config.tags) or None,
             config=dict(context.hparams),
-            # autoenc draws its own progress: no console capture, no banner lines
-            settings=wandb.Settings(console="off", quiet=True),
+            # autoenc draws its own screen: no console capture, no banner lines (one line of ours instead)
+            settings=wandb.Settings(console="off", silent=True),
         )
+        if config.mode == "offline":
+            from autoenc_cli.artifacts.console import console
+
+            folder = Path(self.run.dir).parent
+            console.print(f"logger=wandb: offline run in {folder}; `wandb sync {folder}` uploads it", soft_wrap=True)
         return {"id": run_id}
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
