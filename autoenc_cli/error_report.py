@@ -40,6 +40,22 @@ def _group_options(group: str) -> Optional[list[str]]:
     return [entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml")]
 
 
+def _stacked_group_hint(group: str, name: str, selected: list[str], message: str) -> str:
+    """``sparsity.topk.k`` without topk selected: how to select it. ``logger.figures_every``: a knob given
+    without its option, which lives under each selected option's name."""
+    from autoenc_cli.registry import REGISTRY
+
+    options = REGISTRY.names(group)
+    if name in options:
+        return f"{message}; to add {name}, select {group}=[{','.join([*selected, name])}]"
+    spelled = " ".join(f"{group}.{option}.{name}=..." for option in selected)
+    where = f", e.g. {spelled}" if selected else f"; select one first, {group}={options[0]}"
+    return (
+        f"unknown key '{group}.{name}': '{name}' is not a {group} option ({', '.join(options)}); each option's "
+        f"knobs live under its name{where}"
+    )
+
+
 def _composition_message(error: BaseException) -> Optional[str]:
     """An override that Hydra could not apply to the composed YAML, said in the user's terms: the keys
     that exist where an unknown one was given, the items a list has, the kind of value a key takes."""
@@ -55,9 +71,8 @@ def _composition_message(error: BaseException) -> Optional[str]:
             message = (
                 f"unknown key '{full_key}'; allowed keys{f' in {parent}' if parent else ''}: {allowed or '(none)'}"
             )
-            if parent in STACKED_GROUPS:  # sparsity.topk.k without topk selected
-                member = full_key.split(".")[1]
-                message += f"; to add {member}, select {parent}=[{','.join([*keys, member])}]"
+            if parent in STACKED_GROUPS:
+                message = _stacked_group_hint(parent, full_key.split(".")[1], keys, message)
             return message
     if isinstance(cause, ConfigIndexError) and isinstance(cause.parent_node, ListConfig):
         items = len(cause.parent_node)

@@ -144,10 +144,18 @@ def train(
         trainer = Trainer(parts, [bars, *([loggers] if loggers.loggers else []), writer, *callbacks])
         with stop_on_signals(trainer):
             result = trainer.fit(resume)
-    summary = write_results(folder, parts, trainer.network, result)
-    summary.wall_seconds = time.perf_counter() - started
-    folder.write_metrics(summary)
-    loggers.finish(summary, [folder.figures / name for name in summary.figures or []], trainer.global_step)
+    # Training is done: a Ctrl-C now waits for the results to be written (a second one stops at once).
+    with stop_on_signals(trainer):
+        try:
+            summary = write_results(folder, parts, trainer.network, result)
+            summary.wall_seconds = time.perf_counter() - started
+            folder.write_metrics(summary)
+            loggers.finish(summary, [folder.figures / name for name in summary.figures or []], trainer.global_step)
+        except BaseException:
+            loggers.on_interrupt(None)  # the trackers' runs end as interrupted, not running
+            raise
+    if trainer.stop_requested:
+        console.print(f"[yellow]note[/]: {trainer.stop_requested} came after training ended; the run finished writing")
     console.print(metrics_table(as_dict(summary), title="final metrics"))
     console.print(f"run folder: [bold]{folder.path}[/]", soft_wrap=True)
     return summary
@@ -299,6 +307,9 @@ def job_outcome(folder: RunFolder, multirun: bool) -> Iterator[None]:
             shutdown_distributed()
             if int(os.environ.get("RANK", "0")) > 0:  # a torchrun rank's scratch folder (see hydra_app)
                 shutil.rmtree(folder.path, ignore_errors=True)
+    except KeyboardInterrupt:  # before training started (loading data): nothing to keep
+        discard_if_empty(folder.path)
+        raise
     except TrainingInterrupted as error:
         raise UserAbort(
             TrainingInterrupted(f"{error}: checkpoint saved; continue with: autoenc train resume={folder.path}")

@@ -268,3 +268,61 @@ def test_epoch_metrics_name_every_validation_number():
         "val/penalty": 0.0, "val/l0": 16.0, "val/dead_fraction": 0.0, "val/dense_fraction": 0.1,
         "val/mean_activation": 0.3,
     }  # fmt: skip
+
+
+def test_ctrl_c_after_training_waits_for_the_results_and_closes_the_logged_run(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from mlflow import MlflowClient
+
+    import autoenc_cli.train as train_module
+
+    write_results = train_module.write_results
+
+    def interrupted_while_writing(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while the figures are drawn
+        return write_results(*args, **kwargs)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_module, "write_results", interrupted_while_writing)
+    assert run_main(["train", *QUICK, "logger=mlflow"]) == 0
+    run_dir = only_run_dir(tmp_path)
+    assert read_metrics(run_dir)["status"] == "completed" and (run_dir / "report.html").is_file()
+    assert "SIGINT came after training ended; the run finished writing" in capsys.readouterr().out
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("autoenc").experiment_id])
+    assert run.info.status == "FINISHED" and "summary/val_mse" in run.data.metrics
+
+
+def test_ctrl_c_while_loading_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    import autoenc_cli.train as train_module
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_module, "build_parts", interrupted)
+    assert run_main(["train", *QUICK]) == 130
+    assert capsys.readouterr().err.strip() == "autoenc: error: interrupted"
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_mlflow_store_mistakes_are_one_line_and_quick(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *QUICK, "logger=mlflow", "logger.mlflow.tracking_uri=bogus://x"]) == 2
+    assert "logger.mlflow.tracking_uri='bogus://x' is not allowed: give a sqlite, http" in capsys.readouterr().err
+    assert run_main(["train", *QUICK, "logger=mlflow", "logger.mlflow.tracking_uri=http://127.0.0.1:9"]) == 2
+    error = capsys.readouterr().err
+    assert "logger=mlflow: the tracking server http://127.0.0.1:9 does not answer" in error
+    assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").iterdir())
+
+
+def test_a_knob_given_without_its_logger_says_where_it_lives(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *QUICK, "logger=[tensorboard,mlflow]", "logger.figures_every=2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "autoenc: error: unknown key 'logger.figures_every': 'figures_every' is not a logger option (mlflow, "
+        "tensorboard, wandb); each option's knobs live under its name, e.g. logger.tensorboard.figures_every=... "
+        "logger.mlflow.figures_every=..."
+    )

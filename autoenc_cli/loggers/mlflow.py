@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-from autoenc_cli.errors import UserError
+from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.io import read_json, write_json
 from autoenc_cli.loggers.base import Logger, LoggerConfig, RunContext
 from autoenc_cli.registry import register
@@ -33,6 +33,37 @@ class MLflowConfig(LoggerConfig):
     # where a new experiment keeps artifacts (figures); null: OUTPUT_ROOT/mlartifacts with the default store,
     # the server's choice with another tracking_uri
     artifact_location: Optional[str] = None
+
+
+    def check(self) -> None:
+        super().check()
+        if self.tracking_uri and "://" in self.tracking_uri:
+            scheme = self.tracking_uri.partition("://")[0].partition("+")[0]  # postgresql+psycopg2://
+            if scheme not in TRACKING_SCHEMES:
+                raise ConfigError(
+                    "tracking_uri", self.tracking_uri, f"give a {', '.join(TRACKING_SCHEMES)} URI, or a local folder"
+                )
+
+
+# The tracking stores MLflow opens (a URI without a scheme is a local folder: MLflow's file store).
+TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_server_answers(uri: str) -> None:
+    """A tracking server that does not answer is one line in seconds (MLflow's own client retries for minutes)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
+    except urllib.error.HTTPError:
+        pass  # it answered (a server behind a proxy may have no /health)
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(
+            f"logger=mlflow: the tracking server {uri} does not answer ({reason}); start it, or choose another "
+            "logger.mlflow.tracking_uri (null: a SQLite store in the output root)"
+        ) from None
 
 
 def default_tracking_uri(output_root: Path) -> str:
@@ -58,6 +89,8 @@ class MLflowLogger(Logger):
         # MLflow announces creating its tables at INFO; autoenc's screen is its own.
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        if self.tracking_uri.startswith(("http://", "https://")):
+            check_server_answers(self.tracking_uri)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         # One process at a time creates the store's tables, the experiment and a sweep's parent run.
         with FileLock(str(self._lock_path())):

@@ -142,7 +142,7 @@ class RunLoggers(Callback):
             images = {f"figures/{path.stem}": path for path in written}
             self._each("log_images", images, event.global_step, wanted=wanted)
 
-    def on_interrupt(self, event: Interrupted) -> None:
+    def on_interrupt(self, event: Optional[Interrupted]) -> None:
         self._each("finish", "interrupted")
 
     def on_failure(self, event: Failed) -> None:
