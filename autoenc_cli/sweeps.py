@@ -77,8 +77,8 @@ class SweepCallback(Callback):
         from autoenc_cli.loggers import finish_sweep
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        finish_sweep(sweep_dir)
         rows, table = write_report([sweep_dir], sweep_dir)
+        finish_sweep(sweep_dir)  # after the report: the MLflow parent run keeps it
         console.print(table)
         console.print(f"sweep summary: [bold]{sweep_dir / 'summary.csv'}[/]", soft_wrap=True)
         unfinished = [f"{row['run']} ({row['label']})" for row in rows if row["status"] != "completed"]

@@ -162,6 +162,12 @@ def test_a_sweep_is_one_mlflow_parent_run_with_a_child_per_job(tmp_path, monkeyp
     assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
     assert sorted(run.data.params["model.code_dim"] for run in children) == ["16", "8"]
     assert parents[0].info.status == "FINISHED" and all(run.info.status == "FINISHED" for run in children)
+    # The parent holds the comparison: the best job's val_mse and the sweep's table, report and figures.
+    best = min(run.data.metrics["val/mse"] for run in children)
+    assert parents[0].data.metrics["best/val_mse"] == pytest.approx(best)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")  # MLflow 3.0
+    artifacts = {item.path for item in client.list_artifacts(parents[0].info.run_id)}
+    assert {"summary.csv", "report.html", "figures"} <= artifacts
 
 
 def wandb_records(run_dir: Path) -> list:

@@ -193,10 +193,26 @@ class MLflowLogger(Logger):
 
 
 def finish_sweep(sweep_dir: Path) -> None:
-    """Mark a sweep's parent run finished, when its jobs logged to MLflow."""
+    """Close a sweep's parent run, when its jobs logged to MLflow: the comparison (summary.csv, report.html,
+    the sweep's figures) as its artifacts and the best completed job's val_mse as ``best/val_mse``."""
+    import csv
+
     record = read_json(sweep_dir / SWEEP_RECORD)
     if not record.get("run_id"):
         return
     from mlflow import MlflowClient
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    MlflowClient(tracking_uri=record["tracking_uri"]).set_terminated(record["run_id"], status="FINISHED")
+    client, run_id = MlflowClient(tracking_uri=record["tracking_uri"]), record["run_id"]
+    repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+    for name in ("summary.csv", "report.html"):
+        if (sweep_dir / name).is_file():
+            repository.log_artifact(str(sweep_dir / name))
+    for figure in sorted((sweep_dir / "figures").glob("*.png")):
+        repository.log_artifact(str(figure), artifact_path="figures")
+    if (sweep_dir / "summary.csv").is_file():
+        with open(sweep_dir / "summary.csv", newline="") as handle:
+            done = [row for row in csv.DictReader(handle) if row.get("status") == "completed" and row.get("val_mse")]
+        if done:
+            client.log_metric(run_id, "best/val_mse", min(float(row["val_mse"]) for row in done))
+    client.set_terminated(run_id, status="FINISHED")
