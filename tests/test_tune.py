@@ -80,13 +80,21 @@ def test_search_space_syntax_inline_per_key_and_yaml(tmp_path):
     space.write_text(
         "sparsity.k: int(4, 64, log)\nmodel.code_dim: [32, 64]\n"
         "optimizer.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+        "model.encoder: [[128], [256, 128]]\n"
+        "model.decoder: {type: choice, choices: [[64], [128, 64]]}\n"
     )
     from_file = parse_params(str(space), {})
     assert {key: param.text() for key, param in from_file.items()} == {
         "k": "int(4, 64, log)",
         "model.code_dim": "choice(32, 64)",
         "optimizer.lr": "float(0.0001, 0.01, log)",
+        "model.encoder": "choice([128], [256, 128])",  # a YAML list among the choices is set as that list
+        "model.decoder": "choice([64], [128, 64])",
     }
+    assert from_file["model.encoder"].override("[256, 128]") == "model.encoder=[256, 128]"
+    space.write_text("model.encoder: [{a: 1}, [64]]\n")
+    with pytest.raises(UserError, match="is not a choice value"):
+        parse_params(str(space), {})
     again = parse_params("{" + ", ".join(f"{k}: {p.text()}" for k, p in params.items()) + "}", {})
     assert again == params  # the canonical text the study folder records reads back the same
 
@@ -230,11 +238,51 @@ def test_a_bare_resume_continues_to_the_total_last_asked_for(resumed_study, caps
     assert len(load(resumed_study).get_trials()) == 4
 
 
-def test_resume_with_another_search_is_refused(resumed_study, capsys):
-    argv = ["tune", *BASE, "tune.params={k: int(2, 8)}", f"resume={resumed_study}"]
-    assert run_main(argv) == 2
+@pytest.mark.parametrize(
+    "arguments, got",
+    [
+        ([*BASE, "tune.params={k: int(2, 8)}"], "tune.params={k: int(2, 8)}"),
+        (["tune.trials=6", "optimizer.name=sgd"], "optimizer.name=sgd"),
+        (["tune.sampler=random"], "tune.sampler=random"),
+        (["tune.params={k: int(4,16)}"], "tune.params={k: int(4,16)}"),
+        (["tune.params.k=int(4, 16)"], "tune.params.k=int(4, 16)"),
+    ],
+)
+def test_resume_with_another_search_is_refused_by_the_resume_rule(resumed_study, arguments, got, capsys):
+    before = (resumed_study / "tune.json").read_text(), len(load(resumed_study).get_trials())
+    assert run_main(["tune", f"resume={resumed_study}", *arguments]) == 2
     error = capsys.readouterr().err
-    assert f"'{resumed_study}' was started with [" in error and "continue it with resume= alone" in error
+    assert f"resume={resumed_study} continues the study started with [" in error and error.count("\n") == 1, error
+    assert f"only tune.trials, tune.n_jobs and tune.timeout may change (got {got})" in error
+    assert ((resumed_study / "tune.json").read_text(), len(load(resumed_study).get_trials())) == before
+
+
+def test_resume_repeating_the_command_is_allowed(resumed_study, capsys):
+    recorded = json.loads((resumed_study / "tune.json").read_text())["arguments"]
+    assert run_main(["tune", *recorded, "tune.sampler=auto", f"resume={resumed_study}"]) == 0
+    assert "trials done" in capsys.readouterr().out
+
+
+def test_resume_to_fewer_trials_than_the_study_holds_is_refused(resumed_study, capsys):
+    before = (resumed_study / "tune.json").read_text()
+    assert run_main(["tune", f"resume={resumed_study}", "tune.trials=1"]) == 2
+    error = capsys.readouterr().err
+    assert "tune.trials=1 is below the 3 trials the study in" in error and "give 3 or more" in error, error
+    assert error.count("\n") == 1 and (resumed_study / "tune.json").read_text() == before
+
+
+def test_a_study_or_sweep_folder_given_as_run_names_a_trial(resumed_study, tmp_path, capsys):
+    from autoenc_cli.evaluation.loading import checkpoint_path
+
+    best = json.loads((resumed_study / "best.json").read_text())["best"][0]["run"]
+    assert run_main(["eval", f"run={resumed_study}"]) == 2
+    error = capsys.readouterr().err
+    expected = f"'{resumed_study}' is a tune study folder (study.db), not a run; give one of its trials, e.g. run="
+    assert expected + str(resumed_study / best) in error and error.count("\n") == 1, error
+    (tmp_path / "multirun.yaml").touch()
+    (tmp_path / "0").mkdir()
+    with pytest.raises(UserError, match=r"is a sweep folder \(multirun.yaml\), not a run; give one of its jobs"):
+        checkpoint_path(tmp_path, "best")
 
 
 # --- pruning, failures, two objectives in parallel ----------------------------------------------------------
@@ -276,7 +324,9 @@ def test_two_objectives_in_parallel_give_a_pareto_front(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     space = "tune.params={k: int(2, 32, log)}"
     assert run_main(["tune", *BASE, space, "tune.objectives=[val_mse,l0]", "tune.trials=4", "tune.n_jobs=2"]) == 0
-    assert "pruning is off: Optuna prunes single-objective studies only" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "pruning is off: Optuna prunes single-objective studies only" in out
+    assert "Pareto front, trial " in out and "Pareto front 0" not in out
     study_dir = only_study(tmp_path)
     assert states(study_dir) == ["COMPLETE"] * 4
     rows = read_summary(study_dir)

@@ -40,6 +40,21 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
         raise UserError(f"run='{run_dir}' is not a run folder")
     named = run_dir / "checkpoints" / f"{checkpoint}.pt"
     path = named if "/" not in checkpoint and not checkpoint.endswith(".pt") else Path(checkpoint)
+    if not path.is_file() and ((run_dir / "study.db").is_file() or (run_dir / "multirun.yaml").is_file()):
+        # A tune study or a grid sweep holds runs, one per trial or job (0/, 1/, ...): name one of them.
+        from autoenc_cli.io import read_json
+
+        jobs = sorted((p.name for p in run_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+        if (run_dir / "study.db").is_file():
+            best = (read_json(run_dir / "best.json") or {}).get("best") or [{}]
+            example = best[0].get("run") or (jobs[0] if jobs else "<trial>")
+            what, which = "a tune study folder (study.db)", f"one of its trials, e.g. run={run_dir / example}"
+        else:
+            what, which = (
+                "a sweep folder (multirun.yaml)",
+                f"one of its jobs, e.g. run={run_dir / (jobs or ['<job>'])[0]}",
+            )
+        raise UserError(f"'{run_dir}' is {what}, not a run; give {which}")
     if not path.is_file():
         raise UserError(
             f"no checkpoint at '{path}'; the run folder needs checkpoints/{checkpoint}.pt "

@@ -34,7 +34,6 @@ class MLflowConfig(LoggerConfig):
     # the server's choice with another tracking_uri
     artifact_location: Optional[str] = None
 
-
     def check(self) -> None:
         super().check()
         if self.tracking_uri and "://" in self.tracking_uri:

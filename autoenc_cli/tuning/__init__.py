@@ -40,7 +40,7 @@ def tune(argv: list[str]) -> int:
     from autoenc_cli.artifacts.console import console
     from autoenc_cli.artifacts.run_folder import refuse_unless_new
     from autoenc_cli.tuning import study as studies
-    from autoenc_cli.tuning.command import parse_arguments, plan_study, tune_key
+    from autoenc_cli.tuning.command import check_resume, parse_arguments, plan_study, tune_key
     from autoenc_cli.tuning.compose import Composer
     from autoenc_cli.tuning.results import finish
     from autoenc_cli.tuning.trials import StudyRun, run_workers
@@ -53,9 +53,11 @@ def tune(argv: list[str]) -> int:
         record = studies.read_record(study_dir)
         if arguments.sweep_dir not in (None, arguments.resume):
             raise UserError(f"resume={arguments.resume} continues in that folder; drop hydra.sweep.dir")
-        if not arguments.defines_study():  # resume= alone: the recorded command, with any new budget
-            arguments = parse_arguments([*record["arguments"], *arguments.resumable(), f"resume={study_dir}"])
     with Composer() as composer:
+        if record is not None:  # the resume rule first: every argument given agrees with the recorded command
+            check_resume(composer, arguments, record["arguments"], arguments.resume)
+            # then the recorded command, with any new budget
+            arguments = parse_arguments([*record["arguments"], *arguments.resumable(), f"resume={study_dir}"])
         plan = plan_study(composer, arguments)
     if record is not None:
         if record["study"] != plan.identity():
@@ -75,6 +77,12 @@ def tune(argv: list[str]) -> int:
     objectives, settings = plan.objectives, plan.settings
     pruner = studies.pruner(settings, objectives, plan.prune_on)
     study = studies.open_study(study_dir, name, objectives, pruner, new=record is None)
+    used = studies.trials_used(study)
+    if settings.trials < used and any(tune_key(argument) == "trials" for argument in arguments.tune):
+        raise UserError(
+            f"tune.trials={settings.trials} is below the {used} trials the study in '{study_dir}' already holds; "
+            f"tune.trials is the total: give {used} or more"
+        )
     # A process joining the study draws other points than the one that started it (the same seed would
     # repeat its first, random trials): the seed moves on by the trials the study holds.
     sampler = studies.sampler(settings, objectives, plan.seed + len(study.get_trials(deepcopy=False)))

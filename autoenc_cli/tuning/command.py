@@ -139,6 +139,49 @@ def tune_settings(composer: Composer, arguments: list[str]) -> TuneConfig:
     return settings
 
 
+def check_resume(composer: Composer, arguments: Arguments, recorded_argv: list[str], study_dir: str) -> None:
+    """resume=STUDY with more arguments: each one given must agree with the command that started the study
+    (only tune.trials, tune.n_jobs and tune.timeout may change). Checked before anything is composed from the
+    new command, so a change is named as such, not as the error the changed command alone would give."""
+    if not arguments.defines_study():
+        return
+    recorded = parse_arguments(recorded_argv)
+    got = [argument for argument in arguments.base if argument not in recorded.base]
+    theirs = texts(recorded.params, recorded.param_keys) or {}
+    given = [f"tune.params={arguments.params}"] if arguments.params is not None else []
+    given += [f"tune.params.{key}={spec}" for key, spec in arguments.param_keys.items()]
+    if arguments.params is not None:  # a whole search space: the same one
+        if texts(arguments.params, arguments.param_keys) != theirs:
+            got += given
+    else:  # single keys: each as the study searches it
+        for key, spec in arguments.param_keys.items():
+            mine = texts(None, {key: spec})
+            if mine is None or any(theirs.get(name) != text for name, text in mine.items()):
+                got.append(f"tune.params.{key}={spec}")
+    changed = [argument for argument in arguments.tune if tune_key(argument) not in RESUMABLE]
+    if changed:
+        mine_settings = dataclasses.asdict(tune_settings(composer, arguments.tune))
+        their_settings = dataclasses.asdict(tune_settings(composer, recorded.tune))
+        got += [
+            argument
+            for argument in changed
+            if mine_settings.get(tune_key(argument)) != their_settings.get(tune_key(argument))
+        ]
+    if got:
+        raise UserError(
+            f"resume={study_dir} continues the study started with [{' '.join(recorded_argv)}]; only tune.trials, "
+            f"tune.n_jobs and tune.timeout may change (got {' '.join(got)})"
+        )
+
+
+def texts(value: Optional[str], per_key: dict[str, str]) -> Optional[dict[str, str]]:
+    """A search space in canonical form; None where it does not parse."""
+    try:
+        return {key: param.text() for key, param in parse_params(value, per_key).items()}
+    except UserError:
+        return None
+
+
 def plan_study(composer: Composer, arguments: Arguments) -> Plan:
     """Every check before the first trial: the settings, the objectives, the search space's keys, and both
     ends of every range through the whole config check."""

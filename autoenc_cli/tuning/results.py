@@ -52,16 +52,16 @@ def finish(study: Any, study_dir: Path, objectives: list[Objective], params: dic
     from autoenc_cli.loggers import finish_sweep
 
     record = write_best(study, study_dir, objectives, params)
-    finish_sweep(study_dir)  # the trials' MLflow parent run
     if any(path.is_dir() and path.name.isdigit() for path in study_dir.iterdir()):
         _, table = write_report([study_dir], study_dir)
         console.print(table)
         console.print(f"study summary: [bold]{study_dir / 'summary.csv'}[/]", soft_wrap=True)
+    finish_sweep(study_dir)  # after the report: the trials' MLflow parent run keeps it
     counts = record["trials"]
     states = {"complete": "complete", "pruned": "pruned", "fail": "failed", "running": "running"}
     shown = ", ".join(f"{counts[state]} {word}" for state, word in states.items() if counts.get(state))
     console.print(f"{counts['total']} trials: {shown or 'none finished'}", soft_wrap=True)
-    title = "Pareto front" if len(objectives) > 1 else "best trial"
+    title = "Pareto front, trial" if len(objectives) > 1 else "best trial"  # each front member is a trial
     for entry in record["best"]:
         shown = ", ".join(f"{name} {value:.6g}" for name, value in entry["values"].items())
         chosen = " ".join(entry["overrides"])

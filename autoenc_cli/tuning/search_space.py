@@ -2,7 +2,9 @@
 
 Written inline, ``tune.params='{k: int(4, 64, log), optimizer.lr: float(1e-4, 1e-2, log)}'``, one key per
 argument, ``tune.params.optimizer.lr='float(1e-4, 1e-2, log)'``, or as a YAML file, ``tune.params=space.yaml``,
-mapping each key to a spec (or to a list: a choice). The specs:
+mapping each key to a spec, to a YAML list (a choice; a list among them is set as a list), or to the long
+form ``{type: int|float, low: LOW, high: HIGH[, log: true][, step: N]}`` or ``{type: choice, choices: [...]}``.
+The specs:
 
     int(LOW, HIGH[, log][, step=N])      whole numbers from LOW to HIGH, both included; log: log-uniform
     float(LOW, HIGH[, log][, step=X])    real numbers from LOW to HIGH
@@ -134,12 +136,15 @@ def normal_key(key: str) -> str:
 def parse_spec(key: str, spec: Any) -> Param:
     where = f"tune.params.{key}={spec!r}"
     if isinstance(spec, list):  # a YAML list: the choices
-        return choice_param(key, tuple(spec), where)
+        return choice_param(key, tuple(map(flow, spec)), where)
     if isinstance(spec, dict):  # the long form: {type: float, low: 1e-4, high: 1e-2, log: true}
         spec = dict(spec)
         kind = spec.pop("type", None)
         if kind == "choice":
-            return choice_param(key, tuple(spec.pop("choices", ())), where)
+            choices = spec.pop("choices", ())
+            if spec or not isinstance(choices, list):
+                raise UserError(f"{where}: a choice mapping is {{type: choice, choices: [A, B, ...]}}")
+            return choice_param(key, tuple(map(flow, choices)), where)
         if kind not in ("int", "float") or not {"low", "high"} <= set(spec) <= {"low", "high", "log", "step"}:
             raise UserError(
                 f"{where}: a mapping spec is {{type: int|float, low, high[, log][, step]}} or "
@@ -200,10 +205,18 @@ def choice_param(key: str, choices: tuple, where: str) -> Param:
         raise UserError(f"{where}: choice() needs at least one value")
     for value in choices:
         if value is not None and not isinstance(value, (bool, int, float, str)):
-            raise UserError(f"{where}: {value!r} is not a plain value; quote a list as a string: '[64, 32]'")
+            raise UserError(f"{where}: {value!r} is not a choice value (a number, a word, a group option or a list)")
     if len(set(map(render, choices))) < len(choices):
         raise UserError(f"{where}: a value is listed twice")
     return Param(key, "choice", choices=choices)
+
+
+def flow(value: Any) -> Any:
+    """A YAML list among the choices of a file, [256, 128], as the override value that sets it ("[256, 128]",
+    as an inline choice([256, 128]) writes it); other values as they are."""
+    if isinstance(value, list) and not any(isinstance(item, dict) for item in value):
+        return f"[{', '.join(str(flow(item)) if isinstance(item, list) else render(item) for item in value)}]"
+    return value
 
 
 def scalar(text: str) -> Any:
