@@ -44,7 +44,7 @@ Examples:
   autoenc eval run=outputs/runs/<run> probe.labels_per_class=10,100,all
   autoenc encode run=outputs/runs/<run> out=codes.npz
   autoenc train 'logger=[tensorboard,mlflow]'
-  autoenc tune model=sparse_fc sparsity=topk 'tune.params={k: int(4,64,log), optimizer.lr: float(1e-4,1e-2,log)}'
+  autoenc tune model=sparse_fc sparsity=topk 'tune.params={{k: int(4,64,log), optimizer.lr: float(1e-4,1e-2,log)}}'
   autoenc export run=outputs/runs/<run> out=my_model
 """
 

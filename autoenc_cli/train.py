@@ -326,10 +326,23 @@ def job_outcome(folder: RunFolder, multirun: bool) -> Iterator[None]:
         record_job_failure(folder, f"{type(error).__name__}: {error}")
 
 
+def close_log_files_in(folder: Path) -> None:
+    """Close and detach the log handlers writing into ``folder`` (train.log), so it can be removed and no later
+    record in this process tries to reopen a file there."""
+    folder = folder.absolute()
+    known = [logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
+    loggers = [logging.getLogger(), *known]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and folder in Path(handler.baseFilename).absolute().parents:
+                handler.close()
+                logger.removeHandler(handler)
+
+
 def discard_if_empty(run_dir: Path) -> None:
     """Remove a run folder in which nothing started, and the parents Hydra made for it if now empty."""
     if run_dir.is_dir() and {entry.name for entry in run_dir.iterdir()} <= NOTHING_STARTED:
-        logging.shutdown()
+        close_log_files_in(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         for parent in run_dir.absolute().parents:
             if parent == Path.cwd().absolute():

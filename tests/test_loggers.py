@@ -322,6 +322,11 @@ def test_mlflow_store_mistakes_are_one_line_and_quick(tmp_path, monkeypatch, cap
     error = capsys.readouterr().err
     assert "logger=mlflow: the tracking server http://127.0.0.1:9 does not answer" in error
     assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").iterdir())
+    # The removed folder's train.log is closed and detached: nothing later in this process writes there.
+    import logging
+
+    handlers = [handler for handler in logging.getLogger().handlers if isinstance(handler, logging.FileHandler)]
+    assert not [handler for handler in handlers if str(tmp_path) in handler.baseFilename]
 
 
 def test_a_knob_given_without_its_logger_says_where_it_lives(tmp_path, monkeypatch, capsys):
