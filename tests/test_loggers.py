@@ -337,3 +337,29 @@ def test_a_knob_given_without_its_logger_says_where_it_lives(tmp_path, monkeypat
         "tensorboard, wandb); each option's knobs live under its name, e.g. logger.tensorboard.figures_every=... "
         "logger.mlflow.figures_every=..."
     )
+
+
+def test_the_logged_loss_is_the_mean_since_the_last_report_also_after_a_mid_epoch_resume(tmp_path):
+    from types import SimpleNamespace
+
+    from autoenc_cli.loggers.base import Logger
+    from autoenc_cli.loggers.run_loggers import RunLoggers
+    from autoenc_cli.schema.resolve import resolve
+    from autoenc_cli.training.callbacks import StepEnd
+
+    from conftest import compose_config
+
+    logged = []
+
+    class Collect(Logger):
+        def log_metrics(self, metrics, step):
+            logged.append((step, metrics["train/loss"]))
+
+    parts = SimpleNamespace(config=resolve(compose_config(QUICK)))
+    # A checkpoint taken at step 3 of an epoch, after losses summing to 3.0 (1.0 each).
+    resume = {"step_in_epoch": 3, "running_loss": 3.0, "global_step": 13}
+    loggers = RunLoggers.build(parts, tmp_path, "run", None, resume)
+    loggers.loggers["collect"] = Collect(None, None)
+    loggers.on_step(StepEnd(step=5, loss=(3.0 + 0.5 + 0.5) / 5, global_step=15))  # steps 4, 5: loss 0.5 each
+    loggers.on_step(StepEnd(step=2, loss=0.25, global_step=17))  # a new epoch: its first two steps
+    assert logged == [(15, pytest.approx(0.5)), (17, pytest.approx(0.25))]

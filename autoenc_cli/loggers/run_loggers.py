@@ -82,7 +82,10 @@ class RunLoggers(Callback):
                 start_step=int((resume or {}).get("global_step", 0)),
             )
             loggers[option] = REGISTRY.build(member, context)
-        return cls(loggers, parts)
+        run_loggers = cls(loggers, parts)
+        if resume and resume.get("step_in_epoch"):  # resumed mid-epoch: the next loss is the mean since then
+            run_loggers.window = (int(resume["step_in_epoch"]), float(resume["running_loss"]))
+        return run_loggers
 
     def start(self) -> dict[str, dict[str, Any]]:
         """Open every logged run; what to keep in checkpoints so a resumed run continues the same ones."""
