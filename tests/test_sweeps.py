@@ -61,3 +61,10 @@ def test_report_rebuilds_from_a_sweep_folder_and_from_run_folders(topk_sweep, tm
 def test_report_on_a_folder_without_runs_is_a_one_line_error(tmp_path, capsys):
     assert run_main(["report", str(tmp_path)]) == 2
     assert "holds no run folders" in capsys.readouterr().err
+
+
+def test_the_frontier_line_joins_only_runs_no_other_run_beats_on_both_l0_and_mse():
+    from autoenc_cli.artifacts.figures import non_dominated
+
+    points = [("a", 4, 0.03), ("b", 4, 0.02), ("c", 8, 0.025), ("d", 8, 0.015), ("e", 16, 0.016), ("f", 32, 0.01)]
+    assert [label for label, _, _ in non_dominated(points)] == ["b", "d", "f"]

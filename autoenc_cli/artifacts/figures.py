@@ -199,6 +199,18 @@ def code_density(path: Path, firing_frequency: torch.Tensor) -> Path:
     return _save(figure, path)
 
 
+MAX_NAMED_POINTS = 8
+
+
+def non_dominated(points: Sequence[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """The points (label, l0, mse) that no other point beats on both l0 and MSE, in order of l0."""
+    kept: list[tuple[str, float, float]] = []
+    for point in sorted(points, key=lambda point: (point[1], point[2])):
+        if not kept or point[2] < kept[-1][2]:
+            kept.append(point)
+    return kept
+
+
 def frontier(
     path: Path,
     points: Sequence[tuple[str, float, float]],
@@ -215,15 +227,18 @@ def frontier(
     figure, ax = plt.subplots(figsize=(6.5, 4.5))
     marked = sorted((points[index] for index in set(front)), key=lambda point: (point[1], point[2]))
     ordered = sorted(points, key=lambda point: point[1])
-    if not marked:
-        ax.plot([point[1] for point in ordered], [point[2] for point in ordered], color="lightgrey", zorder=1)
+    envelope = non_dominated(ordered)
+    if not marked and len(envelope) > 1:  # the runs no other run beats on both l0 and MSE: the measured frontier
+        ax.plot([point[1] for point in envelope], [point[2] for point in envelope], color="lightgrey", zorder=1)
     ax.scatter([point[1] for point in ordered], [point[2] for point in ordered], zorder=2, label="runs (l0)")
     if marked:
         xs, ys = [point[1] for point in marked], [point[2] for point in marked]
         if len(marked) > 1 and all(later <= earlier for earlier, later in zip(ys, ys[1:])):
             ax.step(xs, ys, where="post", color="tab:red", linewidth=1.2, zorder=3)
         ax.scatter(xs, ys, s=90, facecolors="none", edgecolors="tab:red", linewidths=1.8, zorder=4, label=front_label)
-    for label, l0, mse in ordered:
+    # Every run named while they fit; beyond that only the frontier's and the marked ones, which matter.
+    named = ordered if len(ordered) <= MAX_NAMED_POINTS else [p for p in ordered if p in envelope or p in marked]
+    for label, l0, mse in named:
         ax.annotate(label, (l0, mse), textcoords="offset points", xytext=(4, 4), fontsize=7)
     values = [mse for _, _, mse in ordered]
     if pca_mse_by_k:
