@@ -32,6 +32,15 @@ class AdamConfig(OptimizerConfig):
 
 
 @dataclass
+class AdamWConfig(AdamConfig):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019): the weights shrink by lr x weight_decay
+    each step, apart from the gradient's adaptive scaling, which regularises where Adam's L2 term does not."""
+
+    name: str = "adamw"
+    weight_decay: float = number(1e-2, ge=0)
+
+
+@dataclass
 class SGDConfig(OptimizerConfig):
     name: str = "sgd"
     lr: float = number(0.1, gt=0)
@@ -47,6 +56,13 @@ class SGDConfig(OptimizerConfig):
 @register(AdamConfig)
 def adam(config: AdamConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.Adam(
+        parameters, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay
+    )
+
+
+@register(AdamWConfig)
+def adamw(config: AdamWConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
         parameters, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay
     )
 

@@ -34,4 +34,6 @@ def main(argv: Sequence[str]) -> int:
     console.print(
         f"report: [bold]{out}[/] (summary.csv, figures/frontier.png, figures/dictionaries.png)", soft_wrap=True
     )
+    if (out / "gallery.html").is_file():
+        console.print(f"gallery: [bold]{out / 'gallery.html'}[/]", soft_wrap=True)
     return 0

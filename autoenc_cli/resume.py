@@ -29,6 +29,7 @@ RESUME_OVERRIDABLE = (
     "trainer.figures",
     "trainer.threads",
     "logger",
+    "gallery",  # what the report shows, not what trains
 )
 
 

@@ -11,11 +11,15 @@ from autoenc_cli.errors import UserAbort, UserError
 
 
 def sweep_jobs(task_overrides: list[str]) -> list[list[str]]:
-    """Expand sweep overrides (``k=5,16,32``) into one override list per job, as the basic sweeper does."""
+    """Expand sweep overrides (``k=5,16,32``, ``'experiment=glob(tutorial_*)'``) into one override list per
+    job, as the basic sweeper does; a glob needs the config loader, to list the group's options."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(task_overrides)
+    hydra = GlobalHydra.instance()
+    loader = hydra.config_loader() if hydra.is_initialized() else None
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(task_overrides)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
@@ -23,6 +27,7 @@ def validate_jobs(config_name: str, jobs: list[list[str]]) -> None:
     """Compose each job's config and check it against the schemas; the first bad job is the error."""
     from hydra import compose
 
+    from autoenc_cli.error_report import one_line_or_none
     from autoenc_cli.schema.check import check_shorthands
     from autoenc_cli.schema.resolve import resolve
 
@@ -30,8 +35,11 @@ def validate_jobs(config_name: str, jobs: list[list[str]]) -> None:
         try:
             check_shorthands(overrides)
             resolve(compose(config_name=config_name, overrides=overrides))
-        except UserError as error:
-            raise UserError(f"sweep job [{' '.join(overrides)}]: {error}") from None
+        except Exception as error:  # noqa: BLE001 - a user's mistake (also Hydra's, composing) becomes one line
+            message = one_line_or_none(error)
+            if message is None:
+                raise
+            raise UserError(f"sweep job [{' '.join(overrides)}]: {message}") from None
 
 
 def check_sweep_folder(sweep_dir: Any, resume: Any, overrides: list[str]) -> None:
@@ -81,6 +89,8 @@ class SweepCallback(Callback):
         finish_sweep(sweep_dir)  # after the report: the MLflow parent run keeps it
         console.print(table)
         console.print(f"sweep summary: [bold]{sweep_dir / 'summary.csv'}[/]", soft_wrap=True)
+        if (sweep_dir / "gallery.html").is_file():
+            console.print(f"gallery: [bold]{sweep_dir / 'gallery.html'}[/]", soft_wrap=True)
         unfinished = [f"{row['run']} ({row['label']})" for row in rows if row["status"] != "completed"]
         if unfinished:
             raise UserAbort(

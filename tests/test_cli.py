@@ -151,6 +151,16 @@ def test_a_bad_value_in_any_sweep_job_fails_before_the_first_job(tmp_path, monke
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_glob_sweep_checks_every_job_first_too(tmp_path, monkeypatch, capsys):
+    # glob(...) lists the group's options through Hydra's config loader; the check must see its jobs too:
+    # the first job (tutorial_2d) is fine, the second (tutorial_conv, model=conv) has no model.code_dim.
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", "-m", *TINY, "experiment=glob(tutorial_*)", "model.code_dim=8"]) == 2
+    err = capsys.readouterr().err
+    assert "experiment=tutorial_conv model.code_dim=8]: unknown key 'model.code_dim'" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.parametrize(
     ("sweep", "expected"),
     [

@@ -177,16 +177,19 @@ TUTORIAL_SPARSE = {
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_preset_resolves(experiment):
     run = resolve(compose_config([f"experiment={experiment}"]))
-    if experiment in TUTORIAL_SPARSE:  # the source tutorial's sparse figures, one preset per sweep job
-        option, knob, value = TUTORIAL_SPARSE[experiment]
+    name = experiment.removeprefix("tutorial_")  # tutorial_topk_16 builds on sparse_topk_16
+    sparse = TUTORIAL_SPARSE.get(name if name.startswith("sparse_") else f"sparse_{name}")
+    if experiment.startswith("tutorial_"):  # the gallery's presets: the tutorial's batch size, a caption each
+        assert run.data.batch_size == 512 and run.optimizer.name == "adam" and run.optimizer.lr == 1e-3
+        assert run.schedule.policy == "plateau" and run.gallery.caption and run.gallery.panels
+    if sparse is not None:  # the source tutorial's sparse figures, one preset per sweep job
+        option, knob, value = sparse
         assert run.model.name == "sparse_fc" and list(run.sparsity) == [option]
         assert getattr(run.sparsity[option], knob) == value
-        return
-    assert run.model.name == "fc"
-    if experiment == "smoke":
-        assert (run.data.limit, run.trainer.epochs) == (400, 2)
-    else:
-        assert run.schedule.name == "greedy" and run.model.tied
+    elif experiment == "smoke":
+        assert run.model.name == "fc" and (run.data.limit, run.trainer.epochs) == (400, 2)
+    elif experiment.startswith("deep_fc") or experiment == "hinton2006":
+        assert run.model.name == "fc" and run.schedule.name == "greedy" and run.model.tied
 
 
 def test_a_new_option_is_one_module_in_its_group_package(tmp_path, monkeypatch):

@@ -26,6 +26,17 @@ def test_experiments_compose_the_papers_networks():
     assert widths == [1000, 500, 250, 30] and model.is_tied and run.schedule.name == "greedy"
     run_2d = resolve(compose_config(["experiment=deep_fc_2d"]))
     assert [block[0].out_features for block in build_model(run_2d, (1, 28, 28)).encoder[1:]] == [128, 64, 32, 2]
+    # Hinton & Salakhutdinov's network: logistic hidden units, a linear code, cross-entropy fine-tuning.
+    hinton = resolve(compose_config(["experiment=hinton2006"]))
+    model = build_model(hinton, (1, 28, 28))
+    assert [block[0].out_features for block in model.encoder[1:]] == [1000, 500, 250, 30] and model.is_tied
+    assert [type(block[1]) for block in model.encoder[1:]] == [nn.Sigmoid, nn.Sigmoid, nn.Sigmoid, nn.Identity]
+    assert (hinton.loss.name, hinton.optimizer.name, hinton.schedule.name, hinton.schedule.policy) == (
+        "bce",
+        "adam",
+        "greedy",
+        "cosine",
+    )
 
 
 def test_tied_decoder_uses_the_transposed_encoder_weight_and_counts_it_once():
@@ -41,7 +52,7 @@ def test_tied_decoder_uses_the_transposed_encoder_weight_and_counts_it_once():
     assert tied.encoder[1][0].weight.grad is not None  # the decoder's gradient reaches the shared weight
 
 
-@pytest.mark.parametrize("experiment", ["deep_fc_2d", "deep_fc"])
+@pytest.mark.parametrize("experiment", ["deep_fc_2d", "deep_fc", "hinton2006"])
 def test_untying_keeps_outputs_exactly_and_gives_each_decoder_layer_its_own_weight(experiment):
     model = build_model(resolve(compose_config([f"experiment={experiment}"])), (1, 28, 28))
     x = torch.rand(64, 1, 28, 28)

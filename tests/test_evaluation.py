@@ -57,6 +57,14 @@ def test_eval_options_finetune_mlp_checkpoint_and_out(trained_run, tmp_path):
     assert probe["classifier"] == "mlp" and 0 <= probe["all"]["finetune"] <= 1
 
 
+def test_an_empty_probe_list_skips_the_probes(trained_run, tmp_path, capsys):
+    out = tmp_path / "no_probe.json"
+    assert run_main(["eval", f"run={trained_run}", "probe.labels_per_class=[]", f"out={out}"]) == 0
+    result = json.loads(out.read_text())
+    assert "probe" not in result and result["squared_error_per_image"] > 0
+    assert "probe accuracy" not in capsys.readouterr().out
+
+
 def test_eval_on_another_data_set_of_the_same_shape(trained_run, tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (30, 28, 28), dtype=np.uint8)
     np.savez(tmp_path / "same.npz", images=images)

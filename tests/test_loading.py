@@ -127,3 +127,29 @@ def test_load_run_takes_an_exported_folder_as_it_takes_the_run(npz_run, tmp_path
     assert len(exported.load_data().val) == 12  # the run's own data, its fingerprint checked
     with pytest.raises(UserError, match="holds one network; leave checkpoint= out"):
         load_run(tmp_path / "elsewhere", checkpoint="last")
+
+
+def test_the_model_fingerprint_ignores_fields_left_at_their_defaults():
+    """A model option added later, at a default that keeps the old network, must not orphan old runs."""
+    import dataclasses
+
+    from autoenc_cli.models.fc import FCModelConfig
+    from autoenc_cli.schema.resolve import resolve
+    from autoenc_cli.training.checkpoint import _version_1_fingerprint, check_checkpoint_belongs, model_fingerprint
+
+    from conftest import compose_config
+
+    config = resolve(compose_config(["model.code_dim=16"]))
+
+    @dataclasses.dataclass
+    class WithANewKnob(FCModelConfig):
+        new_knob: float = 0.0
+
+    later = dataclasses.replace(config, model=WithANewKnob(**dataclasses.asdict(config.model)))
+    assert model_fingerprint(later, (1, 28, 28)) == model_fingerprint(config, (1, 28, 28))
+    later.model.new_knob = 0.5  # a value that changes the network is a different model
+    assert model_fingerprint(later, (1, 28, 28)) != model_fingerprint(config, (1, 28, 28))
+    assert model_fingerprint(config, (1, 28, 28)) != model_fingerprint(config, (1, 8, 8))
+    # A checkpoint written before (every field hashed) still belongs to its run.
+    state = {"fingerprint": {"model": _version_1_fingerprint(config, (1, 28, 28))}, "input_shape": (1, 28, 28)}
+    check_checkpoint_belongs(state, Path("old.pt"), Path("/nonexistent"), config)

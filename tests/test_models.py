@@ -67,3 +67,15 @@ def test_gradients_reach_every_parameter():
     model = FCAutoencoder(FCModelConfig(code_dim=4, encoder=[LayerSpec(width=8)]), (1, 3, 3))
     model(torch.rand(7, 1, 3, 3)).reconstruction.sum().backward()
     assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in model.parameters())
+
+
+def test_adamw_decays_weights_apart_from_the_gradient():
+    from autoenc_cli.registry import REGISTRY
+
+    config = resolve(compose_config(["optimizer=adamw"])).optimizer
+    weight = nn.Parameter(torch.ones(3))
+    optimizer = REGISTRY.build(config, [weight])
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 1e-2
+    weight.grad = torch.zeros(3)  # no gradient: only the decay moves the weight, by lr x weight_decay
+    optimizer.step()
+    torch.testing.assert_close(weight.detach(), torch.full((3,), 1 - 1e-3 * 1e-2))

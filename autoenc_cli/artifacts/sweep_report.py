@@ -9,6 +9,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import OmegaConf
 from rich.table import Table
 
+from autoenc_cli.artifacts.gallery import GalleryEntry, gallery_of, write_gallery
 from autoenc_cli.artifacts.html_report import write_comparison_html
 from autoenc_cli.errors import UserError
 from autoenc_cli.io import read_json, write_csv
@@ -171,8 +172,21 @@ def _cell(value: Any, digits: int) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
+def gallery_entries(records: Sequence[RunRecord]) -> list[GalleryEntry]:
+    """The runs with a ``gallery.caption``, in sweep order."""
+    entries = []
+    for record in records:
+        gallery = gallery_of(record.path)
+        if gallery is not None:
+            panels = [str(panel) for panel in gallery.get("panels") or ["reconstructions"]]
+            metrics = {**record.metrics, "pca_val_mse_at_l0": pca_at_l0(record.metrics)}
+            entries.append(GalleryEntry(record.label, record.path, str(gallery["caption"]), panels, metrics))
+    return entries
+
+
 def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, Any]], Table]:
     """Build the comparison of the runs under ``paths`` into ``out_dir``; returns the rows and table.
+    Runs with a ``gallery.caption`` also get a row on ``out_dir``/gallery.html.
 
     An ``autoenc tune`` study folder (one path, with best.json) also gets its best trials marked: a
     ``best`` or ``pareto`` column, and highlighted points on the frontier plot."""
@@ -200,4 +214,5 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
     figures.image_panels(out_dir / "figures" / "dictionaries.png", dictionaries, "Decoder features per run")
     columns = table_columns(front)
     write_comparison_html(out_dir, rows, columns)
+    write_gallery(out_dir, gallery_entries(records))
     return rows, summary_table(rows, f"{len(records)} runs in {out_dir}", columns)

@@ -192,7 +192,7 @@ def evaluate_run(config: EvalConfig) -> EvalReport:
         report.pca_mse = pca.reconstruction_mse(split.images if inputs is None else inputs, split.images)
         report.pca_squared_error_per_image = report.pca_mse * input_size
         report.ae_pca_mse_ratio = report.mse / report.pca_mse
-    if train.labels is not None and split.labels is not None:
+    if train.labels is not None and split.labels is not None and config.probe.labels_per_class:
         report.probe = run_probes(config.probe, model, data, split, pca)  # probes see clean images
     return report
 

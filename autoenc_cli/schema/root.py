@@ -62,6 +62,33 @@ class TrainerConfig:
             raise ConfigError("device", self.device, "choose one of auto, cpu, cuda, cuda:N")
 
 
+# The figures a gallery panel may show: a run's figures/NAME.png (TrainConfig.check: what each needs of the run).
+GALLERY_PANELS = (
+    "reconstructions",
+    "denoising",
+    "dictionary",
+    "latent_map",
+    "latent_scatter",
+    "code_density",
+    "loss_curve",
+    "stages",
+)
+
+
+@dataclass
+class GalleryConfig:
+    """A run's entry on the gallery page of the sweep (or ``autoenc report``) that holds it: the runs with
+    a caption each get a row with their chosen figures, the caption and their measured numbers."""
+
+    caption: Optional[str] = None  # one line: what the figure shows (e.g. the claim of the paper reproduced)
+    panels: list[str] = field(default_factory=lambda: ["reconstructions"])  # figures/NAME.png to show
+
+    def check(self) -> None:
+        unknown = [panel for panel in self.panels if panel not in GALLERY_PANELS]
+        if unknown or not self.panels:
+            raise ConfigError("panels", self.panels, f"a non-empty list of {', '.join(GALLERY_PANELS)}")
+
+
 @dataclass
 class TrainConfig:
     seed: int = number(0, ge=0)
@@ -70,6 +97,7 @@ class TrainConfig:
     lam: Optional[float] = number(None, ge=0)
     resume: Optional[str] = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
     # Filled with registry-typed option configs by ``autoenc_cli.schema.resolve``.
     data: Any = None
     model: Any = None
@@ -79,3 +107,20 @@ class TrainConfig:
     sparsity: Any = None  # {option name: its config}, in the order listed (see STACKED_GROUPS)
     noise: Any = None
     logger: Any = None  # {option name: its config}: the experiment trackers, none to several
+
+    def check(self) -> None:
+        """A gallery entry must be drawable: never a caption beside figures the run does not make."""
+        if self.gallery.caption is None:
+            return
+        if not self.trainer.figures:
+            raise ConfigError(
+                "gallery.caption", self.gallery.caption, "needs trainer.figures=true (its panels are figures)"
+            )
+        needs = {
+            "denoising": (self.noise.name != "none", "a noise option (noise=gaussian, mask, ...)"),
+            "stages": (self.schedule.name == "greedy", "schedule=greedy"),
+        }
+        for panel in self.gallery.panels:
+            drawn, what = needs.get(panel, (True, ""))
+            if not drawn:
+                raise ConfigError("gallery.panels", self.gallery.panels, f"'{panel}' is drawn only with {what}")

@@ -40,8 +40,37 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     return state
 
 
+def _non_default(node: Any) -> dict[str, Any]:
+    """A config dataclass as a dict without the fields left at their defaults, so a field added later
+    (with a default that keeps the old behaviour) does not change what an old run's config describes."""
+    described = {}
+    for field in dataclasses.fields(node):
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        value = _plain(getattr(node, field.name))
+        if field.name == "name" or value != _plain(default):
+            described[field.name] = value
+    return described
+
+
+def _plain(value: Any) -> Any:
+    """Lists of dataclasses (layer specs) as plain JSON values, comparable and hashable as text."""
+    return json.loads(json.dumps(value, default=dataclasses.asdict))
+
+
 def model_fingerprint(config: Any, input_shape: tuple[int, ...]) -> str:
-    """What determines the network's tensors: the model and sparsity options and the input shape."""
+    """What determines the network's tensors: the model and sparsity options (the values not at their
+    defaults) and the input shape."""
+    described = {
+        "model": _non_default(config.model),
+        "sparsity": {name: _non_default(member) for name, member in config.sparsity.items()},
+        "input_shape": list(input_shape),
+        "version": 2,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def _version_1_fingerprint(config: Any, input_shape: tuple[int, ...]) -> str:
+    """How checkpoints written before version 2 hashed the model: every field, defaults included."""
     described = {
         "model": dataclasses.asdict(config.model),
         "sparsity": {name: dataclasses.asdict(member) for name, member in config.sparsity.items()},
@@ -74,5 +103,15 @@ def check_checkpoint_belongs(state: dict[str, Any], path: Path, run_dir: Path, c
             f"checkpoint '{path}' was not written by the run in '{run_dir}' (run id "
             f"{fingerprint.get('run_id') or 'unknown'}, the folder's is {run_id}); use that run's own checkpoints"
         )
-    if config is not None and fingerprint.get("model") not in (None, model_fingerprint(config, state["input_shape"])):
+    written = fingerprint.get("model")
+    shape = state.get("input_shape")
+    if (
+        config is not None
+        and written is not None
+        and written
+        not in (
+            model_fingerprint(config, shape),
+            _version_1_fingerprint(config, shape),
+        )
+    ):
         raise UserError(f"checkpoint '{path}': its config no longer describes the model that wrote it")
