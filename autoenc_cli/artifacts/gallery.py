@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from autoenc_cli.artifacts.html_report import FIGURE_CAPTIONS, STYLE
+from autoenc_cli.artifacts.html_report import FIGURE_CAPTIONS, page
 from autoenc_cli.io import atomic_write_bytes
 
 # The numbers beside each panel, where the run has them: fidelity against PCA with as many components as
@@ -111,9 +111,5 @@ def write_gallery(out_dir: Path, entries: Sequence[GalleryEntry]) -> Optional[Pa
         'The full comparison is in <a href="report.html">report.html</a>.</p>',
         *(_entry_html(index, entry, out_dir) for index, entry in enumerate(entries)),
     ]
-    page = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>autoenc gallery {html.escape(out_dir.name)}'
-        f"</title><style>{STYLE}{GALLERY_STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
-    )
-    atomic_write_bytes(path, page.encode())
+    atomic_write_bytes(path, page(f"autoenc gallery {out_dir.name}", parts, GALLERY_STYLE))
     return path

@@ -67,10 +67,11 @@ def _probe_table(probe: dict[str, Any]) -> str:
     return f"<p>Accuracy of a {html.escape(probe['classifier'])} classifier.</p><table><tr>{head}</tr>{rows}</table>"
 
 
-def _page(title: str, parts: list[str]) -> bytes:
+def page(title: str, parts: list[str], style: str = "") -> bytes:
+    """A whole offline HTML page: the shared STYLE plus ``style``, and ``parts`` as its body."""
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
+        f"<style>{STYLE}{style}</style></head><body>{''.join(parts)}</body></html>\n"
     ).encode()
 
 
@@ -94,7 +95,7 @@ def write_comparison_html(out_dir: Path, rows: list[dict[str, Any]], columns: tu
                 f'<figure><img src="figures/{figure}" alt="{figure}"><figcaption>{caption}</figcaption></figure>'
             )
     path = out_dir / "report.html"
-    atomic_write_bytes(path, _page(f"autoenc comparison {out_dir.name}", parts))
+    atomic_write_bytes(path, page(f"autoenc comparison {out_dir.name}", parts))
     return path
 
 
@@ -156,5 +157,5 @@ def write_html_report(run_dir: Path) -> Path:
         )
     parts += _config_section(run_dir)
     path = run_dir / "report.html"
-    atomic_write_bytes(path, _page(f"autoenc {run_dir.name}", parts))
+    atomic_write_bytes(path, page(f"autoenc {run_dir.name}", parts))
     return path

@@ -60,21 +60,20 @@ def _plain(value: Any) -> Any:
 def model_fingerprint(config: Any, input_shape: tuple[int, ...]) -> str:
     """What determines the network's tensors: the model and sparsity options (the values not at their
     defaults) and the input shape."""
-    described = {
-        "model": _non_default(config.model),
-        "sparsity": {name: _non_default(member) for name, member in config.sparsity.items()},
-        "input_shape": list(input_shape),
-        "version": 2,
-    }
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+    return _hash(_non_default, config, input_shape, version=2)
 
 
 def _version_1_fingerprint(config: Any, input_shape: tuple[int, ...]) -> str:
     """How checkpoints written before version 2 hashed the model: every field, defaults included."""
+    return _hash(dataclasses.asdict, config, input_shape)
+
+
+def _hash(describe: Any, config: Any, input_shape: tuple[int, ...], **version: int) -> str:
     described = {
-        "model": dataclasses.asdict(config.model),
-        "sparsity": {name: dataclasses.asdict(member) for name, member in config.sparsity.items()},
+        "model": describe(config.model),
+        "sparsity": {name: describe(member) for name, member in config.sparsity.items()},
         "input_shape": list(input_shape),
+        **version,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
