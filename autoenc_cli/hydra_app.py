@@ -44,8 +44,20 @@ OmegaConf.register_new_resolver(
 )
 
 
+def register_launcher() -> None:
+    """Make ``hydra/launcher=stacked`` known to Hydra also where its plugin scan cannot list our package
+    (an editable install's import hook hides ``hydra_plugins.autoenc_stacked_launcher`` from ``pkgutil``)."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.autoenc_stacked_launcher.stacked_launcher import StackedLauncher
+
+    name = f"{StackedLauncher.__module__}.{StackedLauncher.__name__}"
+    Plugins.instance().class_name_to_class.setdefault(name, StackedLauncher)
+
+
 def run_hydra_app(app: Any, program: str, argv: Sequence[str]) -> None:
     """Run a ``@hydra.main`` app on ``argv``, letting exceptions reach our one-line error reporter."""
+    register_launcher()
     previous_argv, previous_flag = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [program, *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -87,23 +88,61 @@ def hydra_task(cfg: DictConfig) -> Optional[dict[str, Any]]:
 
 def job(cfg: DictConfig) -> Optional[dict[str, Any]]:
     """One run, or one job of a sweep (``resume`` continues it; see ``autoenc_cli.resume``)."""
-    hydra_config = HydraConfig.get()
-    folder = RunFolder(Path(hydra_config.runtime.output_dir))
-    multirun, overrides = hydra_config.mode == RunMode.MULTIRUN, list(hydra_config.overrides.task)
-    with job_outcome(folder, multirun):
-        check_shorthands(overrides)
-        point = resume_point(with_absolute_paths(cfg), folder.path, overrides, multirun)
+    prepared = PreparedJob.of(cfg)
+    with job_outcome(prepared.folder, prepared.multirun):
+        prepared.prepare()
+        if prepared.config is None:
+            return prepared.complete
+        return as_dict(train(**prepared.train_arguments()))
+    return None
+
+
+@dataclass
+class PreparedJob:
+    """A job of Hydra's, up to its training: its folder started (or continued), its config resolved."""
+
+    cfg: DictConfig
+    folder: RunFolder
+    multirun: bool
+    overrides: list[str]
+    sweep_dir: Optional[Path]
+    config: Optional[TrainConfig] = None  # None: nothing to train (``complete`` holds its metrics)
+    config_yaml: str = ""
+    resume: Optional[dict[str, Any]] = None
+    run_id: Optional[str] = None
+    complete: Optional[dict[str, Any]] = None
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> "PreparedJob":
+        hydra_config = HydraConfig.get()
+        multirun = hydra_config.mode == RunMode.MULTIRUN
+        sweep_dir = Path(hydra_config.sweep.dir) if multirun else None
+        folder = RunFolder(Path(hydra_config.runtime.output_dir))
+        return cls(cfg, folder, multirun, list(hydra_config.overrides.task), sweep_dir)
+
+    def prepare(self) -> None:
+        check_shorthands(self.overrides)
+        point = resume_point(with_absolute_paths(self.cfg), self.folder.path, self.overrides, self.multirun)
         if point.cfg is None:
             console.print(point.complete, soft_wrap=True)
-            return folder.read_metrics()
-        config_yaml = OmegaConf.to_yaml(point.cfg)
-        config = resolve(point.cfg)
+            self.complete = self.folder.read_metrics()
+            return
+        self.config_yaml = OmegaConf.to_yaml(point.cfg)
+        self.config = resolve(point.cfg)
         # A sweep being resumed restarts its jobs that never trained in their own folders.
-        fresh = point.state is None and not cfg.resume
-        identity = folder.start(config_yaml) if fresh else folder.continued(config_yaml)
-        sweep_dir = Path(hydra_config.sweep.dir) if multirun else None
-        return as_dict(train(config, config_yaml, folder, point.state, identity["run_id"], sweep_dir=sweep_dir))
-    return None
+        fresh = point.state is None and not self.cfg.resume
+        identity = self.folder.start(self.config_yaml) if fresh else self.folder.continued(self.config_yaml)
+        self.resume, self.run_id = point.state, identity["run_id"]
+
+    def train_arguments(self) -> dict[str, Any]:
+        return dict(
+            config=self.config,
+            config_yaml=self.config_yaml,
+            folder=self.folder,
+            resume=self.resume,
+            run_id=self.run_id,
+            sweep_dir=self.sweep_dir,
+        )
 
 
 def train(
@@ -123,10 +162,47 @@ def train(
     if not parts.world.is_main:  # under torchrun only rank 0 shows progress and writes files
         Trainer(parts).fit(resume)
         return RunSummary(status="completed")
+    run = open_run(parts, config_yaml, folder, resume, run_id, callbacks, sweep_dir, started)
+    with ProgressBars(run.total_epochs, completed=resume["epoch"] if resume else 0) as bars:
+        run.trainer.callbacks.insert(0, bars)
+        with stop_on_signals(run.trainer):
+            result = run.trainer.fit(resume)
+    return close_run(run, result)
+
+
+@dataclass
+class OpenRun:
+    """A run between its start (folder writer, loggers and trainer set up) and its results."""
+
+    parts: RunParts
+    folder: RunFolder
+    loggers: RunLoggers
+    trainer: Trainer
+    resume: Optional[dict[str, Any]]
+    started: float
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(phase.epochs for phase in self.parts.phases)
+
+
+def open_run(
+    parts: RunParts,
+    config_yaml: str,
+    folder: RunFolder,
+    resume: Optional[dict[str, Any]],
+    run_id: Optional[str],
+    callbacks: Sequence[TrainingCallback],
+    sweep_dir: Optional[Path],
+    started: float,
+    data_fingerprint_of: Callable[[Any], str] = data_fingerprint,
+) -> OpenRun:
+    """Check the checkpoint's data, announce the run, start its loggers and its folder's writer."""
+    config = parts.config
     fingerprint = {
         "run_id": run_id,
         "model": model_fingerprint(config, parts.data.input_shape),
-        "data": data_fingerprint(parts.data),
+        "data": data_fingerprint_of(parts.data),
     }
     trained_on = ((resume or {}).get("fingerprint") or {}).get("data")
     if trained_on not in (None, fingerprint["data"]):
@@ -138,17 +214,23 @@ def train(
     loggers = RunLoggers.build(parts, folder.path, run_id, sweep_dir, resume)
     logged_runs = loggers.start()  # before the first checkpoint, which keeps their ids for a resume
     writer = RunFolderWriter(folder, config_yaml, fingerprint, logged_runs)
-    total_epochs = sum(phase.epochs for phase in parts.phases)
-    with ProgressBars(total_epochs, completed=resume["epoch"] if resume else 0) as bars:
-        # Loggers before the writer: an epoch is checkpointed only once it is logged (a resume re-logs, never skips).
-        trainer = Trainer(parts, [bars, *([loggers] if loggers.loggers else []), writer, *callbacks])
-        with stop_on_signals(trainer):
-            result = trainer.fit(resume)
+    # Loggers before the writer: an epoch is checkpointed only once it is logged (a resume re-logs, never skips).
+    trainer = Trainer(parts, [*([loggers] if loggers.loggers else []), writer, *callbacks])
+    return OpenRun(parts, folder, loggers, trainer, resume, started)
+
+
+def close_run(
+    run: OpenRun, result: FitResult, baselines: Optional[dict] = None, stack: Optional[str] = None
+) -> RunSummary:
+    """Write the results of a finished fit: metrics, PCA baseline, figures, report, loggers' last records.
+    ``baselines`` shares PCA baselines between runs of one process and ``stack`` names the stack the run
+    trained in (a stacked sweep's jobs; ``autoenc_cli.stacking``)."""
+    folder, parts, trainer, loggers = run.folder, run.parts, run.trainer, run.loggers
     # Training is done: a Ctrl-C now waits for the results to be written (a second one stops at once).
     with stop_on_signals(trainer):
         try:
-            summary = write_results(folder, parts, trainer.network, result)
-            summary.wall_seconds = time.perf_counter() - started
+            summary = write_results(folder, parts, trainer.network, result, baselines, stack)
+            summary.wall_seconds = time.perf_counter() - run.started
             folder.write_metrics(summary)
             loggers.finish(summary, [folder.figures / name for name in summary.figures or []], trainer.global_step)
         except BaseException:
@@ -206,7 +288,14 @@ def announce(parts: RunParts, folder: RunFolder, resume: Optional[dict[str, Any]
         console.print(f"resuming after {resume['epoch']} epochs (+{resume['step_in_epoch']} steps)")
 
 
-def write_results(folder: RunFolder, parts: RunParts, network: Any, result: FitResult) -> RunSummary:
+def write_results(
+    folder: RunFolder,
+    parts: RunParts,
+    network: Any,
+    result: FitResult,
+    baselines: Optional[dict] = None,
+    stack: Optional[str] = None,
+) -> RunSummary:
     """metrics.json first, then the optional extras: a figure or the report failing never un-completes a run."""
     last = result.history[-1]
     summary = carried(
@@ -224,11 +313,12 @@ def write_results(folder: RunFolder, parts: RunParts, network: Any, result: FitR
         device=str(parts.device),
         seed=parts.config.seed,
         l0_threshold=result.final_codes.threshold if result.final_codes is not None else None,
+        stack=stack,
     )
     folder.write_metrics(summary)
     trainer_config = parts.config.trainer
     if trainer_config.pca_baseline:
-        baseline = optional("PCA baseline", lambda: pca_val_mse(parts, network.code_dim))
+        baseline = optional("PCA baseline", lambda: shared_pca_val_mse(parts, network.code_dim, baselines))
         if baseline is not None:
             summary.pca_val_mse, summary.pca_val_mse_by_k = baseline.mse, baseline.mse_by_k
     notes: list[str] = []
@@ -242,6 +332,19 @@ def write_results(folder: RunFolder, parts: RunParts, network: Any, result: FitR
     folder.write_metrics(summary)
     optional("report.html", lambda: write_html_report(folder.path))
     return summary
+
+
+def shared_pca_val_mse(parts: RunParts, code_dim: int, baselines: Optional[dict]) -> Optional[PCABaseline]:
+    """``pca_val_mse``, computed once per data, code size and validation inputs when ``baselines`` keeps them."""
+    if baselines is None:
+        return pca_val_mse(parts, code_dim)
+    noise = parts.noise
+    key = (id(parts.data.train.images), id(parts.data.val.images), code_dim)
+    if noise.active:  # the corrupted validation inputs depend on the noise and the run's seed
+        key += (repr(parts.config.noise), parts.config.seed, parts.config.trainer.eval_batch_size)
+    if key not in baselines:
+        baselines[key] = pca_val_mse(parts, code_dim)
+    return baselines[key]
 
 
 def pca_val_mse(parts: RunParts, code_dim: int) -> Optional[PCABaseline]:
@@ -271,16 +374,17 @@ def count_parameters(model: Any) -> int:
 
 
 @contextmanager
-def stop_on_signals(trainer: Trainer) -> Iterator[None]:
-    """Ctrl-C or SIGTERM asks the trainer to stop after the current step; a second one stops at once."""
+def stop_on_signals(*trainers: Trainer) -> Iterator[None]:
+    """Ctrl-C or SIGTERM asks the trainers to stop after the current step; a second one stops at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def request_stop(signum: int, frame: Any) -> None:
-        if trainer.stop_requested:
+        if any(trainer.stop_requested for trainer in trainers):
             raise KeyboardInterrupt
-        trainer.stop_requested = signal.Signals(signum).name
+        for trainer in trainers:
+            trainer.stop_requested = signal.Signals(signum).name
 
     previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:

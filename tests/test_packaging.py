@@ -19,7 +19,7 @@ def wheel_install(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for folder in ("autoenc_cli", "configs"):
+    for folder in ("autoenc_cli", "configs", "hydra_plugins"):
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path_factory.mktemp("wheels")
     subprocess.run(
@@ -71,3 +71,16 @@ def test_wheel_install_finds_configs_and_data_from_any_folder(wheel_install, tmp
     )
     assert run.returncode == 0, run.stderr
     assert len(list((tmp_path / "outputs" / "runs").glob("*/metrics.json"))) == 1
+
+
+def test_wheel_install_ships_the_stacked_launcher_plugin(wheel_install, tmp_path):
+    """Hydra finds launchers by scanning the hydra_plugins namespace: the wheel must put ours there."""
+    env = {**os.environ, "PYTHONPATH": str(wheel_install)}
+    assert (wheel_install / "hydra_plugins" / "autoenc_stacked_launcher" / "stacked_launcher.py").is_file()
+    sweep = ["-m", "hydra/launcher=stacked", "seed=0,1", "data.limit=200", "trainer.epochs=1", "trainer.figures=false"]
+    run = subprocess.run(
+        [sys.executable, "-m", "autoenc_cli", "train", *sweep], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "stack A: #0 #1 as one model" in run.stdout
+    assert len(list((tmp_path / "outputs" / "sweeps").glob("*/*/metrics.json"))) == 2

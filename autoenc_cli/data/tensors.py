@@ -185,8 +185,15 @@ def iterate_batches(
         for start in range(0, count, batch_size):
             yield split.images[start : start + batch_size]
         return
-    order = torch.randperm(count, generator=generator)
-    if in_memory(split):  # a memory-mapped split reads its rows on the CPU: its order stays there
-        order = order.to(split.images.device)
+    order = epoch_order(split, generator)
     for start in range(skip_batches * batch_size, count, batch_size):
         yield split.images[order[start : start + batch_size]]
+
+
+def epoch_order(split: Split, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's seeded permutation of the split's rows (drawn on the CPU generator, so CPU and CUDA
+    runs see the same order), on the data's device."""
+    order = torch.randperm(len(split), generator=generator)
+    if in_memory(split):  # a memory-mapped split reads its rows on the CPU: its order stays there
+        order = order.to(split.images.device)
+    return order

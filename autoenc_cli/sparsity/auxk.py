@@ -37,6 +37,10 @@ CHECK_EVERY = 32
 
 
 class AuxKLoss(nn.Module):
+    # Stacked members (autoenc_cli.stacking) each weigh the loss their own: ``coef`` is then a 0-d tensor,
+    # and the host-side shortcuts give way to device-side gates (the host cannot read one member's state).
+    member_fields = ("coef",)
+
     def __init__(self, fields: AuxKFields, code_dim: int) -> None:
         super().__init__()
         self.aux_k, self.coef, self.dead_after = min(fields.aux_k, code_dim), fields.aux_coef, fields.dead_after
@@ -45,6 +49,7 @@ class AuxKLoss(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps observed
         self.register_buffer("any_dead", torch.zeros((), dtype=torch.bool))  # as of the last check
         self._host: Optional[list] = None  # [steps, any_dead] mirrored on the host; read once after a load
+        self._stacked, self._check_due = False, False  # see begin_stacked
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -54,6 +59,23 @@ class AuxKLoss(nn.Module):
         if self._host is None:
             self._host = [int(self.steps), bool(self.any_dead)]
         return self._host
+
+    # A stacked epoch (autoenc_cli.stacking) runs this module as the template of all members, inside
+    # ``vmap``, where the host cannot read a member's tensors: the engine brackets it with these calls,
+    # passing the members' buffers stacked. A check then runs on each member's device tensors, and the
+    # host learns after the step whether any member has a dead unit (the auxiliary pass then runs for
+    # all, gated per member on the device).
+    def begin_stacked(self, stacked_buffers: dict[str, torch.Tensor]) -> None:
+        self._host = [int(stacked_buffers["steps"][0]), bool(stacked_buffers["any_dead"].any())]
+        self._stacked, self._check_due = True, False
+
+    def after_stacked_step(self, stacked_buffers: dict[str, torch.Tensor]) -> None:
+        if self._check_due:
+            self._host[1] = bool(stacked_buffers["any_dead"].any())
+            self._check_due = False
+
+    def end_stacked(self) -> None:
+        self._stacked, self._host = False, None  # the member's own buffers are read again when next needed
 
     @property
     def steps_taken(self) -> int:
@@ -65,10 +87,20 @@ class AuxKLoss(nn.Module):
         """Count, per unit, the training samples since it last fired in ``code``."""
         fired = (code != 0).any(dim=0)
         self.samples_since_fired.add_(code.shape[0]).masked_fill_(fired, 0)
+        host = self._mirror()  # read before the count moves on (read after, it ran one step ahead)
         self.steps += 1
-        self._mirror()[0] += 1
-        if self.coef and self._mirror()[0] % CHECK_EVERY == 0:
-            self.check_dead_units()
+        host[0] += 1
+        if host[0] % CHECK_EVERY == 0:
+            if self.stacked:  # each member's check on the device; the host reads them after the step
+                self.any_dead.copy_((self.samples_since_fired >= self.dead_after).any())
+                self._check_due = True
+            elif self.coef:
+                self.check_dead_units()
+
+    @property
+    def stacked(self) -> bool:
+        """Whether this module runs as the template of a stacked epoch (its buffers are the members')."""
+        return self._stacked
 
     @torch.no_grad()
     def check_dead_units(self) -> bool:
@@ -80,7 +112,10 @@ class AuxKLoss(nn.Module):
     def forward(
         self, output: "AutoencoderOutput", target: torch.Tensor, model: "Autoencoder"
     ) -> Optional[torch.Tensor]:
-        if not self.training or self.coef == 0 or not self._mirror()[1]:
+        # (A stacked member's check that came due in this step is read by the host only after it.)
+        maybe_dead = self._mirror()[1] or (self.stacked and self._check_due)
+        off = not isinstance(self.coef, torch.Tensor) and self.coef == 0  # (a tensor: members' own weights)
+        if not self.training or not maybe_dead or off:
             return None
         dead = self.samples_since_fired >= self.dead_after
         values, indices = (output.raw_code * dead).topk(self.aux_k, dim=1)
@@ -91,7 +126,8 @@ class AuxKLoss(nn.Module):
         completed = model.output_activation(output.logits.detach() + added)
         residual_power = (output.reconstruction.detach() - target).pow(2).mean().clamp_min(1e-12)
         normalised = (completed - target).pow(2).mean() / residual_power  # 1 when the dead units add nothing
-        return self.coef * dead.any() * normalised  # units may have fired since the check
+        # Units may have fired since the check; a stacked member passes here whatever its last check found.
+        return self.coef * (self.any_dead & dead.any()) * normalised
 
 
 class RevivesDeadUnits(Sparsity):

@@ -29,6 +29,12 @@ class Sparsity(nn.Module):
     auxiliary loss can decode codes of its own.
     """
 
+    # Hyper-parameters that members of a stacked sweep may set each their own (``autoenc_cli.stacking``):
+    # attributes holding a number, which the option's code must also accept as a 0-d tensor.
+    member_fields: ClassVar[tuple[str, ...]] = ()
+    # While stacked, the largest value of each member field among the members (a bound for shapes).
+    largest: ClassVar[dict[str, float]] = {}
+
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         return code
 

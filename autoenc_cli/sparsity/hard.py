@@ -24,25 +24,45 @@ class KeepTopK(torch.autograd.Function):
     """``x`` with all but the ``k`` largest entries along ``dim`` set to zero.
 
     Ties are broken by ``torch.topk``, which is deterministic for a given input and device. Only the
-    kept indices are saved for the backward pass (k per row, not a dense mask).
+    kept indices are saved for the backward pass (k per row, not a dense mask). Written in the
+    ``setup_context`` form so it also runs under ``torch.func.vmap`` (stacked sweeps).
     """
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
-        values, indices = x.topk(k, dim=dim, sorted=False)
-        ctx.save_for_backward(indices)
-        ctx.dim = dim
-        return torch.zeros_like(x).scatter_(dim, indices, values)
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], None, None]:
+    def forward(x: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        values, indices = x.topk(k, dim=dim, sorted=False)
+        return torch.zeros_like(x).scatter_(dim, indices, values), indices
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+        ctx.dim = inputs[2]
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor, _: Any) -> tuple[Optional[torch.Tensor], None, None]:
         (indices,) = ctx.saved_tensors
         kept = grad_output.gather(ctx.dim, indices)
         return torch.zeros_like(grad_output).scatter_(ctx.dim, indices, kept), None, None
 
 
-def keep_top_k(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
-    return KeepTopK.apply(x, min(k, x.shape[dim]), dim)
+def keep_top_k(x: torch.Tensor, k: int | torch.Tensor, dim: int, largest: Optional[int] = None) -> torch.Tensor:
+    """``x`` with all but its ``k`` largest entries along ``dim`` zeroed. ``k`` is a number, or a 0-d tensor
+    when stacked members each keep their own (``autoenc_cli.stacking``), at most ``largest``: then the
+    ``largest`` top entries are ranked and those ranked below k kept (the same entries, the same gradients)."""
+    if not isinstance(k, torch.Tensor):
+        return KeepTopK.apply(x, min(k, x.shape[dim]), dim)[0]
+    values, indices = x.topk(min(largest or x.shape[dim], x.shape[dim]), dim=dim)
+    shape = [-1 if axis == dim % x.dim() else 1 for axis in range(x.dim())]
+    ranks = torch.arange(values.shape[dim], device=x.device).view(shape)
+    return torch.zeros_like(x).scatter(dim, indices, values * (ranks < k))
+
+
+def rounded(value: float | torch.Tensor) -> int | torch.Tensor:
+    """Python's round (half to even) for a number, or for a stacked member's 0-d tensor."""
+    return torch.round(value) if isinstance(value, torch.Tensor) else round(value)
 
 
 def check_k_fits(k: int, facts: Facts) -> None:
@@ -68,19 +88,23 @@ class TopK(RevivesDeadUnits):
     kept and lowers k linearly, so no unit starts out starved of gradient.
     """
 
+    member_fields = ("k",)
+
     def __init__(self, config: TopKConfig, code_dim: int) -> None:
         super().__init__()
         self.k, self.anneal_steps, self.code_dim = config.k, config.k_anneal_steps, code_dim
         self.auxk = AuxKLoss(config, code_dim)  # also counts the training steps annealing follows
 
-    def current_k(self) -> int:
+    def current_k(self, k: Optional[int | torch.Tensor] = None) -> int | torch.Tensor:
+        k = self.k if k is None else k
         if not (self.training and self.anneal_steps):
-            return self.k
+            return k
         done = min(self.auxk.steps_taken, self.anneal_steps) / self.anneal_steps
-        return round(self.code_dim + (self.k - self.code_dim) * done)
+        return rounded(self.code_dim + (k - self.code_dim) * done)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
-        kept = keep_top_k(code, self.current_k(), dim=1)
+        largest = self.current_k(self.largest["k"]) if "k" in self.largest else None  # stacked: the members' largest
+        kept = keep_top_k(code, self.current_k(), 1, largest)
         if self.training:
             self.auxk.observe(kept)
         return kept
@@ -98,18 +122,23 @@ class Lifetime(Sparsity):
     """Lifetime winner-take-all (Makhzani & Frey, 2015): during training each unit keeps its k largest
     activations across the minibatch; at evaluation codes pass unchanged."""
 
+    member_fields = ("rate",)
+
     def __init__(self, config: LifetimeConfig, code_dim: int) -> None:
         super().__init__()
         self.k, self.rate = config.k, config.rate
 
-    def kept_per_unit(self, batch_size: int) -> int:
-        k = self.k if self.k is not None else round(self.rate * batch_size)
-        return max(1, min(k, batch_size))  # a k larger than the batch keeps the whole batch
+    def kept_per_unit(self, batch_size: int) -> int | torch.Tensor:
+        if self.k is not None:
+            return max(1, min(self.k, batch_size))  # a k larger than the batch keeps the whole batch
+        k = rounded(self.rate * batch_size)
+        return k.clamp(1, batch_size) if isinstance(k, torch.Tensor) else max(1, min(k, batch_size))
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return code
-        return keep_top_k(code, self.kept_per_unit(code.shape[0]), dim=0)
+        largest = round(self.largest["rate"] * code.shape[0]) if "rate" in self.largest and self.k is None else None
+        return keep_top_k(code, self.kept_per_unit(code.shape[0]), 0, largest)
 
 
 @dataclass
@@ -128,6 +157,8 @@ class BatchTopK(RevivesDeadUnits):
     whole batch. Evaluation keeps activations above a threshold estimated during training (an EMA of
     the smallest kept activation per batch), so it does not depend on batch composition."""
 
+    member_fields = ("k",)
+
     def __init__(self, config: BatchTopKConfig, code_dim: int) -> None:
         super().__init__()
         self.k, self.momentum = config.k, config.threshold_momentum
@@ -139,7 +170,8 @@ class BatchTopK(RevivesDeadUnits):
         if not self.training:
             return code * (code > self.threshold)
         flat = code.reshape(1, -1)
-        kept = keep_top_k(flat, self.k * code.shape[0], dim=1)
+        largest = self.largest["k"] * code.shape[0] if "k" in self.largest else None
+        kept = keep_top_k(flat, self.k * code.shape[0], 1, largest)
         self._update_threshold(flat.detach(), kept.detach())
         kept = kept.view_as(code)
         self.auxk.observe(kept)

@@ -31,6 +31,8 @@ class L1Config(SparsityConfig):
 class L1Penalty(Sparsity):
     """lam x mean over samples of the code's L1 norm."""
 
+    member_fields = ("lam",)
+
     def __init__(self, config: L1Config, code_dim: int) -> None:
         super().__init__()
         self.lam = config.lam
@@ -60,11 +62,15 @@ class KLPenalty(Sparsity):
     """lam x mean over units of KL(rho || rho_hat_j), rho_hat_j the unit's mean activation in the batch
     (the sparse autoencoder of Ng's CS294A notes). Not clamped: a saturated unit shows as inf."""
 
+    member_fields = ("lam", "rho")
+
     def __init__(self, config: KLConfig, code_dim: int) -> None:
         super().__init__()
         self.lam, self.rho = config.lam, config.rho
 
     def penalty(self, output: "AutoencoderOutput", target: torch.Tensor, model: "Autoencoder") -> torch.Tensor:
         rho, rho_hat = self.rho, output.code.mean(dim=0)
-        divergence = rho * (math.log(rho) - torch.log(rho_hat)) + (1 - rho) * (math.log1p(-rho) - torch.log1p(-rho_hat))
+        # rho is a number, or a 0-d tensor for stacked members (autoenc_cli.stacking).
+        log, log1p = (torch.log, torch.log1p) if isinstance(rho, torch.Tensor) else (math.log, math.log1p)
+        divergence = rho * (log(rho) - torch.log(rho_hat)) + (1 - rho) * (log1p(-rho) - torch.log1p(-rho_hat))
         return self.lam * divergence.mean()

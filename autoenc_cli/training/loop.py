@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -61,11 +61,28 @@ class Trainer:
         self.epoch_batch_state = self.batch_generator.get_state()
         self.stop_requested: Optional[str] = None  # set by a signal handler: stop after the current step
         self.result = FitResult()
+        self.epoch_train_loss = float("nan")  # the mean training loss of the epoch just trained
+        self.epoch_train_seconds = 0.0  # and the time it took (a stacked epoch: the stack's time)
         self.autocast_dtype = AUTOCAST_DTYPES[config.trainer.precision]
         self.scaler = torch.amp.GradScaler(parts.device.type, enabled=config.trainer.precision == "fp16")
 
     def fit(self, resume: Optional[dict[str, Any]] = None) -> FitResult:
         """Run every phase; with ``resume`` (a ``state_dict()``), continue exactly where it was taken."""
+        epochs = self.epochs(resume)
+        for _ in epochs:
+            started = time.perf_counter()
+            try:
+                self.epoch_train_loss = self.train_epoch()
+            except BaseException as error:  # the fit's handlers report it (interrupted, failed), then re-raise
+                epochs.throw(error)
+            self.epoch_train_seconds = time.perf_counter() - started
+        return self.result
+
+    def epochs(self, resume: Optional[dict[str, Any]] = None) -> Iterator["Trainer"]:
+        """``fit``, paused before each training epoch: the caller trains it (``train_epoch``, or a stacked
+        epoch of several trainers; see ``autoenc_cli.stacking``), sets ``epoch_train_loss`` and
+        ``epoch_train_seconds`` and resumes the generator, which validates, records and checkpoints. An
+        error of the epoch is ``throw``n in."""
         phases, start = self.parts.phases, resume["phase_index"] if resume else 0
         try:
             if resume:
@@ -77,8 +94,8 @@ class Trainer:
                 self._start_phase(index, phase, network, parameters, resume if index == start else None)
                 while self.epoch_in_phase < phase.epochs and not self.policy.should_stop():
                     started = time.perf_counter()
-                    train_loss = self.train_epoch()
-                    train_seconds = time.perf_counter() - started
+                    yield self
+                    train_loss, train_seconds = self.epoch_train_loss, self.epoch_train_seconds
                     val, codes = self.validate()
                     self.policy.step(val.loss)
                     self.epoch_in_phase += 1
@@ -88,12 +105,13 @@ class Trainer:
             where = str(interruption)
             self._emit("on_interrupt", Interrupted(self.stop_requested, where, self.result.history, self.state_dict))
             raise
+        except GeneratorExit:  # the caller dropped the paused fit (it is ending for another reason)
+            raise
         except BaseException as error:
             self._emit("on_failure", Failed(error))
             raise
         if self.result.final_codes is None:  # resumed with nothing left to train: measure the codes now
             self.result.final_codes = self.validate()[1]
-        return self.result
 
     def _start_phase(
         self, index: int, phase: Phase, network: Autoencoder, parameters: list, resume: Optional[dict[str, Any]]

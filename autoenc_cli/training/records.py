@@ -131,6 +131,9 @@ class RunSummary:
         "PCA's validation MSE per pixel with k components, as pca_val_mse; entry i is k = i + 1, up to code_dim"
     )
     wall_seconds: Optional[float] = metric("wall time of the whole run, figures included")
+    stack: Optional[str] = metric(
+        "hydra/launcher=stacked: the stack the run's epochs trained in (its label and job numbers)", summary=True
+    )
     figures: Optional[list[str]] = metric("the figures this run wrote (report.html shows these and no others)")
     notes: Optional[list[str]] = metric("extras that were skipped, and why")
 

@@ -1,0 +1,342 @@
+"""One training epoch of several runs as one batched model.
+
+The members' networks have the same structure; their parameters and buffers are stacked along a new
+leading dimension, ``torch.func.vmap`` runs the forward pass and the objective of every member at once
+(one batched matrix product per layer) and one backward pass computes every member's gradients. What
+members may set each their own:
+
+- anything outside the network's step: seed (their own batch order and noise), noise, schedule and
+  learning-rate policy, epochs, logging, figures;
+- the optimizer's settings (rate, decay, betas: the members' parameters, views of the stack, step with
+  their own settings and state; fused kernels compute each element alike however parameters are
+  grouped, so a member's update is its separate run's, bit for bit);
+- a module's ``member_fields`` (top-k's k, a penalty's weight): numbers passed in as 0-d tensors.
+
+Everything else must be equal, which ``stack_signature`` checks from the modules themselves, so a
+difference that is not a member field (a Python attribute, a shape) puts runs in different stacks
+instead of being silently taken from the first member. Between epochs every member holds its own
+tensors again: validation, checkpoints and callbacks are the ordinary per-run code.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from autoenc_cli.data.tensors import epoch_order, in_memory
+from autoenc_cli.errors import TrainingInterrupted
+from autoenc_cli.training.callbacks import StepEnd
+from autoenc_cli.training.loop import Trainer
+
+
+def member_fields(module: nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(type(module), "member_fields", ()))
+
+
+def can_stack(trainer: Trainer) -> Optional[str]:
+    """Why this run's epochs cannot join a stack (None: they can)."""
+    parts = trainer.parts
+    if parts.world.is_distributed:
+        return "distributed training"
+    if parts.config.trainer.compile:
+        return "trainer.compile=true"
+    if trainer.scaler.is_enabled():
+        return "trainer.precision=fp16 (a gradient scaler per run)"
+    if not in_memory(parts.data.train):
+        return "memory-mapped data"
+    return None
+
+
+def _attributes(module: nn.Module) -> tuple:
+    skip = {"training", *member_fields(module)}
+    return tuple(sorted((key, repr(value)) for key, value in vars(module).items() if key[0] != "_" and key not in skip))
+
+
+def _optimizer_steps(optimizer: torch.optim.Optimizer) -> float:
+    for state in optimizer.state.values():
+        return float(state["step"]) if "step" in state else 0.0
+    return 0.0
+
+
+def stack_signature(trainer: Trainer) -> tuple:
+    """Runs whose next epochs may be stacked have equal signatures: the same phase and position, data,
+    batch size, precision, loss, and networks equal in structure,
+    shapes and every attribute but the modules' member fields."""
+    network, parts = trainer.network, trainer.parts
+    return (
+        trainer.phase_index,
+        parts.phases[trainer.phase_index].name,
+        trainer.step_in_epoch,
+        trainer.global_step,  # so step counters that modules keep (AuxK's) agree
+        _optimizer_steps(trainer.optimizer),  # a stacked optimizer state has one step count
+        id(parts.data.train.images),
+        parts.config.data.batch_size,
+        str(trainer.autocast_dtype),
+        type(trainer.objective.reconstruction).__qualname__,
+        tuple((name, type(module).__qualname__, _attributes(module)) for name, module in network.named_modules()),
+        tuple((name, tuple(p.shape), str(p.dtype), p.requires_grad) for name, p in network.named_parameters()),
+        tuple((name, tuple(b.shape), str(b.dtype)) for name, b in network.named_buffers()),
+    )
+
+
+class StepLoss(nn.Module):
+    """A member's training step as one module call (so ``functional_call`` swaps its tensors throughout,
+    including in penalties that decode codes of their own): the objective's total loss."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__()
+        self.network = trainer.network
+        self.objective = trainer.objective
+
+    def forward(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.objective(self.network(inputs), target).total
+
+
+@contextmanager
+def attributes_set(settings: list[tuple[nn.Module, str, Any]]) -> Iterator[None]:
+    saved = [(module, name, module.__dict__.get(name, _ABSENT)) for module, name, _ in settings]
+    for module, name, value in settings:
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            if value is _ABSENT:
+                delattr(module, name)
+            else:
+                setattr(module, name, value)
+
+
+_ABSENT = object()
+
+
+class StackedEpoch:
+    """Train one epoch of ``trainers`` (equal ``stack_signature``s) together.
+
+    ``run`` returns each member's error of the epoch (divergence, interruption), or None; every member
+    that did not fail has its epoch's mean loss in ``epoch_train_loss``.
+    """
+
+    def __init__(self, trainers: list[Trainer], stop_requested: Callable[[], Optional[str]]) -> None:
+        # Members with equal optimizer settings next to each other: they step as one slice of the stack.
+        self.trainers, self.stop_requested = sorted(trainers, key=_settings), stop_requested
+        self.template = trainers[0].network
+        self.step_module = StepLoss(trainers[0])
+        self.errors: dict[int, BaseException] = {}
+
+    # -- stacking ---------------------------------------------------------------------------------------
+    def _stack(self) -> None:
+        networks = [trainer.network for trainer in self.trainers]
+        members = [dict(network.named_parameters()) for network in networks]
+        self.parameters: dict[str, torch.Tensor] = {}
+        for name, parameter in self.template.named_parameters():
+            stacked = torch.stack([member[name].detach() for member in members])
+            self.parameters[name] = stacked.requires_grad_(parameter.requires_grad)
+            for index, member in enumerate(members):
+                member[name].data = stacked.data[index]  # a view: per-member code (after_step) sees the stack
+        self.buffers: dict[str, torch.Tensor] = {}
+        for name, _ in self.template.named_buffers():
+            owners = [_owner(network, name) for network in networks]
+            stacked = torch.stack([module._buffers[leaf] for module, leaf in owners])
+            self.buffers[name] = stacked
+            for index, (module, leaf) in enumerate(owners):
+                module._buffers[leaf] = stacked[index]
+        self.mirrors = [  # modules that mirror device state on the host, with their buffers, stacked
+            (module, {leaf: self.buffers[f"{path}.{leaf}" if path else leaf] for leaf in module._buffers})
+            for path, module in self.template.named_modules()
+            if hasattr(module, "begin_stacked")
+        ]
+        for module, buffers in self.mirrors:
+            module.begin_stacked(buffers)
+        self._member_values(networks)
+        self.trained = [name for name, stacked in self.parameters.items() if stacked.requires_grad]
+        self.member_parameters = [dict(network.named_parameters()) for network in networks]
+        self._stack_optimizers()
+
+    def _member_values(self, networks: list[nn.Module]) -> None:
+        """Each member field as a tensor of the members' values (the vmapped step gives each member its own
+        as a 0-d tensor of the network's dtype, which acts as the number would), and per module the
+        largest value of each (a bound for shapes, such as how many entries a top-k must rank)."""
+        dtype, device = next(self.template.parameters()).dtype, self.trainers[0].parts.device
+        self.slots, self.member_values, self.bounds = [], [], []
+        for path, module in self.template.named_modules():
+            fields = member_fields(module)
+            values = {field: [getattr(network.get_submodule(path), field) for network in networks] for field in fields}
+            for field in fields:
+                if len(set(values[field])) == 1:
+                    continue  # equal in every member: the template's own number serves all (the faster path)
+                self.slots.append((module, field))
+                self.member_values.append(torch.tensor([float(v) for v in values[field]], dtype=dtype, device=device))
+            varying = {field: max(values[field]) for field in fields if len(set(values[field])) > 1}
+            if varying:
+                self.bounds.append((module, "largest", varying))
+
+    def _after_step(self) -> None:
+        for module, buffers in self.mirrors:
+            module.after_stacked_step(buffers)
+
+    def _unstack(self) -> None:
+        """Every member holds its own tensors again: weights and buffers (its optimizer's state always was)."""
+        self._unstack_optimizers()
+        for module, _ in self.mirrors:
+            module.end_stacked()
+        for index, trainer in enumerate(self.trainers):
+            network = trainer.network
+            for name, parameter in self.member_parameters[index].items():
+                parameter.data = self.parameters[name].data[index].clone()
+                parameter.grad = None
+            for name, stacked in self.buffers.items():
+                module, leaf = _owner(network, name)
+                module._buffers[leaf] = stacked[index].clone()
+
+    # -- the epoch --------------------------------------------------------------------------------------
+    def run(self) -> dict[Trainer, BaseException]:
+        started = time.perf_counter()
+        trainers = self.trainers
+        first = trainers[0]
+        for trainer in trainers:
+            trainer.network.train()
+            trainer.epoch_batch_state = trainer.batch_generator.get_state()
+        split, batch_size = first.parts.data.train, first.parts.config.data.batch_size
+        orders = torch.stack([epoch_order(split, trainer.batch_generator) for trainer in trainers])
+        self._stack()
+        try:
+            self._steps(orders, split.images, batch_size)
+        finally:
+            self._unstack()
+        for index, trainer in enumerate(trainers):
+            if index in self.errors:
+                continue
+            try:
+                trainer.epoch_train_loss = trainer._mean_loss()
+            except Exception as error:  # noqa: BLE001 - a member's divergence is its own
+                self.errors[index] = error
+                continue
+            trainer.step_in_epoch, trainer.running_loss = 0, torch.zeros((), device=trainer.parts.device)
+            trainer.epoch_train_seconds = time.perf_counter() - started  # each member's share is the whole stack's
+        return {trainers[index]: error for index, error in self.errors.items()}
+
+    def _loss_function(self) -> Callable:
+        names = list(self.parameters) + list(self.buffers)
+
+        def member_loss(tensors: list, values: list, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            prefixed = {f"network.{name}": tensor for name, tensor in zip(names, tensors)}
+            settings = [(module, field, value) for (module, field), value in zip(self.slots, values)]
+            with attributes_set(settings + self.bounds):
+                return functional_call(self.step_module, prefixed, (inputs, target))
+
+        return vmap(member_loss, randomness="error")
+
+    def _steps(self, orders: torch.Tensor, images: torch.Tensor, batch_size: int) -> None:
+        trainers, first = self.trainers, self.trainers[0]
+        loss_of = self._loss_function()
+        noisy = any(trainer.parts.noise.active for trainer in trainers)
+        running = torch.stack([trainer.running_loss for trainer in trainers]).clone()
+        count = orders.shape[1]
+        for start in range(first.step_in_epoch * batch_size, count, batch_size):
+            clean = images[orders[:, start : start + batch_size]]
+            inputs = clean
+            if noisy:
+                inputs = torch.stack([t.parts.noise(clean[i], t.noise_generator) for i, t in enumerate(trainers)])
+            with first.autocast():
+                totals = loss_of([*self.parameters.values(), *self.buffers.values()], self.member_values, inputs, clean)
+            for name in self.trained:
+                self.parameters[name].grad = None
+            totals.sum().backward()
+            self._optimizer_step()
+            self._after_step()
+            for trainer in trainers:  # constraints on the weights, per member (on its views of the stack)
+                trainer.network.after_step()
+            running += totals.detach()
+            for trainer in trainers:
+                trainer.step_in_epoch += 1
+                trainer.global_step += 1
+                trainer.result.samples_seen += clean.shape[1]
+            self._report_steps(running)
+            signal = self.stop_requested()
+            if signal:
+                for index, trainer in enumerate(trainers):
+                    trainer.running_loss = running[index].clone()
+                    if index not in self.errors:
+                        self.errors[index] = TrainingInterrupted(f"{signal} {trainer._where()}")
+                return
+        for index, trainer in enumerate(trainers):
+            trainer.running_loss = running[index].clone()
+
+    def _report_steps(self, running: torch.Tensor) -> None:
+        """Each member's loss read-back every ``log_every`` of its steps: its progress event, and its
+        divergence (recorded; the others go on)."""
+        for index, trainer in enumerate(self.trainers):
+            if index in self.errors or trainer.step_in_epoch % trainer.parts.config.trainer.log_every:
+                continue
+            trainer.running_loss = running[index]
+            try:
+                loss = trainer._mean_loss()
+            except Exception as error:  # noqa: BLE001 - the member's own failure, as a separate run has it
+                self.errors[index] = error
+                continue
+            trainer._emit("on_step", StepEnd(trainer.step_in_epoch, loss, trainer.global_step))
+
+    def _stack_optimizers(self) -> None:
+        """One optimizer of the members' kind per run of consecutive members with equal settings (the
+        stack is ordered so equal settings sit together), stepping their slices of the stack with their
+        optimizers' states stacked alike: one fused kernel per tensor and setting, each element updated
+        as the member's own optimizer would update it."""
+        first = self.trainers[0].optimizer
+        self.optimizers: list[tuple[torch.optim.Optimizer, int, int]] = []
+        start = 0
+        for stop in range(1, len(self.trainers) + 1):
+            if stop < len(self.trainers) and _settings(self.trainers[stop]) == _settings(self.trainers[start]):
+                continue
+            slices = [self.parameters[name].detach()[start:stop] for name in self.trained]
+            group = dict(self.trainers[start].optimizer.param_groups[0], params=slices)
+            optimizer = type(first)([group], **first.defaults)
+            for name, stacked in zip(self.trained, slices):
+                states = [self._member_state(index, name) for index in range(start, stop)]
+                if states[0]:
+                    optimizer.state[stacked] = {key: _stacked([state[key] for state in states]) for key in states[0]}
+            self.optimizers.append((optimizer, start, stop))
+            start = stop
+
+    def _member_state(self, index: int, name: str) -> dict:
+        return self.trainers[index].optimizer.state.get(self.member_parameters[index][name], {})
+
+    def _optimizer_step(self) -> None:
+        for optimizer, start, stop in self.optimizers:
+            for name, stacked in zip(self.trained, optimizer.param_groups[0]["params"]):
+                stacked.grad = self.parameters[name].grad.detach()[start:stop]
+            optimizer.step()
+
+    def _unstack_optimizers(self) -> None:
+        """Each member's own optimizer gets its slice of the state back."""
+        for optimizer, start, stop in self.optimizers:
+            for name, stacked in zip(self.trained, optimizer.param_groups[0]["params"]):
+                state = optimizer.state.get(stacked)
+                for index in range(start, stop):
+                    if state:
+                        member = self.trainers[index].optimizer
+                        member.state[self.member_parameters[index][name]] = {
+                            key: value.clone() if value.dim() == 0 else value[index - start].clone()
+                            for key, value in state.items()
+                        }
+
+
+def _settings(trainer: Trainer) -> str:
+    return repr(sorted((key, value) for key, value in trainer.optimizer.param_groups[0].items() if key != "params"))
+
+
+def _stacked(values: list) -> Any:
+    """A state entry of the members, stacked: a tensor per member (a moment), or their common scalar (Adam's step)."""
+    if isinstance(values[0], torch.Tensor) and values[0].dim() > 0:
+        return torch.stack(values)
+    return values[0].clone() if isinstance(values[0], torch.Tensor) else values[0]
+
+
+def _owner(network: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return (network.get_submodule(path) if path else network), leaf

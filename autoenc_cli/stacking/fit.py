@@ -1,0 +1,151 @@
+"""Fit several runs in one process, epoch by epoch, stacking those whose next epochs can share one model.
+
+Each run is an ordinary ``Trainer`` paused before each training epoch (``Trainer.epochs``). At every
+round the runs waiting for an epoch are partitioned by ``stack_signature`` (so a run that stops early, a
+greedy stage that ends, or a member that fails simply leaves its stack), each part of at most
+``max_members`` runs trains its epoch as one ``StackedEpoch``, and each run then validates, records and
+checkpoints on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import string
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Optional
+
+import torch
+
+from autoenc_cli.stacking.engine import StackedEpoch, can_stack, stack_signature
+from autoenc_cli.training.loop import Trainer
+
+
+@dataclass(eq=False)
+class Member:
+    trainer: Trainer
+    resume: Optional[dict[str, Any]] = None
+    number: int = 0  # the job's number in the sweep
+    error: Optional[BaseException] = None
+    stack: Optional[str] = None  # the label of the first stack it trained in
+    epochs: Optional[Generator] = field(default=None, repr=False)
+
+
+def member_bytes(trainer: Trainer) -> int:
+    """A generous estimate of one member's share of a stack: its weights six times (the stacked copy, the
+    member's own, gradient, two optimizer moments, the update's start) and its step's activations."""
+    network = trainer.network
+    weights = sum(parameter.numel() for parameter in network.parameters())
+    batch = trainer.parts.config.data.batch_size
+    widths = sum(module.out_features for module in network.modules() if isinstance(module, torch.nn.Linear))
+    activations = batch * (8 * math.prod(network.input_shape) + 4 * widths)
+    return 4 * (6 * weights + activations)
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux: assume 4 GiB
+        return 4 << 30
+
+
+def stack_limit(trainer: Trainer, max_members: Optional[int], memory_fraction: float) -> int:
+    fits = int(memory_fraction * available_bytes(trainer.parts.device) // max(member_bytes(trainer), 1))
+    return max(1, min(fits, max_members or fits))
+
+
+class StackedFit:
+    """Drive ``members`` to the end of their fits; each keeps its error (or None)."""
+
+    def __init__(
+        self,
+        members: list[Member],
+        max_members: Optional[int] = None,
+        memory_fraction: float = 0.5,
+        announce: Callable[[str], None] = print,
+    ) -> None:
+        self.members, self.max_members, self.memory_fraction = members, max_members, memory_fraction
+        self.announce = announce
+        self.layout: Optional[list[str]] = None
+        self.labels = iter(string.ascii_uppercase)
+
+    def run(self) -> None:
+        waiting = []
+        for member in self.members:
+            member.epochs = member.trainer.epochs(member.resume)
+            if self._advance(member):
+                waiting.append(member)
+        while waiting:
+            ready: list[Member] = []
+            for group in self._partition(waiting):
+                self._train_epoch(group)
+                ready.extend(member for member in group if self._advance(member, member.error))
+            waiting = [member for member in self.members if member in ready]
+
+    def _advance(self, member: Member, error: Optional[BaseException] = None) -> bool:
+        """Resume the member's fit up to its next epoch; False once it has ended (done or failed)."""
+        try:
+            if error is not None:
+                member.error = None
+                member.epochs.throw(error)
+            else:
+                next(member.epochs)
+            return True
+        except StopIteration:
+            return False
+        except Exception as failure:  # noqa: BLE001 - the member's outcome, reported by the launcher
+            member.error = failure
+            return False
+
+    def _partition(self, waiting: list[Member]) -> list[list[Member]]:
+        groups: dict[Any, list[Member]] = {}
+        for member in waiting:
+            reason = can_stack(member.trainer)
+            key = ("alone", member.number) if reason else stack_signature(member.trainer)
+            groups.setdefault(key, []).append(member)
+        parts: list[list[Member]] = []
+        for group in groups.values():
+            size = stack_limit(group[0].trainer, self.max_members, self.memory_fraction)
+            parts.extend(group[start : start + size] for start in range(0, len(group), size))
+        self._describe(parts)
+        return parts
+
+    def _describe(self, parts: list[list[Member]]) -> None:
+        """Say how the jobs train whenever that changes (at the start, after a stage, when one stops)."""
+        layout = [",".join(str(member.number) for member in part) for part in parts]
+        if layout == self.layout:
+            return
+        self.layout = layout
+        lines = []
+        for part in parts:
+            numbers = " ".join(f"#{member.number}" for member in part)
+            if len(part) == 1:
+                reason = can_stack(part[0].trainer) or "no other job has its shapes and settings"
+                lines.append(f"{numbers} alone ({reason})")
+                continue
+            label = next(self.labels, "?")
+            for member in part:
+                member.stack = member.stack or f"{label}: {len(part)} jobs ({numbers})"
+            phase = part[0].trainer.parts.phases[part[0].trainer.phase_index].name
+            lines.append(f"stack {label}: {numbers} as one model ({len(part)} members, {phase})")
+        self.announce("stacked training: " + "; ".join(lines))
+
+    def _train_epoch(self, group: list[Member]) -> None:
+        if len(group) == 1:
+            trainer, started = group[0].trainer, time.perf_counter()
+            try:
+                trainer.epoch_train_loss = trainer.train_epoch()
+            except Exception as error:  # noqa: BLE001 - thrown into the member's fit, as if it raised there
+                group[0].error = error
+            trainer.epoch_train_seconds = time.perf_counter() - started
+            return
+        trainers = [member.trainer for member in group]
+        try:
+            errors = StackedEpoch(trainers, lambda: trainers[0].stop_requested).run()
+        except Exception as error:  # noqa: BLE001 - the stack's own failure fails each of its jobs, saying why
+            errors = dict.fromkeys(trainers, error)
+        for member in group:
+            member.error = errors.get(member.trainer)

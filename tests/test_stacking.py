@@ -1,0 +1,205 @@
+"""Stacked sweeps (hydra/launcher=stacked): jobs that share a network shape train as one batched model, and
+each job's files and numbers are those of its separate run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoenc_cli.sparsity.hard import keep_top_k
+
+from conftest import TINY, run_main
+
+QUIET = ["trainer.figures=false", "trainer.pca_baseline=false"]
+SMALL = ["data.limit=200", "trainer.epochs=2", "trainer.log_every=2"]  # 5 steps an epoch
+
+
+def sweep(tmp_path: Path, name: str, arguments: list[str], stacked: bool, expect: int = 0) -> Path:
+    root = tmp_path / name
+    root.mkdir()
+    os.chdir(root)
+    launcher = ["hydra/launcher=stacked"] if stacked else []
+    assert run_main(["train", "-m", *arguments, *launcher]) == expect
+    (sweep_dir,) = (root / "outputs" / "sweeps").iterdir()
+    return sweep_dir
+
+
+def rows(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "summary.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def metrics(job: Path) -> dict:
+    return json.loads((job / "metrics.json").read_text())
+
+
+def history(job: Path) -> list[dict]:
+    with open(job / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def files_of(job: Path) -> set[str]:
+    """The job's files (a resumed job also keeps the record of each resume in .hydra/resumed/)."""
+    names = {str(path.relative_to(job)) for path in job.rglob("*") if path.is_file() and path.name != "train.log"}
+    return {name for name in names if not name.startswith(".hydra/resumed/")}
+
+
+# Float tolerance: batched and separate reductions may round the last bit differently.
+TOLERANCE = dict(rel=1e-5, abs=1e-8)
+
+
+def assert_same_jobs(stacked: Path, sequential: Path) -> None:
+    jobs = sorted(path.name for path in sequential.iterdir() if path.is_dir() and path.name.isdigit())
+    assert jobs and jobs == sorted(path.name for path in stacked.iterdir() if path.is_dir() and path.name.isdigit())
+    for job in jobs:
+        ours, theirs = metrics(stacked / job), metrics(sequential / job)
+        assert ours["status"] == theirs["status"], job
+        assert files_of(stacked / job) == files_of(sequential / job), job
+        if theirs["status"] != "completed":
+            assert ours["error"] == theirs["error"]
+            continue
+        assert ours["epochs"] == theirs["epochs"], job
+        for key in ("val_mse", "train_loss", "l0", "dead_fraction", "val_penalty", "best_val_loss", "pca_val_mse"):
+            if key in theirs:
+                assert ours[key] == pytest.approx(theirs[key], **TOLERANCE), (job, key)
+        for ours_row, theirs_row in zip(history(stacked / job), history(sequential / job)):
+            assert float(ours_row["val_mse"]) == pytest.approx(float(theirs_row["val_mse"]), **TOLERANCE)
+            assert ours_row["lr"] == theirs_row["lr"]
+
+
+def test_a_sweep_over_k_lr_and_seed_stacks_and_equals_the_sequential_sweep_job_by_job(tmp_path, capsys):
+    arguments = ["model=sparse_fc", "sparsity=topk", "k=2,8", "optimizer.lr=1e-3,3e-3", "seed=0,1", *SMALL]
+    arguments += ["trainer.figures=false"]  # the PCA baseline on: shared by the stacked jobs, equal to each run's
+    arguments += ["sparsity.topk.dead_after=64"]  # dead units, so the AuxK loss runs for some members
+    stacked = sweep(tmp_path, "stacked", arguments, stacked=True)
+    out = capsys.readouterr().out
+    assert "stacked training: stack A: #0 #1 #2 #3 #4 #5 #6 #7 as one model (8 members, train)" in out
+    sequential = sweep(tmp_path, "sequential", arguments, stacked=False)
+    assert_same_jobs(stacked, sequential)
+    assert {row["stack"] for row in rows(stacked)} == {"A: 8 jobs (#0 #1 #2 #3 #4 #5 #6 #7)"}
+    assert {row.get("stack") for row in rows(sequential)} <= {"", None}
+    assert any(metrics(stacked / str(job))["dead_fraction"] > 0 for job in range(8))
+    assert "pca_val_mse" in metrics(stacked / "7")
+    # Each member's checkpoint is an ordinary run's: it holds that member's weights only.
+    state = torch.load(stacked / "3" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["model"]["encoder.1.0.weight"].shape == (64, 784)
+
+
+def test_greedy_tied_stages_noise_and_penalties_stack_member_by_member(tmp_path):
+    deep = ["model.encoder=[{width:32}]", "model.code_dim=8", "model.tied=true", "schedule=greedy"]
+    deep += ["schedule.epochs_per_stage=1", "noise=gaussian", "noise.variance=0.01,0.1", "seed=0,1"]
+    stacked = sweep(tmp_path, "deep_stacked", [*deep, *SMALL, *QUIET], stacked=True)
+    assert_same_jobs(stacked, sweep(tmp_path, "deep_sequential", [*deep, *SMALL, *QUIET], stacked=False))
+    kl = ["model.code_activation=sigmoid", "sparsity=kl", "sparsity.kl.lam=0.1,0.3", "sparsity.kl.rho=0.05,0.1"]
+    stacked = sweep(tmp_path, "kl_stacked", [*kl, *SMALL, *QUIET], stacked=True)
+    assert_same_jobs(stacked, sweep(tmp_path, "kl_sequential", [*kl, *SMALL, *QUIET], stacked=False))
+
+
+def test_members_that_stop_early_leave_the_stack_and_the_others_go_on(tmp_path, capsys):
+    plateau = ["schedule.policy=plateau", "schedule.patience=0", "schedule.factor=0.5", "schedule.stop_lr=4e-4"]
+    arguments = ["model=sparse_fc", "sparsity=[batch_topk,l1]", "sparsity.batch_topk.k=4,12", "sparsity.l1.lam=1e-4"]
+    arguments += [*plateau, "optimizer.lr=1e-3,2e-3", "data.limit=600", "trainer.epochs=6", *QUIET]
+    stacked = sweep(tmp_path, "stacked", arguments, stacked=True)
+    out = capsys.readouterr().out
+    assert "stack A: #0 #1 #2 #3 as one model (4 members, train)" in out and "stack B:" in out
+    assert_same_jobs(stacked, sweep(tmp_path, "sequential", arguments, stacked=False))
+    assert len({metrics(stacked / str(job))["epochs"] for job in range(4)}) > 1  # plateau stops at different epochs
+
+
+def test_a_member_that_diverges_fails_alone(tmp_path, capsys):
+    arguments = ["model.code_activation=sigmoid", "sparsity=kl", "sparsity.kl.rho=0.05,0.1"]
+    arguments += ["optimizer.lr=1e-3,30", "data.limit=400", "trainer.epochs=3", *QUIET]
+    stacked = sweep(tmp_path, "stacked", arguments, stacked=True, expect=2)
+    out = capsys.readouterr().out
+    assert "stack A: #0 #1 #2 #3 as one model" in out and "stack B: #0 #2 as one model" in out
+    assert_same_jobs(stacked, sweep(tmp_path, "sequential", arguments, stacked=False, expect=2))
+    assert [row["status"] for row in rows(stacked)] == ["completed", "failed"] * 2
+    assert "became nan" in metrics(stacked / "1")["error"]
+
+
+def test_jobs_of_different_shapes_form_separate_stacks_and_max_members_splits_a_stack(tmp_path, capsys):
+    arguments = ["model.code_dim=4,8", "seed=0,1,2", *SMALL, *QUIET, "hydra.launcher.max_members=2"]
+    stacked = sweep(tmp_path, "stacked", arguments, stacked=True)
+    out = capsys.readouterr().out
+    assert "stack A: #0 #1 as one model" in out and "stack B: #3 #4 as one model" in out
+    assert "#2 alone" in out and "#5 alone" in out
+    assert [row["stack"] for row in rows(stacked)][:2] == ["A: 2 jobs (#0 #1)"] * 2
+    assert_same_jobs(stacked, sweep(tmp_path, "sequential", arguments[:-1], stacked=False))
+
+
+def test_a_difference_that_is_not_a_member_field_is_never_stacked_away(tmp_path, capsys):
+    # aux_k sets a Python attribute of the AuxK loss, not a member field: the two jobs cannot share a step.
+    arguments = ["model=sparse_fc", "sparsity=topk", "sparsity.topk.aux_k=8,16", *TINY, *QUIET]
+    sweep(tmp_path, "stacked", arguments, stacked=True)
+    assert "#0 alone" in capsys.readouterr().out
+
+
+def test_an_interrupted_stacked_sweep_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
+    from autoenc_cli.stacking import engine
+
+    arguments = ["model=sparse_fc", "sparsity=topk", "k=4,8", "seed=0,1", "data.limit=400", "trainer.epochs=3"]
+    arguments += QUIET
+    reference = sweep(tmp_path, "reference", arguments, stacked=True)
+    report = engine.StackedEpoch._report_steps
+
+    def interrupt_in_epoch_two(self, running):
+        report(self, running)
+        if self.trainers[0].global_step == 14:  # 10 steps an epoch: mid-epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(engine.StackedEpoch, "_report_steps", interrupt_in_epoch_two)
+    stopped = sweep(tmp_path, "stopped", arguments, stacked=True, expect=130)
+    assert {metrics(job)["status"] for job in stopped.iterdir() if job.is_dir() and job.name.isdigit()} == {
+        "interrupted"
+    }
+    monkeypatch.setattr(engine.StackedEpoch, "_report_steps", report)
+    assert run_main(["train", "-m", *arguments, "hydra/launcher=stacked", f"resume={stopped}"]) == 0
+    assert_same_jobs(stopped, reference)
+
+
+def test_keep_top_k_with_a_per_member_k_keeps_the_same_entries_and_gradients():
+    codes = torch.randn(5, 12, requires_grad=True)
+    for k in (1, 3, 12):
+        plain = keep_top_k(codes, k, 1)
+        ranked = keep_top_k(codes, torch.tensor(float(k)), 1, largest=12)
+        assert torch.equal(plain, ranked)
+        weights = torch.randn(5, 12)
+        (plain_grad,) = torch.autograd.grad((plain * weights).sum(), codes)
+        (ranked_grad,) = torch.autograd.grad((ranked * weights).sum(), codes)
+        assert torch.equal(plain_grad, ranked_grad)
+        assert int((ranked != 0).sum(dim=1).min()) == k
+    members = torch.func.vmap(lambda x, k: keep_top_k(x, k, 1, largest=4))(
+        torch.randn(3, 5, 12), torch.tensor([1.0, 2, 4])
+    )
+    assert (members != 0).sum(dim=2).tolist() == [[1] * 5, [2] * 5, [4] * 5]
+
+
+def test_the_auxk_step_count_on_the_host_matches_the_device_count():
+    from autoenc_cli.sparsity.auxk import AuxKFields, AuxKLoss
+
+    loss = AuxKLoss(AuxKFields(), 8)
+    for _ in range(5):
+        loss.observe(torch.ones(4, 8))
+    assert loss.steps_taken == int(loss.steps) == 5
+
+
+@pytest.mark.parametrize(
+    "knob, message",
+    [
+        ("hydra.launcher.max_members=0", "hydra.launcher.max_members=0: give a whole number >= 1, or null"),
+        ("hydra.launcher.memory_fraction=2", "hydra.launcher.memory_fraction=2: give a number in (0, 1]"),
+        ("hydra.launcher.max_member=2", "unknown key 'hydra.launcher.max_member'"),
+    ],
+)
+def test_bad_launcher_knobs_are_one_line_errors_before_any_work(tmp_path, capsys, knob, message):
+    os.chdir(tmp_path)
+    assert run_main(["train", "-m", "hydra/launcher=stacked", "seed=0,1", *TINY, knob]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
