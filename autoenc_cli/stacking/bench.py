@@ -62,7 +62,7 @@ def job_metrics(sweep_dir: Path) -> list[dict]:
     return [json.loads((sweep_dir / run / "metrics.json").read_text()) for run in runs]
 
 
-def end_to_end(arguments: list[str], repeats: int) -> list[str]:
+def end_to_end(arguments: list[str], one_job: list[str], repeats: int) -> list[str]:
     times: dict[bool, list[float]] = {False: [], True: []}
     memory: dict[bool, list[float]] = {False: [], True: []}
     folders: dict[bool, Path] = {}
@@ -73,6 +73,7 @@ def end_to_end(arguments: list[str], repeats: int) -> list[str]:
                 times[stacked].append(seconds)
                 memory[stacked].append(mib)
         sequential, stacked_jobs = job_metrics(folders[False]), job_metrics(folders[True])
+        _, alone, _ = run_sweep(one_job, True, Path(scratch) / "one-job")  # the process without the other members
     jobs = len(sequential)
     difference = max(abs(a["val_mse"] - b["val_mse"]) for a, b in zip(sequential, stacked_jobs))
     wall = {mode: statistics.median(values) for mode, values in times.items()}
@@ -84,11 +85,13 @@ def end_to_end(arguments: list[str], repeats: int) -> list[str]:
     return [
         f"End to end: `autoenc train -m {' '.join(arguments)}` ({jobs} jobs), median of {repeats}",
         "",
-        "| sweep | wall seconds | speed-up | samples/s per job (median) | peak RSS (MiB) | per job (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        f"| job after job | {wall[False]:.1f} | 1.00x | {rate[False]:,.0f} | {peak[False]:.0f} | {peak[False]:.0f} |",
-        f"| stacked | {wall[True]:.1f} | {wall[False] / wall[True]:.2f}x | {rate[True]:,.0f} | {peak[True]:.0f} "
-        f"| {peak[True] / jobs:.0f} |",
+        "| sweep | wall seconds | speed-up | samples/s per job (median) | peak RSS (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| job after job | {wall[False]:.1f} | 1.00x | {rate[False]:,.0f} | {peak[False]:.0f} |",
+        f"| stacked | {wall[True]:.1f} | {wall[False] / wall[True]:.2f}x | {rate[True]:,.0f} | {peak[True]:.0f} |",
+        "",
+        f"Peak memory per stacked member: {(peak[True] - alone) / max(jobs - 1, 1):.1f} MiB (the {jobs}-job stacked "
+        f"sweep's peak RSS less a 1-job stacked sweep's, {alone:.0f} MiB, over the {jobs - 1} other members)",
         "",
         f"Largest difference of a job's val_mse, stacked against job after job: {difference:.3g}",
         "",
@@ -151,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="also write the markdown to this file")
     args = parser.parse_args(argv)
     arguments = sweep_arguments(args.k, args.lr, args.device)
+    one_job = sweep_arguments(args.k[:1], args.lr[:1], args.device)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     lines = [
         f"# Stacked sweeps: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device {device}, "
@@ -159,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         *training_steps(arguments, args.repeats),
     ]
     if not args.steps_only:
-        lines += end_to_end(arguments, args.repeats)
+        lines += end_to_end(arguments, one_job, args.repeats)
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -64,9 +64,9 @@ def _optimizer_steps(optimizer: torch.optim.Optimizer) -> float:
 
 
 def stack_signature(trainer: Trainer) -> tuple:
-    """Runs whose next epochs may be stacked have equal signatures: the same phase and position, data,
-    batch size, precision, loss, and networks equal in structure,
-    shapes and every attribute but the modules' member fields."""
+    """Runs whose next epochs may be stacked have equal signatures: the same phase, position in it and
+    step counts, data, batch size, precision, loss, and networks equal in structure, shapes and every
+    attribute but the modules' member fields."""
     network, parts = trainer.network, trainer.parts
     return (
         trainer.phase_index,
@@ -125,8 +125,8 @@ class StackedEpoch:
     def __init__(self, trainers: list[Trainer], stop_requested: Callable[[], Optional[str]]) -> None:
         # Members with equal optimizer settings next to each other: they step as one slice of the stack.
         self.trainers, self.stop_requested = sorted(trainers, key=_settings), stop_requested
-        self.template = trainers[0].network
-        self.step_module = StepLoss(trainers[0])
+        self.template = self.trainers[0].network  # the network the batched step runs, on every member's tensors
+        self.step_module = StepLoss(self.trainers[0])
         self.errors: dict[int, BaseException] = {}
 
     # -- stacking ---------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class StackedEpoch:
             module.after_stacked_step(buffers)
 
     def _unstack(self) -> None:
-        """Every member holds its own tensors again: weights and buffers (its optimizer's state always was)."""
+        """Every member holds its own tensors again: weights, buffers and optimizer state."""
         self._unstack_optimizers()
         for module, _ in self.mirrors:
             module.end_stacked()
@@ -287,15 +287,14 @@ class StackedEpoch:
         stack is ordered so equal settings sit together), stepping their slices of the stack with their
         optimizers' states stacked alike: one fused kernel per tensor and setting, each element updated
         as the member's own optimizer would update it."""
-        first = self.trainers[0].optimizer
         self.optimizers: list[tuple[torch.optim.Optimizer, int, int]] = []
         start = 0
         for stop in range(1, len(self.trainers) + 1):
             if stop < len(self.trainers) and _settings(self.trainers[stop]) == _settings(self.trainers[start]):
                 continue
             slices = [self.parameters[name].detach()[start:stop] for name in self.trained]
-            group = dict(self.trainers[start].optimizer.param_groups[0], params=slices)
-            optimizer = type(first)([group], **first.defaults)
+            own = self.trainers[start].optimizer
+            optimizer = type(own)([dict(own.param_groups[0], params=slices)], **own.defaults)
             for name, stacked in zip(self.trained, slices):
                 states = [self._member_state(index, name) for index in range(start, stop)]
                 if states[0]:
@@ -327,7 +326,9 @@ class StackedEpoch:
 
 
 def _settings(trainer: Trainer) -> str:
-    return repr(sorted((key, value) for key, value in trainer.optimizer.param_groups[0].items() if key != "params"))
+    optimizer = trainer.optimizer
+    settings = sorted((key, value) for key, value in optimizer.param_groups[0].items() if key != "params")
+    return f"{type(optimizer).__qualname__} {settings!r}"
 
 
 def _stacked(values: list) -> Any:
