@@ -127,7 +127,9 @@ def test_jobs_of_different_shapes_form_separate_stacks_and_max_members_splits_a_
     out = capsys.readouterr().out
     assert "stack A: #0 #1 as one model" in out and "stack B: #3 #4 as one model" in out
     assert "#2 alone" in out and "#5 alone" in out
-    assert [row["stack"] for row in rows(stacked)][:2] == ["A: 2 jobs (#0 #1)"] * 2
+    assert [row["stack"] for row in rows(stacked)] == ["A: 2 jobs (#0 #1)"] * 2 + ["alone"] + [
+        "B: 2 jobs (#3 #4)"
+    ] * 2 + ["alone"]
     assert [row["status"] for row in rows(stacked)] == ["completed"] * 6
 
 
@@ -138,7 +140,7 @@ def test_a_difference_that_is_not_a_member_field_is_never_stacked_away(tmp_path,
     assert "#0 alone" in capsys.readouterr().out
 
 
-def test_an_interrupted_stacked_sweep_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
+def test_an_interrupted_stacked_sweep_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch, capsys):
     from autoenc_cli.stacking import engine
 
     arguments = ["model=sparse_fc", "sparsity=topk", "k=4,8", "seed=0,1", "data.limit=400", "trainer.epochs=3"]
@@ -153,6 +155,9 @@ def test_an_interrupted_stacked_sweep_resumes_to_the_uninterrupted_numbers(tmp_p
 
     monkeypatch.setattr(engine.StackedEpoch, "_report_steps", interrupt_in_epoch_two)
     stopped = sweep(tmp_path, "stopped", arguments, stacked=True, expect=130)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "SIGINT: every job of the stacked sweep saved its checkpoint; continue with the same command plus " in line
+    assert line.endswith(f"resume=outputs/sweeps/{stopped.name}")
     assert {metrics(job)["status"] for job in stopped.iterdir() if job.is_dir() and job.name.isdigit()} == {
         "interrupted"
     }

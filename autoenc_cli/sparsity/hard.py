@@ -33,7 +33,7 @@ class KeepTopK(torch.autograd.Function):
     @staticmethod
     def forward(x: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         values, indices = x.topk(k, dim=dim, sorted=False)
-        return torch.zeros_like(x).scatter_(dim, indices, values), indices
+        return torch.zeros_like(x).scatter(dim, indices, values), indices
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -45,7 +45,7 @@ class KeepTopK(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor, _: Any) -> tuple[Optional[torch.Tensor], None, None]:
         (indices,) = ctx.saved_tensors
         kept = grad_output.gather(ctx.dim, indices)
-        return torch.zeros_like(grad_output).scatter_(ctx.dim, indices, kept), None, None
+        return torch.zeros_like(grad_output).scatter(ctx.dim, indices, kept), None, None
 
 
 def keep_top_k(x: torch.Tensor, k: int | torch.Tensor, dim: int, largest: Optional[int] = None) -> torch.Tensor:

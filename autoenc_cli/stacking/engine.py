@@ -73,6 +73,7 @@ def stack_signature(trainer: Trainer) -> tuple:
         parts.phases[trainer.phase_index].name,
         trainer.step_in_epoch,
         trainer.global_step,  # so step counters that modules keep (AuxK's) agree
+        type(trainer.optimizer).__qualname__,
         _optimizer_steps(trainer.optimizer),  # a stacked optimizer state has one step count
         id(parts.data.train.images),
         parts.config.data.batch_size,

@@ -28,7 +28,7 @@ class Member:
     resume: Optional[dict[str, Any]] = None
     number: int = 0  # the job's number in the sweep
     error: Optional[BaseException] = None
-    stack: Optional[str] = None  # the label of the first stack it trained in
+    stack: Optional[str] = None  # the first stack it trained in ("alone" when it trained on its own)
     epochs: Optional[Generator] = field(default=None, repr=False)
 
 
@@ -55,6 +55,11 @@ def available_bytes(device: torch.device) -> int:
 def stack_limit(trainer: Trainer, max_members: Optional[int], memory_fraction: float) -> int:
     fits = int(memory_fraction * available_bytes(trainer.parts.device) // max(member_bytes(trainer), 1))
     return max(1, min(fits, max_members or fits))
+
+
+def _phase(member: Member) -> str:
+    trainer = member.trainer
+    return trainer.parts.phases[trainer.phase_index].name
 
 
 class StackedFit:
@@ -115,7 +120,7 @@ class StackedFit:
 
     def _describe(self, parts: list[list[Member]]) -> None:
         """Say how the jobs train whenever that changes (at the start, after a stage, when one stops)."""
-        layout = [",".join(str(member.number) for member in part) for part in parts]
+        layout = [",".join(str(member.number) for member in part) + _phase(part[0]) for part in parts]
         if layout == self.layout:
             return
         self.layout = layout
@@ -125,12 +130,12 @@ class StackedFit:
             if len(part) == 1:
                 reason = can_stack(part[0].trainer) or "no other job has its shapes and settings"
                 lines.append(f"{numbers} alone ({reason})")
+                part[0].stack = part[0].stack or "alone"
                 continue
             label = next(self.labels, "?")
             for member in part:
                 member.stack = member.stack or f"{label}: {len(part)} jobs ({numbers})"
-            phase = part[0].trainer.parts.phases[part[0].trainer.phase_index].name
-            lines.append(f"stack {label}: {numbers} as one model ({len(part)} members, {phase})")
+            lines.append(f"stack {label}: {numbers} as one model ({len(part)} members, {_phase(part[0])})")
         self.announce("stacked training: " + "; ".join(lines))
 
     def _train_epoch(self, group: list[Member]) -> None:

@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
@@ -129,15 +129,32 @@ class StackedSweep:
             except BaseException as error:  # an interruption: record every job first, then stop the sweep
                 aborted = aborted or error
         if aborted is not None:
-            raise aborted
+            raise self._for_the_sweep(aborted)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return [returned for returned, _ in jobs]
+
+    def _for_the_sweep(self, aborted: BaseException) -> BaseException:
+        """An interruption stopped every job at once: the way on is the sweep's resume, not one job's."""
+        from autoenc_cli.errors import TrainingInterrupted, UserAbort
+
+        error = getattr(aborted, "error", None)
+        if not isinstance(aborted, UserAbort) or not isinstance(error, TrainingInterrupted):
+            return aborted
+        signal = str(error).split(" ", 1)[0]
+        sweep_dir = self.config.hydra.sweep.dir
+        return UserAbort(
+            TrainingInterrupted(
+                f"{signal}: every job of the stacked sweep saved its checkpoint; continue with the same command "
+                f"plus resume={sweep_dir}"
+            )
+        )
 
     def _prepare(self, number: int, overrides: Sequence[str]) -> tuple[JobReturn, Any]:
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = number
             sweep_config.hydra.job.num = number
+        console.print(f"[bold]#{number}[/] {' '.join(filter_overrides(overrides))}", soft_wrap=True)
         returned = run_job(
             hydra_context=self.hydra_context,
             task_function=prepare_job,

@@ -132,7 +132,7 @@ class RunSummary:
     )
     wall_seconds: Optional[float] = metric("wall time of the whole run, figures included")
     stack: Optional[str] = metric(
-        "hydra/launcher=stacked: the stack the run's epochs trained in (its label and job numbers)", summary=True
+        "hydra/launcher=stacked: the first stack the run trained in (its label and jobs), or alone", summary=True
     )
     figures: Optional[list[str]] = metric("the figures this run wrote (report.html shows these and no others)")
     notes: Optional[list[str]] = metric("extras that were skipped, and why")
