@@ -321,8 +321,7 @@ class StackedEpoch:
                     if state:
                         member = self.trainers[index].optimizer
                         member.state[self.member_parameters[index][name]] = {
-                            key: value.clone() if value.dim() == 0 else value[index - start].clone()
-                            for key, value in state.items()
+                            key: _member_slice(value, index - start) for key, value in state.items()
                         }
 
 
@@ -330,6 +329,13 @@ def _settings(trainer: Trainer) -> str:
     optimizer = trainer.optimizer
     settings = sorted((key, value) for key, value in optimizer.param_groups[0].items() if key != "params")
     return f"{type(optimizer).__qualname__} {settings!r}"
+
+
+def _member_slice(value: Any, offset: int) -> Any:
+    """A member's own copy of a stacked state entry (the inverse of ``_stacked``)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone() if value.dim() == 0 else value[offset].clone()
+    return value
 
 
 def _stacked(values: list) -> Any:
