@@ -22,8 +22,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from autoenc_cli.artifacts.console import ProgressBars, console, metrics_table
+from autoenc_cli.artifacts.figure_workers import FigureWorkers
 from autoenc_cli.artifacts.html_report import write_html_report
-from autoenc_cli.artifacts.run_figures import render_run_figures
+from autoenc_cli.artifacts.run_figures import run_figure_drawings
 from autoenc_cli.artifacts.run_folder import RunFolder, RunFolderWriter, refuse_unless_new
 from autoenc_cli.baselines.pca import PCABaseline, pca_baseline
 from autoenc_cli.build import build_parts
@@ -225,22 +226,52 @@ def close_run(
     """Write the results of a finished fit: metrics, PCA baseline, figures, report, loggers' last records.
     ``baselines`` shares PCA baselines between runs of one process and ``stack`` names the stack the run
     trained in (a stacked sweep's jobs; ``autoenc_cli.stacking``)."""
+    return start_closing(run, result, baselines, stack)()
+
+
+def start_closing(
+    run: OpenRun,
+    result: FitResult,
+    baselines: Optional[dict] = None,
+    stack: Optional[str] = None,
+    figure_workers: Optional[FigureWorkers] = None,
+) -> Callable[[], RunSummary]:
+    """``close_run`` in two halves: this one writes the metrics and the PCA baseline and starts the figures
+    (in ``figure_workers`` when given, so several runs' figures draw at once); the call it returns waits
+    for them and writes the rest."""
     folder, parts, trainer, loggers = run.folder, run.parts, run.trainer, run.loggers
-    # Training is done: a Ctrl-C now waits for the results to be written (a second one stops at once).
-    with stop_on_signals(trainer):
-        try:
-            summary = write_results(folder, parts, trainer.network, result, baselines, stack)
+
+    def interrupted_or_failed(write: Callable[[], Any]) -> Any:
+        # Training is done: a Ctrl-C now waits for the results to be written (a second one stops at once).
+        with stop_on_signals(trainer):
+            try:
+                return write()
+            except BaseException:
+                loggers.on_interrupt(None)  # the trackers' runs end as interrupted, not running
+                raise
+
+    pending = interrupted_or_failed(
+        lambda: start_results(folder, parts, trainer.network, result, baselines, stack, figure_workers)
+    )
+
+    def finish() -> RunSummary:
+        def write() -> RunSummary:
+            summary = pending()
             summary.wall_seconds = time.perf_counter() - run.started
             folder.write_metrics(summary)
             loggers.finish(summary, [folder.figures / name for name in summary.figures or []], trainer.global_step)
-        except BaseException:
-            loggers.on_interrupt(None)  # the trackers' runs end as interrupted, not running
-            raise
-    if trainer.stop_requested:
-        console.print(f"[yellow]note[/]: {trainer.stop_requested} came after training ended; the run finished writing")
-    console.print(metrics_table(as_dict(summary), title="final metrics"))
-    console.print(f"run folder: [bold]{folder.path}[/]", soft_wrap=True)
-    return summary
+            return summary
+
+        summary = interrupted_or_failed(write)
+        if trainer.stop_requested:
+            console.print(
+                f"[yellow]note[/]: {trainer.stop_requested} came after training ended; the run finished writing"
+            )
+        console.print(metrics_table(as_dict(summary), title="final metrics"))
+        console.print(f"run folder: [bold]{folder.path}[/]", soft_wrap=True)
+        return summary
+
+    return finish
 
 
 # Config keys that name files: stored absolute, so a run, its eval and its reconstruct work from any folder.
@@ -288,15 +319,17 @@ def announce(parts: RunParts, folder: RunFolder, resume: Optional[dict[str, Any]
         console.print(f"resuming after {resume['epoch']} epochs (+{resume['step_in_epoch']} steps)")
 
 
-def write_results(
+def start_results(
     folder: RunFolder,
     parts: RunParts,
     network: Any,
     result: FitResult,
     baselines: Optional[dict] = None,
     stack: Optional[str] = None,
-) -> RunSummary:
-    """metrics.json first, then the optional extras: a figure or the report failing never un-completes a run."""
+    figure_workers: Optional[FigureWorkers] = None,
+) -> Callable[[], RunSummary]:
+    """metrics.json first, then the optional extras (a figure or the report failing never un-completes a
+    run): this call writes up to the figures, which it starts; the call it returns writes the rest."""
     last = result.history[-1]
     summary = carried(
         last,
@@ -321,17 +354,25 @@ def write_results(
         baseline = optional("PCA baseline", lambda: shared_pca_val_mse(parts, network.code_dim, baselines))
         if baseline is not None:
             summary.pca_val_mse, summary.pca_val_mse_by_k = baseline.mse, baseline.mse_by_k
-    notes: list[str] = []
+    drawing, input_notes = None, []
     if trainer_config.figures:
-        written, notes = render_run_figures(parts, network, folder.figures, result.history, result.final_codes)
-        summary.figures = [path.name for path in written]
-    for note in notes:
-        log.warning(note)
-        console.print(f"[yellow]note[/]: {note}", soft_wrap=True)
-    summary.notes = notes or None
-    folder.write_metrics(summary)
-    optional("report.html", lambda: write_html_report(folder.path))
-    return summary
+        drawings, input_notes = run_figure_drawings(parts, network, folder.figures, result.history, result.final_codes)
+        drawing = (figure_workers or FigureWorkers(in_process=True)).submit(drawings)
+
+    def finish() -> RunSummary:
+        written, drawing_notes = drawing() if drawing is not None else ([], [])
+        notes = input_notes + drawing_notes
+        if trainer_config.figures:
+            summary.figures = [path.name for path in written]
+        for note in notes:
+            log.warning(note)
+            console.print(f"[yellow]note[/]: {note}", soft_wrap=True)
+        summary.notes = notes or None
+        folder.write_metrics(summary)
+        optional("report.html", lambda: write_html_report(folder.path))
+        return summary
+
+    return finish
 
 
 def shared_pca_val_mse(parts: RunParts, code_dim: int, baselines: Optional[dict]) -> Optional[PCABaseline]:

@@ -284,14 +284,14 @@ def test_ctrl_c_after_training_waits_for_the_results_and_closes_the_logged_run(t
 
     import autoenc_cli.train as train_module
 
-    write_results = train_module.write_results
+    start_results = train_module.start_results
 
     def interrupted_while_writing(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while the figures are drawn
-        return write_results(*args, **kwargs)
+        return start_results(*args, **kwargs)
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train_module, "write_results", interrupted_while_writing)
+    monkeypatch.setattr(train_module, "start_results", interrupted_while_writing)
     assert run_main(["train", *QUICK, "logger=mlflow"]) == 0
     run_dir = only_run_dir(tmp_path)
     assert read_metrics(run_dir)["status"] == "completed" and (run_dir / "report.html").is_file()

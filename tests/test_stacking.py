@@ -65,6 +65,7 @@ def assert_same_jobs(stacked: Path, sequential: Path) -> None:
             assert ours["error"] == theirs["error"]
             continue
         assert ours["epochs"] == theirs["epochs"], job
+        assert (ours.get("figures"), ours.get("notes")) == (theirs.get("figures"), theirs.get("notes")), job
         for key in ("val_mse", "train_loss", "l0", "dead_fraction", "val_penalty", "best_val_loss", "pca_val_mse"):
             if key in theirs:
                 assert ours[key] == pytest.approx(theirs[key], **TOLERANCE), (job, key)
@@ -73,14 +74,23 @@ def assert_same_jobs(stacked: Path, sequential: Path) -> None:
             assert ours_row["lr"] == theirs_row["lr"]
 
 
-def test_a_sweep_over_k_lr_and_seed_stacks_and_equals_the_sequential_sweep_job_by_job(tmp_path, capsys):
+def test_a_sweep_over_k_lr_and_seed_stacks_and_equals_the_sequential_sweep_job_by_job(tmp_path, monkeypatch, capsys):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
     arguments = ["model=sparse_fc", "sparsity=topk", "k=2,8", "optimizer.lr=1e-3,3e-3", "seed=0,1", *SMALL]
     arguments += ["trainer.figures=false"]  # the PCA baseline on: shared by the stacked jobs, equal to each run's
     arguments += ["sparsity.topk.dead_after=64"]  # dead units, so the AuxK loss runs for some members
+    composed = []
+    compose = ConfigLoaderImpl.load_sweep_config
+    monkeypatch.setattr(
+        ConfigLoaderImpl, "load_sweep_config", lambda *args, **kwargs: composed.append(1) or compose(*args, **kwargs)
+    )
     stacked = sweep(tmp_path, "stacked", arguments, stacked=True)
+    assert len(composed) == 8  # each job's config composed once: for the up-front check, then reused
     out = capsys.readouterr().out
     assert "stacked training: stack A: #0 #1 #2 #3 #4 #5 #6 #7 as one model (8 members, train)" in out
     sequential = sweep(tmp_path, "sequential", arguments, stacked=False)
+    assert len(composed) == 16  # Hydra's basic launcher reuses them too
     assert_same_jobs(stacked, sequential)
     assert {row["stack"] for row in rows(stacked)} == {"A: 8 jobs (#0 #1 #2 #3 #4 #5 #6 #7)"}
     assert {row.get("stack") for row in rows(sequential)} <= {"", None}
@@ -93,9 +103,11 @@ def test_a_sweep_over_k_lr_and_seed_stacks_and_equals_the_sequential_sweep_job_b
 
 def test_greedy_tied_stages_and_noise_levels_stack_member_by_member(tmp_path):
     deep = ["model.encoder=[{width:32}]", "model.code_dim=8", "model.tied=true", "schedule=greedy"]
-    deep += ["schedule.epochs_per_stage=1", "noise=gaussian", "noise.variance=0.01,0.1", "seed=0,1"]
-    stacked = sweep(tmp_path, "deep_stacked", [*deep, *SMALL, *QUIET], stacked=True)
-    assert_same_jobs(stacked, sweep(tmp_path, "deep_sequential", [*deep, *SMALL, *QUIET], stacked=False))
+    deep += ["schedule.epochs_per_stage=1", "noise=gaussian", "noise.variance=0.01,0.1"]
+    deep += ["trainer.pca_baseline=false"]  # figures on: the stacked jobs' drawn in worker processes
+    stacked = sweep(tmp_path, "deep_stacked", [*deep, *SMALL], stacked=True)
+    assert_same_jobs(stacked, sweep(tmp_path, "deep_sequential", [*deep, *SMALL], stacked=False))
+    assert {"denoising.png", "stages.png", "dictionary.png"} <= set(metrics(stacked / "1")["figures"])
 
 
 def test_members_that_stop_early_leave_the_stack_and_the_others_go_on(tmp_path, capsys):

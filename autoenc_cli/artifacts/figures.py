@@ -65,6 +65,11 @@ def reconstructions(path: Path, inputs: torch.Tensor, outputs: torch.Tensor) -> 
     return image_rows(path, [("input", inputs), ("reconstruction", outputs)], "Validation samples and reconstructions")
 
 
+def denoising(path: Path, noisy: torch.Tensor, reconstructions: torch.Tensor, clean: torch.Tensor) -> Path:
+    rows = [("noisy input", noisy), ("reconstruction", reconstructions), ("clean target", clean)]
+    return image_rows(path, rows, "Denoising: noisy validation inputs, reconstructions, clean targets")
+
+
 def latent_map(path: Path, codes: torch.Tensor, labels: Optional[torch.Tensor]) -> Path:
     """The codes of a batch as an image: samples (sorted by label when known) x code units."""
     codes = codes.detach().float().cpu()

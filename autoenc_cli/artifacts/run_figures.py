@@ -39,7 +39,11 @@ def typical_activation(codes: torch.Tensor) -> torch.Tensor:
     return torch.where(active.any(dim=0), mean, torch.ones_like(mean))
 
 
-@torch.inference_mode()
+# A figure of a run: its file name and the drawing, with every input computed (CPU tensors, records),
+# so it draws without the model, in this process or another (``autoenc_cli.artifacts.figure_workers``).
+Drawing = tuple[str, Callable[[], Path]]
+
+
 def render_run_figures(
     parts: RunParts,
     model: Autoencoder,
@@ -49,54 +53,79 @@ def render_run_figures(
     only: Optional[Sequence[str]] = None,
 ) -> tuple[list[Path], list[str]]:
     """The standard figures of ``model`` (the network of the run's last phase) on the validation split
-    (``only``: just the figures of these file names, as loggers take during training).
+    (``only``: just the figures of these file names, as loggers take during training), drawn here.
 
     Each figure is drawn on its own: one that cannot be drawn for this run is skipped with a note (the
     second list), never failing the others or the run.
     """
+    drawings, notes = run_figure_drawings(parts, model, figures_dir, records, codes, only)
+    written, drawing_notes = draw(drawings)
+    return written, notes + drawing_notes
+
+
+@torch.inference_mode()
+def run_figure_drawings(
+    parts: RunParts,
+    model: Autoencoder,
+    figures_dir: Path,
+    records: Sequence[EpochRecord],
+    codes: CodeStatistics,
+    only: Optional[Sequence[str]] = None,
+) -> tuple[list[Drawing], list[str]]:
+    """``render_run_figures``'s figures with their inputs computed (the model's part of the work, on its
+    device), not yet drawn; a figure whose inputs cannot be computed is a note."""
     val, history = parts.data.val, [as_dict(record) for record in records]
     model.eval()
     shown = val.images[:RECONSTRUCTION_SAMPLES]
     batch = val.take(LATENT_MAP_SAMPLES)
     noise = parts.noise
     val_codes = functools.cache(lambda: _all_codes(model, parts))  # the dictionary and the scatter share them
-    drawings: list[tuple[str, Callable[[Path], Path]]] = [
-        ("reconstructions.png", lambda path: figures.reconstructions(path, shown, model(shown).reconstruction)),
-        ("latent_map.png", lambda path: figures.latent_map(path, model.encode(batch.images), batch.labels)),
+    planned: list[tuple[str, Callable[..., Path], Callable[[], tuple]]] = [
+        ("reconstructions.png", figures.reconstructions, lambda: (shown, model(shown).reconstruction)),
+        ("latent_map.png", figures.latent_map, lambda: (model.encode(batch.images), batch.labels)),
         (
             "dictionary.png",
-            lambda path: figures.dictionary(
-                path, model.dictionary(typical_activation(val_codes())), codes.firing_frequency, codes.threshold
-            ),
+            figures.dictionary,
+            lambda: (model.dictionary(typical_activation(val_codes())), codes.firing_frequency, codes.threshold),
         ),
-        ("loss_curve.png", lambda path: figures.loss_curve(path, history)),
-        ("code_density.png", lambda path: figures.code_density(path, codes.firing_frequency)),
-        ("latent_scatter.png", lambda path: figures.latent_scatter(path, val_codes(), val.labels)),
+        ("loss_curve.png", figures.loss_curve, lambda: (history,)),
+        ("code_density.png", figures.code_density, lambda: (codes.firing_frequency,)),
+        ("latent_scatter.png", figures.latent_scatter, lambda: (val_codes(), val.labels)),
     ]
     if noise.active:
 
-        def denoising(path: Path) -> Path:
+        def denoising_inputs() -> tuple:
             noisy = noise(shown, parts.validation_noise_generator())
-            rows = [
-                ("noisy input", noisy.clamp(0, 1)),
-                ("reconstruction", model(noisy).reconstruction),
-                ("clean target", shown),
-            ]
-            return figures.image_rows(path, rows, "Denoising: noisy validation inputs, reconstructions, clean targets")
+            return noisy.clamp(0, 1), model(noisy).reconstruction, shown
 
-        drawings.insert(1, ("denoising.png", denoising))
+        planned.insert(1, ("denoising.png", figures.denoising, denoising_inputs))
     if len({row["stage"] for row in history}) > 1:
-        drawings.append(("stages.png", lambda path: figures.stages(path, history)))
-    written, notes = [], []
-    for name, draw in drawings:
+        planned.append(("stages.png", figures.stages, lambda: (history,)))
+    drawings, notes = [], []
+    for name, figure, inputs in planned:
         if only is not None and name not in only:
             continue
         try:
-            written.append(draw(figures_dir / name))
-        except figures.NotDrawable as error:  # a figure this kind of data has none of: say why, plainly
-            notes.append(f"figures/{name} skipped: {error}")
+            arguments = [value.detach().cpu() if isinstance(value, torch.Tensor) else value for value in inputs()]
         except Exception as error:  # noqa: BLE001 - a figure that cannot be drawn is a note, not a failure
-            notes.append(
-                f"figures/{name} skipped: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            )
+            notes.append(skipped(name, error))
+            continue
+        drawings.append((name, functools.partial(figure, figures_dir / name, *arguments)))
+    return drawings, notes
+
+
+def draw(drawings: Sequence[Drawing]) -> tuple[list[Path], list[str]]:
+    """Draw each figure on its own: the files written, and a note for each figure that could not be drawn."""
+    written, notes = [], []
+    for name, drawing in drawings:
+        try:
+            written.append(drawing())
+        except Exception as error:  # noqa: BLE001 - a figure that cannot be drawn is a note, not a failure
+            notes.append(skipped(name, error))
     return written, notes
+
+
+def skipped(name: str, error: Exception) -> str:
+    if isinstance(error, figures.NotDrawable):  # a figure this kind of data has none of: say why, plainly
+        return f"figures/{name} skipped: {error}"
+    return f"figures/{name} skipped: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

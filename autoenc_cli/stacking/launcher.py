@@ -12,13 +12,14 @@ import logging
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from autoenc_cli.artifacts.console import ProgressBars, console
+from autoenc_cli.artifacts.figure_workers import FigureWorkers
 from autoenc_cli.artifacts.run_folder import RunFolder
 from autoenc_cli.build import build_parts
 from autoenc_cli.stacking.fit import Member, StackedFit
@@ -119,14 +120,25 @@ class StackedSweep:
                 members.append(Member(run.trainer, prepared.resume, number))
         if members:
             self._fit(members, runs, stop_on_signals)
-        aborted: Optional[BaseException] = None
-        for number, (returned, prepared) in enumerate(jobs, start=initial_job_idx):
-            member = next((member for member in members if member.number == number), None)
-            if member is None:
+        # Every member's results are started (its figures drawing in a worker), then each is finished; an
+        # interruption is recorded for every job before it stops the sweep.
+        by_number = {member.number: member for member in members}
+        closing = [(number, returned, prepared) for number, (returned, prepared) in enumerate(jobs, initial_job_idx)]
+        closing = [job for job in closing if job[0] in by_number]
+        figure_workers, finishing, aborted = FigureWorkers(), {}, None
+        for number, _, prepared in closing:
+            try:
+                finishing[number] = self._start_closing(
+                    runs[number], by_number[number], prepared, shared, figure_workers
+                )
+            except BaseException as error:  # noqa: BLE001 - re-raised below, once every job is recorded
+                aborted = aborted or error
+        for number, returned, prepared in closing:
+            if number not in finishing:
                 continue
             try:
-                returned.return_value = self._close(runs[number], member, prepared, shared)
-            except BaseException as error:  # an interruption: record every job first, then stop the sweep
+                returned.return_value = self._finish_closing(finishing[number], prepared)
+            except BaseException as error:  # noqa: BLE001 - re-raised below, once every job is recorded
                 aborted = aborted or error
         if aborted is not None:
             raise self._for_the_sweep(aborted)
@@ -174,11 +186,20 @@ class StackedSweep:
             announce = lambda line: console.print(line, soft_wrap=True)  # noqa: E731
             StackedFit(members, self.max_members, self.memory_fraction, announce).run()
 
-    def _close(self, run: Any, member: Member, prepared: Any, shared: SharedInputs) -> Optional[dict[str, Any]]:
-        from autoenc_cli.train import close_run, job_outcome
+    def _start_closing(
+        self, run: Any, member: Member, prepared: Any, shared: SharedInputs, figure_workers: FigureWorkers
+    ) -> Optional[Callable[[], Any]]:
+        from autoenc_cli.train import job_outcome, start_closing
 
         with logging_into(prepared.folder), job_outcome(prepared.folder, True):
             if member.error is not None:
                 raise member.error
-            return as_dict(close_run(run, run.trainer.result, shared.baselines, member.stack))
+            return start_closing(run, run.trainer.result, shared.baselines, member.stack, figure_workers)
+        return None  # it failed, and job_outcome recorded it
+
+    def _finish_closing(self, finish: Optional[Callable[[], Any]], prepared: Any) -> Optional[dict[str, Any]]:
+        from autoenc_cli.train import job_outcome
+
+        with logging_into(prepared.folder), job_outcome(prepared.folder, True):
+            return as_dict(finish()) if finish is not None else None
         return None
