@@ -65,8 +65,9 @@ def test_figures_drawn_in_workers_are_those_drawn_in_the_process(tmp_path):
         for ours, theirs in zip(written, expected_written):
             assert torch.equal(pixels(ours), pixels(theirs))
     assert wait() == (written, notes)  # a second wait answers again, without a worker
-    with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)  # every worker was reaped
+    for wait in waits:  # every worker was reaped
+        with pytest.raises(ChildProcessError):
+            os.waitpid(wait.__self__.pid, os.WNOHANG)
 
 
 def test_a_worker_that_dies_before_it_answers_has_its_figures_drawn_here(tmp_path):

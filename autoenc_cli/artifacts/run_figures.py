@@ -44,25 +44,6 @@ def typical_activation(codes: torch.Tensor) -> torch.Tensor:
 Drawing = tuple[str, Callable[[], Path]]
 
 
-def render_run_figures(
-    parts: RunParts,
-    model: Autoencoder,
-    figures_dir: Path,
-    records: Sequence[EpochRecord],
-    codes: CodeStatistics,
-    only: Optional[Sequence[str]] = None,
-) -> tuple[list[Path], list[str]]:
-    """The standard figures of ``model`` (the network of the run's last phase) on the validation split
-    (``only``: just the figures of these file names, as loggers take during training), drawn here.
-
-    Each figure is drawn on its own: one that cannot be drawn for this run is skipped with a note (the
-    second list), never failing the others or the run.
-    """
-    drawings, notes = run_figure_drawings(parts, model, figures_dir, records, codes, only)
-    written, drawing_notes = draw(drawings)
-    return written, notes + drawing_notes
-
-
 @torch.inference_mode()
 def run_figure_drawings(
     parts: RunParts,
@@ -72,8 +53,11 @@ def run_figure_drawings(
     codes: CodeStatistics,
     only: Optional[Sequence[str]] = None,
 ) -> tuple[list[Drawing], list[str]]:
-    """``render_run_figures``'s figures with their inputs computed (the model's part of the work, on its
-    device), not yet drawn; a figure whose inputs cannot be computed is a note."""
+    """The standard figures of ``model`` (the network of the run's last phase) on the validation split
+    (``only``: just the figures of these file names, as loggers take during training), with their inputs
+    computed (the model's part of the work, on its device) but not yet drawn (``draw``, or
+    ``figure_workers``). Each figure stands on its own: one that cannot be drawn for this run is a note,
+    never failing the others or the run."""
     val, history = parts.data.val, [as_dict(record) for record in records]
     model.eval()
     shown = val.images[:RECONSTRUCTION_SAMPLES]

@@ -134,14 +134,15 @@ class RunLoggers(Callback):
         self._each("flush")
 
     def _log_training_figures(self, event: EpochEnd, wanted: list[str]) -> None:
-        from autoenc_cli.artifacts.run_figures import render_run_figures
+        from autoenc_cli.artifacts.run_figures import draw, run_figure_drawings
 
         with tempfile.TemporaryDirectory(prefix="autoenc-figures-") as scratch:
             # Figures draw samples (latent map, noise): the training's random streams stay as they were.
             with torch.random.fork_rng(devices=[]):
-                written, _ = render_run_figures(
+                drawings, _ = run_figure_drawings(
                     self.parts, event.network, Path(scratch), event.history, event.codes, only=TRAINING_FIGURES
                 )
+                written, _ = draw(drawings)
             images = {f"figures/{path.stem}": path for path in written}
             self._each("log_images", images, event.global_step, wanted=wanted)
 
