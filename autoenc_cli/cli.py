@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
@@ -133,6 +134,42 @@ def bare_argument_problem(command: str, args: Sequence[str]) -> Optional[str]:
     return None
 
 
+# What Hydra's override grammar takes unquoted; a path with any other character (non-ASCII letters,
+# brackets, quotes, commas, '=') must be quoted for it, which autoenc does for the user.
+PLAIN_VALUE = re.compile(r"[A-Za-z0-9_\-/\\+.$%*@?|: ]*")
+
+
+def quoted_paths(command: str, args: Sequence[str]) -> list[str]:
+    """Paths (``data.path=``, ``output_root=``, ...) passed to Hydra as quoted strings when its grammar
+    would not read them as typed: ``data.path=données.npz``, ``output_root='runs (new)'``."""
+    if command not in ("train", "tune", *RUN_COMMANDS):
+        return list(args)
+    return [_quoted_path(argument) for argument in args]
+
+
+def _quoted_path(argument: str) -> str:
+    key, equals, value = argument.partition("=")
+    if argument.startswith("-") or not equals or not value or value[0] in "'\"":
+        return argument
+    if key.rpartition(".")[2].lstrip("+~") not in PATH_KEYS or PLAIN_VALUE.fullmatch(value):
+        return argument
+    if _hydra_reads(argument):  # a sweep over paths (a.npz,b.npz) or a glob stays as it is
+        return argument
+    # Hydra's quoted strings: a quote, and backslashes just before a quote or the closing one, are escaped.
+    escaped = re.sub(r"(\\*)('|$)", lambda match: match.group(1) * 2 + ("\\'" if match.group(2) else ""), value)
+    return f"{key}='{escaped}'"
+
+
+def _hydra_reads(argument: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        OverridesParser.create().parse_override(argument)
+    except Exception:  # noqa: BLE001 - any parse error: Hydra cannot read it as typed
+        return False
+    return True
+
+
 def _load(target: str) -> Callable[[Sequence[str]], Optional[int]]:
     module, _, function = target.partition(":")
     return getattr(importlib.import_module(module), function)
@@ -152,6 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     problem = bare_argument_problem(command, rest)
     if problem is not None:
         fail(problem)
+    rest = quoted_paths(command, rest)
     keep_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         code = _load(COMMANDS[command][0])(rest)

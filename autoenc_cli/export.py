@@ -3,7 +3,9 @@ training state (optimizer, RNG states, history) and without pickles:
 
     DIR/model.safetensors   the network's tensors (parameters and buffers), read by any safetensors reader
     DIR/config.json         format marker and version, input shape, code size, phase, epoch, the typed
-                            run config as plain JSON, the data fingerprint and where it came from
+                            run config as plain JSON, the data fingerprint and where it came from (with
+                            the run's status and whether the checkpoint was taken mid-epoch); for a
+                            normalised data=vectors run, its normalisation statistics ("normalization")
 
 ``autoenc_cli.load_run(DIR)`` (and ``autoenc eval/encode/reconstruct run=DIR``) rebuild the model from
 config.json and load the tensors strictly. A greedy stage checkpoint exports that stage's network.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,13 @@ from omegaconf import MISSING
 
 from autoenc_cli.errors import UserError
 from autoenc_cli.evaluation.commands import UseRunConfig, compose_command
+from autoenc_cli.output_paths import (
+    FolderOutputs,
+    check_folder_out,
+    claimed_folder_out,
+    out_path,
+    refuse_current_folder,
+)
 
 
 @dataclass
@@ -32,37 +41,54 @@ class ExportConfig(UseRunConfig):
     overwrite: bool = False  # replace an earlier export in out; otherwise it is refused
 
 
-def is_earlier_export(folder: Path) -> bool:
-    """Whether ``folder`` holds what ``autoenc export`` wrote (its config.json carries the format marker)."""
-    from autoenc_cli.evaluation.loading import EXPORT_CONFIG, EXPORT_FORMAT
+# A file's staged copy beside it (as autoenc_cli.io names them: .NAME.PID.tmp), left where an export was killed.
+STAGED = re.compile(r"\.(model\.safetensors|config\.json)\.\d+\.tmp")
+
+
+def _tensors_metadata(path: Path) -> dict[str, str]:
+    """model.safetensors' header metadata; empty when the file is not a readable safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except Exception:  # any file may stand there: unreadable means not an export's
+        return {}
+
+
+def is_export_file(folder: Path, file: Path) -> bool:
+    """Whether ``file`` is one ``autoenc export`` wrote into ``folder``: its config.json or model.safetensors,
+    each carrying the format marker, or a staged copy a killed export left."""
+    from autoenc_cli.evaluation.loading import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_TENSORS
     from autoenc_cli.io import read_json
 
-    return read_json(folder / EXPORT_CONFIG).get("format") == EXPORT_FORMAT
+    if file.parent != folder or file.is_symlink():
+        return False
+    if file.name == EXPORT_CONFIG:
+        return read_json(file).get("format") == EXPORT_FORMAT
+    if file.name == EXPORT_TENSORS:
+        return _tensors_metadata(file).get("autoenc_format") == EXPORT_FORMAT
+    return STAGED.fullmatch(file.name) is not None
 
 
-def check_out(out: Path, run: Path, overwrite: bool) -> None:
-    """Refuse an ``out`` that is a file, the run folder or a folder holding it, inside a run folder, or a
-    folder holding other files; an earlier export is replaced only with overwrite=true."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"out='{out}' is a file; give a folder for model.safetensors and config.json (out=DIR)")
+EXPORT_OUTPUTS = FolderOutputs(
+    command="export",
+    what="an export",
+    earlier="an export",
+    folder_for="for model.safetensors and config.json",
+    example="my_model",
+    is_earlier=is_export_file,
+)
+
+
+def check_out(out: Path, run: Path, overwrite: bool) -> list[Path]:
+    """The shared out= rule (autoenc_cli.output_paths) for an export's folder, which is also never the run
+    folder or a folder holding it; returns the earlier export's files there (replaced with overwrite=true)."""
+    refuse_current_folder(out, EXPORT_OUTPUTS)
     target, source = out.resolve(), run.resolve()
     if target == source or target in source.parents:
         raise UserError(f"out='{out}' is or holds the run folder '{run}'; an export gets a folder of its own")
-    for place in (target, *target.parents):
-        if (place / "run.json").is_file():
-            raise UserError(f"out='{out}' is inside the run folder '{place}'; an export gets a folder of its own")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not is_earlier_export(out):
-        names = sorted(path.name for path in out.iterdir())
-        raise UserError(
-            f"out='{out}' already holds other files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); "
-            "an export goes to a new or empty folder (or replaces an earlier export, with overwrite=true)"
-        )
-    if not overwrite:
-        raise UserError(
-            f"out='{out}' already holds an export; add overwrite=true to replace it, or choose another out="
-        )
+    return check_folder_out(out, overwrite, EXPORT_OUTPUTS)
 
 
 def export_config(run: Any, source: Path) -> dict[str, Any]:
@@ -71,13 +97,19 @@ def export_config(run: Any, source: Path) -> dict[str, Any]:
     from autoenc_cli.evaluation.loading import EXPORT_FORMAT, EXPORT_VERSION, is_export, read_export_config
     from autoenc_cli.io import json_ready, read_json
 
+    status = read_json(source / "metrics.json").get("status")
     origin = {
         "run": str(source.resolve()),
         "checkpoint": str(Path(run.checkpoint).resolve()),
         "run_id": read_json(source / "run.json").get("run_id"),
+        # completed, failed, interrupted (metrics.json); unknown without one: still training, or killed
+        "status": status if isinstance(status, str) else "unknown",
+        "mid_epoch": run.step_in_epoch > 0,  # the checkpoint was taken inside an epoch (an interruption's)
+        "step_in_epoch": run.step_in_epoch,
     }
     if is_export(source):  # an export of an export keeps where the model came from
         origin = {**read_export_config(source).get("source", {}), "via": str(source.resolve())}
+    normalisation = run.input_normalisation()  # data=vectors: what raw vectors need before the model
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -91,7 +123,21 @@ def export_config(run: Any, source: Path) -> dict[str, Any]:
         "config": json_ready(dataclasses.asdict(run.config)),  # typed_config() rebuilds it
         "data_fingerprint": run.data_fingerprint,  # of the train/validation split the run trained on
         "source": origin,  # the run folder and checkpoint it was exported from
+        **({"normalization": normalisation.as_json()} if normalisation is not None else {}),
     }
+
+
+def source_note(source: dict[str, Any]) -> str | None:
+    """One line when the exported weights are not a finished run's: the run failed or was interrupted, or
+    the checkpoint was taken mid-epoch."""
+    reasons = []
+    if source.get("status", "completed") != "completed":
+        reasons.append(f"the source run's status is {source['status']}")
+    if source.get("mid_epoch"):
+        reasons.append(f"its checkpoint was taken mid-epoch ({source.get('step_in_epoch')} steps into an epoch)")
+    if not reasons:
+        return None
+    return f"note: {' and '.join(reasons)}; config.json's source says so"
 
 
 def _umask() -> int:
@@ -108,52 +154,62 @@ def _fsync(path: Path) -> None:
         os.close(descriptor)
 
 
-def write_export(out: Path, model: Any, config: dict[str, Any]) -> None:
-    """Write the two files into a temporary sibling folder, then put it in ``out``'s place: a crash leaves
-    the earlier export (or nothing), never a torn one; an earlier export is removed only after the new one
-    is complete."""
+def _write_staged(path: Path, payload: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_export(out: Path, model: Any, config: dict[str, Any], overwrite: bool = False) -> None:
+    """Write the two files into ``out``, claimed for this process: a second export to the same folder is
+    refused in one line and touches nothing. Both files are staged beside their places first (a failure
+    there leaves an earlier export as it was); then the earlier config.json goes, model.safetensors takes its
+    place and config.json comes last, so a crash never leaves a folder that loads as a mix of two exports.
+    ``out`` itself is never removed or renamed: a folder this call did not create stays (the current folder
+    above all); one it created is removed again if the export fails."""
     from safetensors.torch import save_model
 
     from autoenc_cli.evaluation.loading import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_TENSORS, EXPORT_VERSION
-    from autoenc_cli.io import atomic_write_bytes
 
-    out = out.absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.export-{os.getpid()}.tmp")
-    previous = out.with_name(f".{out.name}.replaced-{os.getpid()}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        temporary.mkdir()
-        metadata = {"format": "pt", "autoenc_format": EXPORT_FORMAT, "autoenc_format_version": str(EXPORT_VERSION)}
-        # save_model stores tensors that share memory once; force_contiguous: an untied decoder weight is a
-        # transposed view, which safetensors stores only contiguous (loading copies values into the layout).
-        save_model(model, str(temporary / EXPORT_TENSORS), metadata=metadata, force_contiguous=True)
-        os.chmod(temporary / EXPORT_TENSORS, 0o666 & ~_umask())  # safetensors writes it private (0600); share
-        _fsync(temporary / EXPORT_TENSORS)
-        atomic_write_bytes(temporary / EXPORT_CONFIG, (json.dumps(config, indent=2) + "\n").encode())
-        _fsync(temporary)
-        if out.exists():
-            os.replace(out, previous)
-            try:
-                os.replace(temporary, out)
-            except OSError:
-                os.replace(previous, out)
-                raise
-            shutil.rmtree(previous, ignore_errors=True)
-        else:
-            os.replace(temporary, out)
-        _fsync(out.parent)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+    tensors, settings = out / EXPORT_TENSORS, out / EXPORT_CONFIG
+    staged_tensors = out / f".{EXPORT_TENSORS}.{os.getpid()}.tmp"
+    staged_config = out / f".{EXPORT_CONFIG}.{os.getpid()}.tmp"
+    with claimed_folder_out(out, overwrite, EXPORT_OUTPUTS, "model export") as earlier:
+        try:
+            for leftover in earlier:
+                if STAGED.fullmatch(leftover.name):  # a killed export's staged copy
+                    leftover.unlink()
+            metadata = {"format": "pt", "autoenc_format": EXPORT_FORMAT, "autoenc_format_version": str(EXPORT_VERSION)}
+            # save_model stores tensors that share memory once; force_contiguous: an untied decoder weight is a
+            # transposed view, which safetensors stores only contiguous (loading copies values into the layout).
+            save_model(model, str(staged_tensors), metadata=metadata, force_contiguous=True)
+            os.chmod(staged_tensors, 0o666 & ~_umask())  # safetensors writes it private (0600); share
+            _fsync(staged_tensors)
+            _write_staged(staged_config, (json.dumps(config, indent=2) + "\n").encode())
+            settings.unlink(missing_ok=True)  # until the new config.json is in place, out is no export at all
+            os.replace(staged_tensors, tensors)
+            os.replace(staged_config, settings)
+            _fsync(out)
+        finally:
+            staged_tensors.unlink(missing_ok=True)
+            staged_config.unlink(missing_ok=True)
 
 
 def export_run(run_dir: Path, out: Path, checkpoint: str = "best", overwrite: bool = False) -> Any:
     """Export ``run_dir``'s ``checkpoint`` to ``out``; returns the TrainedRun that was written."""
-    from autoenc_cli.evaluation.loading import load_run
+    from autoenc_cli.evaluation.loading import load_run, refuse_non_finite
 
     check_out(out, run_dir, overwrite)  # before the model is loaded
     run = load_run(run_dir, checkpoint, "cpu")
-    write_export(out, run.model, export_config(run, run_dir))
+    refuse_non_finite(run.model, run.checkpoint)  # an export of NaN weights would be refused where it is loaded
+    config = export_config(run, run_dir)
+    write_export(out, run.model, config, overwrite)
+    note = source_note(config["source"])
+    if note is not None:
+        from autoenc_cli.artifacts.console import console
+
+        console.print(note, soft_wrap=True)
     return run
 
 
@@ -161,12 +217,13 @@ def main(argv: Sequence[str]) -> int:
     from autoenc_cli.artifacts.console import console
 
     config = compose_command("export", ExportConfig, argv)
-    run = export_run(Path(config.run), Path(config.out), config.checkpoint, config.overwrite)
+    out = out_path(config.out, EXPORT_OUTPUTS.example)
+    run = export_run(Path(config.run), out, config.checkpoint, config.overwrite)
     tensors = run.model.state_dict()
     size = sum(tensor.numel() for tensor in tensors.values())
     console.print(
         f"exported {Path(run.checkpoint).name} (phase {run.phase}, epoch {run.epoch}, code size "
-        f"{run.model.code_dim}, {len(tensors)} tensors, {size:,} values) to {Path(config.out).absolute()}",
+        f"{run.model.code_dim}, {len(tensors)} tensors, {size:,} values) to {out.absolute()}",
         soft_wrap=True,
     )
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sys
@@ -55,14 +56,50 @@ def register_launcher() -> None:
     Plugins.instance().class_name_to_class.setdefault(name, StackedLauncher)
 
 
+class RunComplete(BaseException):
+    """Raised before Hydra writes anything when there is nothing to do (a complete run given to resume=):
+    the command says why and ends, exit status 0, the folder untouched."""
+
+
+def close_log_files_in(folder: Path) -> None:
+    """Close and detach the log handlers writing into ``folder`` (train.log), so it can be removed and no later
+    record in this process tries to reopen a file there."""
+    folder = folder.absolute()
+    known = [logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
+    loggers = [logging.getLogger(), *known]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and folder in Path(handler.baseFilename).absolute().parents:
+                handler.close()
+                logger.removeHandler(handler)
+
+
+def put_back(claim: Any) -> None:
+    """Undo what this process put in a folder it claimed, when no work started there (its log closed first)."""
+    close_log_files_in(claim.path)
+    claim.undo()
+
+
 def run_hydra_app(app: Any, program: str, argv: Sequence[str]) -> None:
     """Run a ``@hydra.main`` app on ``argv``, letting exceptions reach our one-line error reporter."""
+    from autoenc_cli.folder_lock import claims_end_with_block
+
     register_launcher()
     previous_argv, previous_flag = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [program, *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        app()
+        with claims_end_with_block() as claims_made:
+            try:
+                app()
+            except BaseException:  # a refusal or Ctrl-C before work started there leaves no trace
+                for claim in claims_made():
+                    put_back(claim)
+                raise
+    except RunComplete as complete:
+        from autoenc_cli.artifacts.console import console
+
+        console.print(str(complete), soft_wrap=True)
     finally:
         sys.argv = previous_argv
         if previous_flag is None:

@@ -16,10 +16,15 @@ from autoenc_cli.schema import GroupConfig, number
 @dataclass
 class OptimizerConfig(GroupConfig):
     group: ClassVar[str] = "optimizer"
+    # Whether each weight's update depends only on that weight's gradient and state (no norms or other
+    # reductions over a tensor): then a stacked sweep (autoenc_cli.stacking) may step many runs' weights
+    # as one tensor. An option that does not say so trains alone in a stacked sweep.
+    elementwise_update: ClassVar[bool] = False
 
 
 @dataclass
 class AdamConfig(OptimizerConfig):
+    elementwise_update: ClassVar[bool] = True
     name: str = "adam"
     lr: float = number(1e-3, gt=0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -42,6 +47,7 @@ class AdamWConfig(AdamConfig):
 
 @dataclass
 class SGDConfig(OptimizerConfig):
+    elementwise_update: ClassVar[bool] = True
     name: str = "sgd"
     lr: float = number(0.1, gt=0)
     momentum: float = number(0.9, ge=0, lt=1)

@@ -5,7 +5,19 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
+
+
+def holding_sweep(paths: Sequence[Path]) -> Optional[Path]:
+    """The sweep or study folder that directly holds every run in ``paths``: a report into it rebuilds that
+    sweep's own report (the one folder of its kind an out= may be)."""
+    from autoenc_cli.output_paths import owner_kind
+
+    parents = {Path(path).resolve().parent for path in paths}
+    if len(parents) != 1:
+        return None
+    (parent,) = parents
+    return parent if owner_kind(parent) in ("sweep", "tune study") else None
 
 
 def main(argv: Sequence[str]) -> int:
@@ -17,18 +29,23 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep folder, or run folders")
     parser.add_argument(
         "--out",
-        type=Path,
         default=None,
-        help="where to write (default: the sweep folder, or outputs/reports/<time> for a list of runs)",
+        help="where to write: a new or empty folder, not inside a run, sweep or study folder (default: the sweep "
+        "folder, or outputs/reports/<time> for a list of runs)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     args = parser.parse_args(list(argv))
     from autoenc_cli.artifacts.console import console
-    from autoenc_cli.artifacts.sweep_report import find_runs, write_report
+    from autoenc_cli.artifacts.sweep_report import REPORT_OUTPUTS, find_runs, write_report
+    from autoenc_cli.output_paths import check_folder_out, out_path
 
-    out = args.out
-    if out is None:
-        single_sweep = len(args.paths) == 1 and find_runs(args.paths) != [args.paths[0]]
+    single_sweep = len(args.paths) == 1 and find_runs(args.paths) != [args.paths[0]]
+    if args.out is None:
         out = args.paths[0] if single_sweep else Path("outputs") / "reports" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    else:
+        out = out_path(args.out, REPORT_OUTPUTS.example)
+    own = args.paths[0] if single_sweep else holding_sweep(args.paths)
+    check_folder_out(out, args.overwrite, REPORT_OUTPUTS, own=own)
     _, table = write_report(args.paths, out)
     console.print(table)
     console.print(

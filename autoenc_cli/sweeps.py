@@ -99,12 +99,20 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from pathlib import Path
 
+        from autoenc_cli.folder_lock import claim_folder
+
         overrides = OmegaConf.to_container(config.hydra.overrides.task)
         assert isinstance(overrides, list)
+        claim = None
         try:
+            # Held for the sweep's life: a second process on this folder (a new sweep or a resume) is refused.
+            claim = claim_folder(Path(config.hydra.sweep.dir), "sweep", disposable=("multirun.yaml",))
             check_sweep_folder(Path(config.hydra.sweep.dir), config.resume, [str(item) for item in overrides])
             validate_jobs(config, sweep_jobs([str(item) for item in overrides]))
         except UserError as error:
+            if claim is not None:
+                claim.undo()
+                claim.release()
             # Hydra turns a callback's Exception into a warning and carries on; abort the sweep instead.
             raise UserAbort(error) from None
 
@@ -128,6 +136,7 @@ class SweepCallback(Callback):
             raise UserAbort(
                 UserError(
                     f"{len(unfinished)} of {len(rows)} sweep jobs did not complete: {', '.join(unfinished)}; "
-                    f"see summary.csv, and finish them with the same command plus resume={sweep_dir}"
+                    "their errors are in each job's metrics.json (summary.csv lists every job); finish them with "
+                    f"the same command plus resume={sweep_dir}"
                 )
             )

@@ -30,9 +30,10 @@ from autoenc_cli.baselines.pca import PCABaseline, pca_baseline
 from autoenc_cli.build import build_parts
 from autoenc_cli.data.tensors import whole_split
 from autoenc_cli.errors import DataError, TrainingInterrupted, UserAbort, UserError
-from autoenc_cli.hydra_app import CONFIG_PATH, run_hydra_app
+from autoenc_cli.folder_lock import claim_folder, held
+from autoenc_cli.hydra_app import CONFIG_PATH, RunComplete, close_log_files_in, put_back, run_hydra_app
 from autoenc_cli.loggers.run_loggers import RunLoggers
-from autoenc_cli.resume import resume_point, run_folder_of
+from autoenc_cli.resume import RESUME_OVERRIDABLE, resume_point, run_folder_of
 from autoenc_cli.schema import TrainConfig
 from autoenc_cli.schema.check import check_shorthands
 from autoenc_cli.schema.resolve import resolve
@@ -289,21 +290,58 @@ def with_absolute_paths(cfg: DictConfig) -> DictConfig:
 
 
 class RunFolderGuard(Callback):
-    """Hydra callback: before Hydra writes its files into a run folder, refuse one that holds another run."""
+    """Hydra callback: before Hydra writes its files into a run folder, claim it for this process (a
+    second process is refused) and refuse one that holds another run, or a resume that cannot go on, so a
+    refusal leaves the folder as it was."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if int(os.environ.get("RANK", "0")) > 0:
             return
         run_dir = Path(config.hydra.run.dir)
+        resume = None if config.resume in (None, "") else str(config.resume)
+        claim = None
         try:
-            if config.resume in (None, ""):
+            if resume is not None:
+                check_resume_target(resume, run_dir)
+            claim = claim_folder(run_dir, "run", disposable=NOTHING_STARTED, appended=("train.log",))
+            if resume is None:
                 refuse_unless_new(run_dir)
-            elif run_dir.absolute() != run_folder_of(str(config.resume)).absolute():
-                raise UserError(
-                    f"resume={config.resume} continues in that run's own folder; drop hydra.run.dir={run_dir}"
-                )
+            else:
+                check_resume(config, run_dir)
         except UserError as error:
+            if claim is not None:
+                claim.undo()
+                claim.release()
             raise UserAbort(error) from None  # Hydra would turn an Exception into a warning
+
+
+def check_resume_target(resume: str, run_dir: Path) -> None:
+    """``resume=`` names a run folder or a checkpoint of one: not a data file, a sweep or a tune study."""
+    path = Path(resume)
+    if path.is_file() and path.suffix != ".pt":
+        raise UserError(
+            f"resume='{resume}' is a file but not a checkpoint (.pt); give a run folder (resume=RUN_DIR) or one of "
+            "its checkpoints (resume=RUN_DIR/checkpoints/last.pt)"
+        )
+    if not path.exists():
+        raise UserError(f"resume='{resume}' does not exist; give a run folder or a checkpoint (.pt) of one")
+    if run_dir.absolute() != run_folder_of(resume).absolute():
+        raise UserError(f"resume={resume} continues in that run's own folder; drop hydra.run.dir={run_dir}")
+    if (run_dir / "study.db").is_file():
+        raise UserError(f"resume='{resume}' is a tune study; continue it with: autoenc tune resume={resume}")
+    if (run_dir / "multirun.yaml").is_file():
+        raise UserError(
+            f"resume='{resume}' is a sweep; finish it with the command that started it, with -m and resume={resume}"
+        )
+
+
+def check_resume(config: DictConfig, run_dir: Path) -> None:
+    """Everything a resume checks (checkpoint, overrides, completeness) before Hydra writes into the folder."""
+    task_config = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+    overrides = [str(item) for item in config.hydra.overrides.task]
+    point = resume_point(with_absolute_paths(task_config), run_dir, overrides, multirun=False)
+    if point.cfg is None:
+        raise RunComplete(point.complete)
 
 
 def announce(parts: RunParts, folder: RunFolder, resume: Optional[dict[str, Any]]) -> None:
@@ -317,6 +355,13 @@ def announce(parts: RunParts, folder: RunFolder, resume: Optional[dict[str, Any]
     )
     if resume is not None:
         console.print(f"resuming after {resume['epoch']} epochs (+{resume['step_in_epoch']} steps)")
+        if folder.hydra_config_edited():
+            console.print(
+                f"[yellow]note[/]: {folder.path / '.hydra' / 'config.yaml'} was edited after the run started; a "
+                "resume trains with the run's own config (saved in its checkpoint), so the edit is not used: only "
+                f"{', '.join(RESUME_OVERRIDABLE)} may change, on the command line",
+                soft_wrap=True,
+            )
 
 
 def start_results(
@@ -361,7 +406,7 @@ def start_results(
 
     def finish() -> RunSummary:
         written, drawing_notes = drawing() if drawing is not None else ([], [])
-        notes = input_notes + drawing_notes
+        notes = health_notes(last, parts.config) + input_notes + drawing_notes
         if trainer_config.figures:
             summary.figures = [path.name for path in written]
         for note in notes:
@@ -373,6 +418,20 @@ def start_results(
         return summary
 
     return finish
+
+
+# Codes this large mean the weights blew up (a learning rate far too high); the run still "completes".
+EXPLODED_CODE = 1e6
+
+
+def health_notes(last: Any, config: TrainConfig) -> list[str]:
+    """A note for a run that completed with exploding activations."""
+    if last.mean_activation is None or last.mean_activation < EXPLODED_CODE:
+        return []
+    return [
+        f"the codes exploded (mean |code| {last.mean_activation:.3g} at the last epoch): optimizer.lr="
+        f"{config.optimizer.lr:g} is likely too high"
+    ]
 
 
 def shared_pca_val_mse(parts: RunParts, code_dim: int, baselines: Optional[dict]) -> Optional[PCABaseline]:
@@ -444,7 +503,7 @@ NOTHING_STARTED = {".hydra", "train.log", "run.json", "tensorboard", "wandb"}
 def job_outcome(folder: RunFolder, multirun: bool) -> Iterator[None]:
     """How a job ends. A single run reports a user mistake as one line; in a sweep a failed job is
     recorded (metrics.json and the sweep summary say failed) and the other jobs go on; an interruption
-    stops the sweep. A folder that holds only Hydra's files (nothing started) is removed."""
+    stops the sweep. A folder in which nothing started is put back as it was (a new one removed)."""
     try:
         try:
             yield
@@ -452,36 +511,56 @@ def job_outcome(folder: RunFolder, multirun: bool) -> Iterator[None]:
             shutdown_distributed()
             if int(os.environ.get("RANK", "0")) > 0:  # a torchrun rank's scratch folder (see hydra_app)
                 shutil.rmtree(folder.path, ignore_errors=True)
-    except KeyboardInterrupt:  # before training started (loading data): nothing to keep
-        discard_if_empty(folder.path)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        if not stopped_with_checkpoint(folder):
+            discard_unstarted(folder)
+        elif not multirun:  # a sweep says how to finish the sweep
+            raise UserAbort(
+                TrainingInterrupted(
+                    f"stopped at once by a second Ctrl-C; the last checkpoint is kept; continue with: "
+                    f"autoenc train resume={folder.path}"
+                )
+            ) from None
         raise
     except TrainingInterrupted as error:
         raise UserAbort(
             TrainingInterrupted(f"{error}: checkpoint saved; continue with: autoenc train resume={folder.path}")
         ) from None
     except UserError as error:
-        discard_if_empty(folder.path)
+        log.error("stopped: %s", error)  # in train.log, unless the folder is put back as it was
+        discard_unstarted(folder)
         if not multirun:
             raise UserAbort(error) from None
         record_job_failure(folder, str(error))
     except Exception as error:
+        log.exception("failed")
         if not multirun:
             raise
-        log.exception("job failed")
         record_job_failure(folder, f"{type(error).__name__}: {error}")
 
 
-def close_log_files_in(folder: Path) -> None:
-    """Close and detach the log handlers writing into ``folder`` (train.log), so it can be removed and no later
-    record in this process tries to reopen a file there."""
-    folder = folder.absolute()
-    known = [logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
-    loggers = [logging.getLogger(), *known]
-    for logger in loggers:
-        for handler in list(logger.handlers):
-            if isinstance(handler, logging.FileHandler) and folder in Path(handler.baseFilename).absolute().parents:
-                handler.close()
-                logger.removeHandler(handler)
+def stopped_with_checkpoint(folder: RunFolder) -> bool:
+    """A run stopped at once mid-training that has a checkpoint to continue from (its metrics.json says
+    interrupted); False when it has none, or had finished training."""
+    status = folder.read_metrics().get("status")
+    if status == "completed" or not (folder.checkpoints / "last.pt").is_file():
+        return False
+    if status != "interrupted":  # stopped before the loop could say so (while writing a checkpoint)
+        folder.write_metrics(
+            RunSummary(status="interrupted", stopped="at once by a second Ctrl-C", signal="SIGINT")
+        )
+    return True
+
+
+def discard_unstarted(folder: RunFolder) -> None:
+    """Put back a folder in which no training started: the folder this process claimed for the run as it
+    was when claimed (a new one removed, a resumed one's .hydra/resumed entry and train.log lines undone);
+    a sweep job's folder, which holds only what Hydra and the job wrote, removed."""
+    claim = held(folder.path)
+    if claim is None:
+        discard_if_empty(folder.path)
+        return
+    put_back(claim)
 
 
 def discard_if_empty(run_dir: Path) -> None:

@@ -19,6 +19,18 @@ from autoenc_cli.cli import main
 
 # Small enough for a 2-core CPU: 400 digits, 2 epochs.
 TINY = ["data.limit=400", "trainer.epochs=2", "trainer.log_every=2"]
+TINY_KEYS = {override.partition("=")[0] for override in TINY}
+
+
+def with_tiny_defaults(argv: Sequence[str]) -> list[str]:
+    """TINY's values are defaults a test's own later value replaces (autoenc refuses a key given twice)."""
+    argv = list(argv)
+    later = [override.partition("=")[0] for override in argv]
+    return [
+        argument
+        for position, argument in enumerate(argv)
+        if argument not in TINY or later[position] not in later[position + 1 :]
+    ]
 
 # A small .npz of 28 x 28 images for options that need a file (the config check reads its header).
 SAMPLE_NPZ = Path(tempfile.mkdtemp(prefix="autoenc-tests-")) / "images.npz"
@@ -30,7 +42,7 @@ np.save(SAMPLE_VECTORS, np.random.default_rng(0).standard_normal((40, 16)).astyp
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     with initialize_config_module(config_module="autoenc_cli.configs", version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+        return compose(config_name="train", overrides=with_tiny_defaults(overrides))
 
 
 @pytest.fixture
@@ -41,7 +53,7 @@ def tiny() -> list[str]:
 def run_main(argv: Sequence[str]) -> int:
     """Run ``autoenc`` in this process; returns the exit code."""
     try:
-        main(list(argv))
+        main(with_tiny_defaults(argv))
     except SystemExit as exit_:
         return int(exit_.code or 0)
     return 0
@@ -52,7 +64,7 @@ def run_cli(argv: Sequence[str], cwd: Path, env: dict | None = None) -> subproce
     environment = {**os.environ, **(env or {})}
     environment.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [sys.executable, "-m", "autoenc_cli", *argv],
+        [sys.executable, "-m", "autoenc_cli", *with_tiny_defaults(argv)],
         cwd=cwd,
         env=environment,
         capture_output=True,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_export import SECRET, TOPK, UNTRUSTED, NoBigAllocation, craft, trained
 from test_user_data import user_data_mistakes
 
 from conftest import TINY, run_cli, run_main
@@ -217,11 +218,20 @@ def test_user_data_mistakes(name, tmp_path, monkeypatch, capsys):
         assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").iterdir())
 
 
+def earlier_reconstruction() -> bytes:
+    """A PNG as autoenc reconstruct writes it (marked as its output)."""
+    import torch
+
+    from autoenc_cli.evaluation.commands import _png_bytes
+
+    return _png_bytes(torch.zeros(1, 2, 2, dtype=torch.uint8))
+
+
 def output_mistakes(root: Path) -> list[tuple[list[str], str]]:
     """An existing output is refused unless overwrite=true; these fail before the run is loaded."""
     (root / "codes.npz").write_bytes(b"mine")
     (root / "pngs").mkdir()
-    (root / "pngs" / "0000.png").write_bytes(b"earlier")
+    (root / "pngs" / "0000.png").write_bytes(earlier_reconstruction())
     (root / "plain_file").write_text("mine")
     (root / "folder.npz").mkdir()
     return [
@@ -254,3 +264,68 @@ def test_output_mistakes(tmp_path, capsys):
 def test_other_commands_through_a_fresh_process(argv, tmp_path):
     result = run_cli(argv, cwd=tmp_path)
     assert_one_line_error(result.returncode, result.stderr)
+
+
+# One rule for every out= (issue 25): empty, the current folder or above, inside a run, sweep or study folder,
+# over an existing file without overwrite=true; refused before the run is loaded, nothing touched.
+def out_rule_mistakes(root: Path) -> list[tuple[list[str], str]]:
+    for marker, folder in (("run.json", "run"), ("multirun.yaml", "sweep"), ("study.db", "study")):
+        (root / folder / "checkpoints").mkdir(parents=True)
+        (root / folder / marker).write_text("{}")
+        (root / folder / "checkpoints" / "last.pt").write_bytes(b"weights")
+    (root / "run" / "metrics.json").write_text("{}")  # what autoenc report takes for a run
+    (root / "mine.json").write_text("mine")
+    inside = "is inside the {} folder"
+    return [
+        (["eval", "run=r", "out="], "out='' is empty; give a path, e.g. out=eval.json"),
+        (["eval", "run=r", f"out={root / 'run' / 'checkpoints' / 'last.pt'}", "overwrite=true"], inside.format("run")),
+        (["eval", "run=r", f"out={root / 'sweep' / 'eval.json'}"], inside.format("sweep")),
+        (["eval", "run=r", f"out={root / 'study' / 'eval.json'}"], inside.format("tune study")),
+        (["eval", "run=r", f"out={root / 'mine.json'}"], "already exists; add overwrite=true to replace it"),
+        (["eval", "run=r", f"out={root / 'mine.json' / 'x.json'}"], "is a file, not a folder"),
+        (["encode", "run=r", "out="], "out='' is empty; give a path, e.g. out=codes.npz"),
+        (["encode", "run=r", f"out={root / 'run' / 'codes.npz'}"], inside.format("run")),
+        (["reconstruct", "run=r", "input=i", "out="], "out='' is empty; give a path"),
+        (["reconstruct", "run=r", "input=i", "out=."], "out='.' is the current folder; choose a new folder"),
+        (["reconstruct", "run=r", "input=i", f"out={root / 'sweep' / 'pngs'}"], inside.format("sweep")),
+        (["export", "run=r", "out="], "out='' is empty; give a path, e.g. out=my_model"),
+        (["export", "run=r", "out=."], "out='.' is the current folder; choose a new folder for an export"),
+        (["export", "run=r", "out=.."], "out='..' is a folder above the current one"),
+        (["export", "run=r", f"out={root / 'study' / 'model'}", "overwrite=true"], inside.format("tune study")),
+        (["report", str(root / "run"), "--out", str(root / "sweep" / "cmp")], inside.format("sweep")),
+    ]
+
+
+def test_every_out_follows_one_rule(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cases = out_rule_mistakes(tmp_path)
+    before = sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*"))
+    for argv, expected in cases:
+        code = run_main(argv)
+        err = capsys.readouterr().err
+        assert_one_line_error(code, err)
+        assert expected in err, (argv, err)
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*")) == before
+    assert (tmp_path / "mine.json").read_text() == "mine"
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == b"weights"
+
+
+# A shared export is someone else's file (issue 25, item 7): each crafted config.json or model.safetensors is
+# refused by the commands in one line, exit 2, before any model is built, and nothing is written.
+@pytest.fixture(scope="module")
+def export_source(tmp_path_factory) -> Path:
+    return trained(tmp_path_factory, "export_source", TOPK)
+
+
+@pytest.mark.parametrize("how", sorted(UNTRUSTED))
+def test_untrusted_exports(how, export_source, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(SECRET, "12")  # a number: resolved, it would pass for a code size
+    export = tmp_path / "shared"
+    assert run_main(["export", f"run={export_source}", f"out={export}"]) == 0
+    craft(export, how)
+    capsys.readouterr()
+    with NoBigAllocation():
+        code = run_main(["encode", f"run={export}", f"out={tmp_path / 'codes.npz'}"])
+    err = capsys.readouterr().err
+    assert_one_line_error(code, err)
+    assert code == 2 and UNTRUSTED[how] in err and not (tmp_path / "codes.npz").exists(), err

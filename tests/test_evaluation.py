@@ -136,6 +136,68 @@ def test_reconstruct_from_npz_and_folder(trained_run, tmp_path):
     )
 
 
+def folder_bytes(root: Path) -> dict[str, bytes]:
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+# A run's own files: none is ever an out=.
+RUN_FILES = ("metrics.json", "checkpoints/last.pt", "checkpoints/best.pt", "run.json", "eval.json", "history.csv")
+
+
+def test_eval_out_is_refused_inside_the_run_and_over_an_existing_file(trained_run, tmp_path, capsys):
+    """The run's own checkpoints and metrics are never an out= (then resume= would refuse the run); an
+    existing file is replaced only with overwrite=true."""
+    before = folder_bytes(trained_run)
+    inside = (
+        f"is inside the run folder '{trained_run}', where only that run writes; choose an out= outside it "
+        "(without out=, eval writes the run's own eval.json)"
+    )
+    mine = tmp_path / "mine.json"
+    mine.write_text("mine")
+    cases = {
+        **{f"out={trained_run / name}": f"out='{trained_run / name}' {inside}" for name in RUN_FILES},
+        f"out={trained_run}": f"out='{trained_run}' {inside.replace('is inside', 'is')}",
+        f"out={mine}": f"out='{mine}' already exists; add overwrite=true to replace it, or choose another out=",
+        "out=": "out='' is empty; give a path, e.g. out=eval.json",
+    }
+    for argument, message in cases.items():
+        overwrite = [] if argument == f"out={mine}" else ["overwrite=true"]
+        assert run_main(["eval", f"run={trained_run}", argument, *overwrite, "probe.labels_per_class=[]"]) == 2
+        assert capsys.readouterr().err == f"autoenc: error: {message}\n"
+    assert folder_bytes(trained_run) == before and mine.read_text() == "mine"
+    assert run_main(["eval", f"run={trained_run}", f"out={mine}", "overwrite=true", "probe.labels_per_class=[]"]) == 0
+    assert json.loads(mine.read_text())["samples"] == 80 and folder_bytes(trained_run) == before
+
+
+def test_reconstruct_of_a_folder_keeps_each_input_name(trained_run, tmp_path, capsys):
+    from PIL import Image
+
+    inputs = tmp_path / "scans"
+    (inputs / "sub").mkdir(parents=True)
+    names = ["cat.png", "dog.jpg", "sub/owl.bmp", "x.jpg", "x.png"]  # read_user_images' (sorted) order
+    for index, name in enumerate(names):
+        Image.fromarray(np.full((28, 28), 40 * index, dtype=np.uint8)).save(inputs / name)
+    out, arrays = tmp_path / "out", tmp_path / "arrays.npz"
+    assert run_main(["reconstruct", f"run={trained_run}", f"input={inputs}", f"out={out}"]) == 0
+    assert run_main(["reconstruct", f"run={trained_run}", f"input={inputs}", f"out={arrays}"]) == 0
+    written = ["cat.png", "dog.png", "sub/owl.png", "x.jpg.png", "x.png.png"]  # x.png and x.jpg would clash
+    assert sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()) == written
+    with np.load(arrays) as loaded:
+        expected = np.round(loaded["reconstructions"][:, 0] * 255).astype(np.uint8)
+    for name, image in zip(written, expected):
+        with Image.open(out / name) as png:  # each file holds its own input's reconstruction
+            assert np.array_equal(np.asarray(png), image)
+    capsys.readouterr()
+    assert run_main(["reconstruct", f"run={trained_run}", f"input={inputs}", f"out={out}"]) == 2
+    assert f"out='{out}' already holds 5 reconstructions (cat.png, ...); add overwrite=true" in capsys.readouterr().err
+    before = folder_bytes(inputs)
+    assert run_main(["reconstruct", f"run={trained_run}", f"input={inputs}", f"out={inputs}", "overwrite=true"]) == 2
+    assert f"out='{inputs}' already holds other files (cat.png, dog.jpg, x.jpg, ...)" in capsys.readouterr().err
+    assert folder_bytes(inputs) == before  # the user's images are never taken for earlier outputs
+    assert run_main(["reconstruct", f"run={trained_run}", f"input={inputs}", f"out={out}", "overwrite=true"]) == 0
+    assert sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()) == written
+
+
 def test_report_html_embeds_metrics_and_every_figure(trained_run):
     assert run_main(["eval", f"run={trained_run}", *PROBE_FAST]) == 0
     page = (trained_run / "report.html").read_text()

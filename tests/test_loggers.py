@@ -1,10 +1,15 @@
 """The logger group: what each tracker holds is read back with the tracker's own reader (TensorBoard's event
-accumulator, the MLflow client on the SQLite store, W&B's record protocol), after plain runs, sweeps and resumes."""
+accumulator, the MLflow client on the SQLite store, W&B's record protocol), after plain runs, sweeps, and resumes
+after every kind of interruption (Ctrl-C, a second Ctrl-C, a hard kill before or right after a checkpoint)."""
 
 from __future__ import annotations
 
 import csv
+import json
+import os
+import signal
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -124,11 +129,99 @@ def test_a_run_resumed_after_a_crash_continues_the_same_logged_runs_without_dupl
     assert [metric.value for metric in val_mse] == pytest.approx([float(row["val_mse"]) for row in history(run_dir)])
 
 
+def train_until_signalled(cwd: Path, argv: list[str], where: str) -> subprocess.CompletedProcess:
+    """``autoenc train ARGV`` in a fresh interpreter that signals itself at ``where`` (tests/signal_itself.py)."""
+    # As from a shell: without this process's W&B service (WANDB_SERVICE), which would outlive the kill.
+    dropped = ("HYDRA_FULL_ERROR", "WANDB_SERVICE")
+    environment = {name: value for name, value in os.environ.items() if name not in dropped}
+    command = [sys.executable, str(Path(__file__).with_name("signal_itself.py")), where, "train", *argv]
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def signal_itself_at(monkeypatch, where: str) -> None:
+    """The same signal in this process (a Ctrl-C needs no fresh interpreter)."""
+    from signal_itself import hooks
+
+    for attribute, hook in hooks(where).items():
+        monkeypatch.setattr(RunFolderWriter, attribute, hook)
+
+
+# Two epochs of 10 steps; the training loss reported every 2 steps.
+LOGGED = [*QUICK, "trainer.figures=false", "logger=[tensorboard,mlflow,wandb]"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_losses(tmp_path_factory) -> list[tuple[int, float]]:
+    """The training losses (step, value) the run logs when nothing stops it."""
+    from conftest import train_in
+
+    root = tmp_path_factory.mktemp("uninterrupted")
+    train_in(root, ["train", *QUICK, "trainer.figures=false", "logger=tensorboard"])
+    return [(event.step, event.value) for event in event_accumulator(only_run_dir(root)).Scalars("train/loss")]
+
+
+def logged_by_each_tracker(run_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """(step, value) of ``train/loss`` and ``val/mse`` as each tracker holds them, in step order, repeats kept."""
+    from mlflow import MlflowClient
+
+    tags = ("train/loss", "val/mse")
+    events = event_accumulator(run_dir)
+    tensorboard = {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in tags}
+    ids = load_checkpoint(run_dir / "checkpoints" / "last.pt")["loggers"]["mlflow"]
+    client = MlflowClient(tracking_uri=ids["tracking_uri"])
+    mlflow = {
+        tag: sorted((metric.step, metric.value) for metric in client.get_metric_history(ids["run_id"], tag))
+        for tag in tags
+    }
+    rows = wandb_history(run_dir)  # one offline run: the earlier attempts' folders are gone
+    wandb = {tag: [(int(row["_step"]), float(row[tag])) for row in rows if tag in row] for tag in tags}
+    return {"tensorboard": tensorboard, "mlflow": mlflow, "wandb": wandb}
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [
+        pytest.param(["KILL:after_checkpoint:1"], id="sigkill-right-after-a-checkpoint"),
+        # epoch 2 logged, not checkpointed; then the resumed run is killed in epoch 2 as well
+        pytest.param(["KILL:before_checkpoint:2", "KILL:step:16"], id="sigkill-between-checkpoints-twice"),
+        pytest.param(["INT:step:14"], id="ctrl-c"),
+        pytest.param(["INT2:step:14"], id="double-ctrl-c"),
+    ],
+)
+def test_every_tracker_holds_each_step_once_after_any_interruption(
+    tmp_path, monkeypatch, uninterrupted_losses, signals
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for attempt, where in enumerate(signals):
+        argv = LOGGED if attempt == 0 else [f"resume={only_run_dir(tmp_path)}"]
+        if where.startswith("KILL"):
+            killed = train_until_signalled(tmp_path, argv, where)
+            assert killed.returncode == -signal.SIGKILL, killed.stderr
+        else:
+            with monkeypatch.context() as patch:
+                signal_itself_at(patch, where)
+                assert run_main(["train", *argv]) == 130
+    run_dir = only_run_dir(tmp_path)
+    assert run_main(["train", f"resume={run_dir}"]) == 0
+    assert read_metrics(run_dir)["status"] == "completed"
+    val_mse = [float(row["val_mse"]) for row in history(run_dir)]
+    for tracker, logged in logged_by_each_tracker(run_dir).items():
+        # Each step once, with the values the uninterrupted run logs (TensorBoard keeps float32).
+        assert [step for step, _ in logged["train/loss"]] == [step for step, _ in uninterrupted_losses], tracker
+        assert [value for _, value in logged["train/loss"]] == pytest.approx(
+            [value for _, value in uninterrupted_losses], rel=1e-6
+        ), tracker
+        assert [step for step, _ in logged["val/mse"]] == [10, 20], tracker
+        assert [value for _, value in logged["val/mse"]] == pytest.approx(val_mse, rel=1e-6), tracker
+
+
 def test_mlflow_records_params_metrics_and_figures_in_a_sqlite_store(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     monkeypatch.chdir(tmp_path)
     assert run_main(["train", *QUICK, "logger=mlflow", "logger.mlflow.experiment=digits"]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["outputs"]  # no ./mlruns in the working folder
     run_dir = only_run_dir(tmp_path)
     store = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # MLflow 3.0's list_artifacts reads the default store
@@ -144,9 +237,48 @@ def test_mlflow_records_params_metrics_and_figures_in_a_sqlite_store(tmp_path, m
     assert steps == sorted(set(steps)) and steps == expected_loss_steps(run_dir)
     figures = {item.path for item in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/reconstructions.png", "figures/dictionary.png", "figures/latent_map.png"} <= figures
-    assert (tmp_path / "outputs" / "mlartifacts").is_dir()  # beside the store, not ./mlruns in the working folder
-    stray = tmp_path / "mlruns"  # MLflow 3.0 makes it, empty, for its Default experiment; nothing goes there
-    assert not stray.exists() or not any(stray.iterdir())
+    assert (tmp_path / "outputs" / "mlartifacts").is_dir()  # beside the store
+
+
+def test_mlflow_with_a_sqlite_uri_keeps_the_artifacts_beside_the_database(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    work, store = tmp_path / "work", tmp_path / "store" / "mlflow.db"
+    work.mkdir(), store.parent.mkdir()
+    monkeypatch.chdir(work)
+    uri = f"sqlite:///{store}"
+    argv = ["train", *QUICK, "trainer.epochs=1", "logger=mlflow", "logger.mlflow.figures_every=0"]
+    assert run_main([*argv, f"logger.mlflow.tracking_uri={uri}"]) == 0
+    assert sorted(path.name for path in work.iterdir()) == ["outputs"]  # no ./mlruns
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("autoenc")
+    assert experiment.artifact_location == (store.parent / "mlartifacts").as_uri()
+    (run,) = client.search_runs([experiment.experiment_id])
+    artifacts = store.parent / "mlartifacts" / run.info.run_id / "artifacts"
+    assert run.info.artifact_uri == artifacts.as_uri()
+    drawn = only_run_dir(work) / "figures" / "reconstructions.png"
+    assert (artifacts / "figures" / "reconstructions.png").read_bytes() == drawn.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "uri, folder",
+    [
+        ("sqlite:////data/runs/mlflow.db", "/data/runs"),  # beside the database file
+        ("sqlite:///stores/mlflow.db", "WORK/stores"),  # a relative path: from the working folder
+        ("sqlite://", "ROOT"),  # in memory: the output root
+        ("postgresql+psycopg2://user@db/mlflow", "ROOT"),  # a database server
+        ("http://127.0.0.1:5000", None),  # the server decides
+        ("file:///data/mlruns", None),  # a file store keeps them in its own folder
+        ("/data/mlruns", None),
+    ],
+)
+def test_mlflow_artifacts_default_beside_the_store_never_in_the_working_folder(tmp_path, monkeypatch, uri, folder):
+    from autoenc_cli.loggers.mlflow import default_artifact_location
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "outputs"
+    expected = folder and Path(folder.replace("WORK", str(tmp_path)).replace("ROOT", str(root))) / "mlartifacts"
+    assert default_artifact_location(uri, root) == (expected.as_uri() if expected else None)
 
 
 def test_a_sweep_is_one_mlflow_parent_run_with_a_child_per_job(tmp_path, monkeypatch):
@@ -196,6 +328,16 @@ def wandb_records(run_dir: Path) -> list:
     return records
 
 
+def wandb_history(run_dir: Path) -> list[dict[str, str]]:
+    """The offline run's history rows in order, {key: JSON value}; a nested key joined with '/'
+    (``figures/reconstructions/path``)."""
+    return [
+        {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
+        for record in wandb_records(run_dir)
+        if record.WhichOneof("record_type") == "history"
+    ]
+
+
 def test_wandb_runs_offline_and_records_metrics_and_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -203,11 +345,9 @@ def test_wandb_runs_offline_and_records_metrics_and_config(tmp_path, monkeypatch
     run_dir = only_run_dir(tmp_path)
     records = wandb_records(run_dir)
     rows = history(run_dir)
-    logged: dict[str, list[float]] = {}
-    for record in records:
-        if record.WhichOneof("record_type") == "history":
-            for item in record.history.item:
-                logged.setdefault(item.key or "/".join(item.nested_key), []).append(float(item.value_json))
+    logged = {
+        key: [float(row[key]) for row in wandb_history(run_dir) if key in row] for key in ("val/mse", "train/loss")
+    }
     assert logged["val/mse"] == pytest.approx([float(row["val_mse"]) for row in rows])
     assert len(logged["train/loss"]) == len(expected_loss_steps(run_dir))
     run = next(record.run for record in records if record.WhichOneof("record_type") == "run")
@@ -215,6 +355,55 @@ def test_wandb_runs_offline_and_records_metrics_and_config(tmp_path, monkeypatch
     assert run.run_id == load_checkpoint(run_dir / "checkpoints" / "last.pt")["loggers"]["wandb"]["id"]
     config = {item.key: item.value_json for item in run.config.update}
     assert config["model.code_dim"] == "64" and config["optimizer.name"] == '"adam"'
+
+
+def test_a_resumed_wandb_run_logs_its_checkpoint_s_steps_and_figures_again_in_one_offline_run(tmp_path, monkeypatch):
+    import copy
+
+    from PIL import Image
+
+    from autoenc_cli.loggers.base import RunContext
+    from autoenc_cli.loggers.wandb import WandbConfig, WandbLogger
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def attempt(saved: dict, start_step: int) -> WandbLogger:
+        context = RunContext(run_dir, "0123abcd", "run", {"seed": 0}, tmp_path, None, saved, start_step)
+        logger = WandbLogger(WandbConfig(), context)
+        logger.start()
+        return logger
+
+    def figure(shade: int) -> dict[str, Path]:  # a training figure, drawn in a scratch folder removed after logging
+        path = tmp_path / "scratch" / "reconstructions.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.new("L", (8, 8), shade).save(path)
+        return {"figures/reconstructions": path}
+
+    first = attempt({}, 0)
+    for step in (1, 2):
+        first.log_metrics({"train/loss": 1.0 / step}, step)
+    first.log_images(figure(50), 2)
+    checkpoint = copy.deepcopy(first.kept)  # what a checkpoint at step 2 keeps
+    first.log_metrics({"train/loss": 9.0}, 3)  # logged after the checkpoint: step 3 is trained again
+    first.finish("interrupted")
+
+    second = attempt(checkpoint, 2)
+    second.log_metrics({"train/loss": 1.0 / 3}, 3)
+    second.log_images(figure(200), 3)
+    second.finish("completed")
+
+    rows = wandb_history(run_dir)  # one offline run: the first attempt's folder is gone
+    losses = [(int(row["_step"]), float(row["train/loss"])) for row in rows if "train/loss" in row]
+    figure = "figures/reconstructions/path"
+    figures = [(int(row["_step"]), json.loads(row[figure])) for row in rows if figure in row]
+    assert losses == [(1, 1.0), (2, 0.5), (3, pytest.approx(1.0 / 3))]
+    assert [step for step, _ in figures] == [2, 3]
+    (folder,) = (run_dir / "wandb").glob("offline-run-*")
+    for (_, path), shade in zip(figures, (50, 200)):
+        with Image.open(folder / "files" / path) as image:
+            assert image.getpixel((0, 0)) == shade
 
 
 @pytest.mark.parametrize("logger, module", [("tensorboard", "tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb")])

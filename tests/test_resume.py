@@ -105,7 +105,12 @@ def test_resume_from_a_stage_boundary_continues_in_the_right_stage(tmp_path, mon
 def test_resume_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run_main(["train", f"resume={tmp_path / 'nowhere'}"]) == 2
+    assert "nowhere' does not exist; give a run folder or a checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "empty").mkdir()
+    assert run_main(["train", f"resume={tmp_path / 'empty'}"]) == 2
     assert "has no checkpoint" in capsys.readouterr().err
+    assert not any((tmp_path / "empty").iterdir())  # the refusal wrote nothing there
     assert run_main(["train", *TINY, "trainer.epochs=1", "trainer.figures=false"]) == 0
     run_dir = only_run_dir(tmp_path)
     assert run_main(["train", f"resume={run_dir}", "model.code_dim=3"]) == 2

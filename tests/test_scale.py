@@ -14,7 +14,7 @@ from autoenc_cli.build import build_parts
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.training.loop import Trainer
 
-from conftest import TINY, compose_config, read_metrics
+from conftest import TINY, compose_config, read_metrics, with_tiny_defaults
 
 QUICK = [*TINY, "trainer.figures=false"]
 
@@ -47,7 +47,7 @@ def _train(cwd: Path, launcher: list[str], overrides: list[str]) -> subprocess.C
     }
     environment["OMP_NUM_THREADS"] = "1"
     return subprocess.run(
-        [*launcher, "-m", "autoenc_cli", "train", *overrides],
+        [*launcher, "-m", "autoenc_cli", "train", *with_tiny_defaults(overrides)],
         cwd=cwd,
         env=environment,
         capture_output=True,

@@ -1,18 +1,23 @@
 """Stacked sweeps (hydra/launcher=stacked): jobs that share a network shape train as one batched model, and
-each job's files and numbers are those of its separate run."""
+each job's files and numbers are those of its separate run, within the bounds README.md states; a job the
+stacked engine cannot run trains alone."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from autoenc_cli.sparsity.hard import keep_top_k
+from autoenc_cli.optimizers import AdamConfig
+from autoenc_cli.registry import REGISTRY
+from autoenc_cli.sparsity.hard import TopK, keep_top_k
+from autoenc_cli.stacking import engine
 
 from conftest import TINY, run_main
 
@@ -50,11 +55,53 @@ def files_of(job: Path) -> set[str]:
     return {name for name in names if not name.startswith(".hydra/resumed/")}
 
 
-# Float tolerance: batched and separate reductions may round the last bit differently.
-TOLERANCE = dict(rel=1e-5, abs=1e-8)
+# How long a job took differs between its stacked and separate runs, and only the stacked one records its
+# stack (tested on its own); its numbers may differ in the last bits
+# (a batched matrix product sums in another order than the separate run's), which over these tiny sweeps
+# stays below LAST_BITS (PLAIN without top-k). Over full-length runs top-k's discrete choices and high
+# learning rates amplify it: README.md states the spread measured then and the bounds it leaves, which
+# assert_within_readme_bounds holds a stacked top-k sweep to.
+NOT_COMPARED = {"train_seconds", "samples_per_second", "wall_seconds", "seconds", "stack"}
+LAST_BITS = dict(rel=1e-5, abs=1e-8)
+PLAIN = dict(rel=1e-6, abs=1e-9)  # no top-k: a few epochs keep the difference in the last bits (README.md)
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def assert_same_jobs(stacked: Path, sequential: Path) -> None:
+def readme_bounds() -> tuple[float, float]:
+    """The bounds README.md states for a stacked job against its separate run: val_mse (relative) and
+    dead fraction (absolute), measured over full-length sweeps by ``python -m autoenc_cli.stacking.spread``."""
+    statement = r"val_mse within ([0-9.]+)% of its separate run's and its dead fraction within ([0-9.]+)"
+    found = re.search(statement.replace(" ", r"\s+"), README.read_text())
+    assert found, "README.md no longer states the stacked sweeps' bounds"
+    return float(found.group(1)) / 100, float(found.group(2))
+
+
+def assert_within_readme_bounds(stacked: Path, sequential: Path) -> None:
+    val_mse_bound, dead_fraction_bound = readme_bounds()
+    for ours, theirs in zip(rows(stacked), rows(sequential), strict=True):
+        assert float(ours["val_mse"]) == pytest.approx(float(theirs["val_mse"]), rel=val_mse_bound, abs=0)
+        assert abs(float(ours["dead_fraction"]) - float(theirs["dead_fraction"])) <= dead_fraction_bound
+
+
+def same_value(ours: object, theirs: object, tolerance: dict | None) -> bool:
+    """Equal, or for numbers (history.csv holds them as text) within ``tolerance`` (None: bit for bit)."""
+    try:
+        number = float(theirs)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return ours == theirs
+    if tolerance is None or isinstance(theirs, bool):
+        return ours == theirs
+    return float(ours) == pytest.approx(number, **tolerance)  # type: ignore[arg-type]
+
+
+def assert_same_record(ours: dict, theirs: dict, tolerance: dict | None, where: tuple) -> None:
+    assert ours.keys() - NOT_COMPARED == theirs.keys() - NOT_COMPARED, where
+    for key in theirs.keys() - NOT_COMPARED:
+        assert same_value(ours[key], theirs[key], tolerance), (*where, key, ours[key], theirs[key])
+
+
+def assert_same_jobs(stacked: Path, sequential: Path, tolerance: dict | None = LAST_BITS) -> None:
+    """Every job's files, metrics and history as its separate run's (numbers within ``tolerance``)."""
     jobs = sorted(path.name for path in sequential.iterdir() if path.is_dir() and path.name.isdigit())
     assert jobs and jobs == sorted(path.name for path in stacked.iterdir() if path.is_dir() and path.name.isdigit())
     for job in jobs:
@@ -64,14 +111,11 @@ def assert_same_jobs(stacked: Path, sequential: Path) -> None:
         if theirs["status"] != "completed":
             assert ours["error"] == theirs["error"]
             continue
-        assert ours["epochs"] == theirs["epochs"], job
-        assert (ours.get("figures"), ours.get("notes")) == (theirs.get("figures"), theirs.get("notes")), job
-        for key in ("val_mse", "train_loss", "l0", "dead_fraction", "val_penalty", "best_val_loss", "pca_val_mse"):
-            if key in theirs:
-                assert ours[key] == pytest.approx(theirs[key], **TOLERANCE), (job, key)
-        for ours_row, theirs_row in zip(history(stacked / job), history(sequential / job)):
-            assert float(ours_row["val_mse"]) == pytest.approx(float(theirs_row["val_mse"]), **TOLERANCE)
-            assert ours_row["lr"] == theirs_row["lr"]
+        assert_same_record(ours, theirs, tolerance, (job,))
+        ours_history, theirs_history = history(stacked / job), history(sequential / job)
+        assert len(ours_history) == len(theirs_history), job
+        for epoch, (ours_row, theirs_row) in enumerate(zip(ours_history, theirs_history), start=1):
+            assert_same_record(ours_row, theirs_row, tolerance, (job, epoch))
 
 
 def test_a_sweep_over_k_lr_and_seed_stacks_and_equals_the_sequential_sweep_job_by_job(tmp_path, monkeypatch, capsys):
@@ -92,6 +136,8 @@ def test_a_sweep_over_k_lr_and_seed_stacks_and_equals_the_sequential_sweep_job_b
     sequential = sweep(tmp_path, "sequential", arguments, stacked=False)
     assert len(composed) == 16  # Hydra's basic launcher reuses them too
     assert_same_jobs(stacked, sequential)
+    assert_within_readme_bounds(stacked, sequential)
+    assert readme_bounds() == (0.005, 0.05)  # what the measured spread (0.23%, 0.031) left as margin
     assert {row["stack"] for row in rows(stacked)} == {"A: 8 jobs (#0 #1 #2 #3 #4 #5 #6 #7)"}
     assert {row.get("stack") for row in rows(sequential)} <= {"", None}
     assert any(metrics(stacked / str(job))["dead_fraction"] > 0 for job in range(8))
@@ -99,6 +145,12 @@ def test_a_sweep_over_k_lr_and_seed_stacks_and_equals_the_sequential_sweep_job_b
     # Each member's checkpoint is an ordinary run's: it holds that member's weights only.
     state = torch.load(stacked / "3" / "checkpoints" / "last.pt", weights_only=False)
     assert state["model"]["encoder.1.0.weight"].shape == (64, 784)
+
+
+def test_plain_jobs_stay_within_the_last_bits_of_their_separate_runs(tmp_path):
+    arguments = ["model.code_dim=16", "optimizer.lr=1e-3,3e-3", "seed=0,1", *SMALL, *QUIET]
+    stacked = sweep(tmp_path, "stacked", arguments, stacked=True)
+    assert_same_jobs(stacked, sweep(tmp_path, "sequential", arguments, stacked=False), tolerance=PLAIN)
 
 
 def test_greedy_tied_stages_and_noise_levels_stack_member_by_member(tmp_path):
@@ -218,3 +270,78 @@ def test_bad_launcher_knobs_are_one_line_errors_before_any_work(tmp_path, capsys
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()
+
+
+def test_every_optimizer_option_stacks_with_its_separate_runs_numbers(tmp_path, capsys):
+    # The stacked optimizer is built as the member's own (the registry's builder; adamw once failed here).
+    options = REGISTRY.names("optimizer")
+    assert {"adam", "adamw", "sgd"} <= set(options)
+    arguments = [f"optimizer={','.join(options)}", "optimizer.weight_decay=0,0.1", *SMALL, *QUIET]
+    stacked = sweep(tmp_path, "stacked", arguments, stacked=True)
+    out = capsys.readouterr().out
+    assert_same_jobs(stacked, sweep(tmp_path, "sequential", arguments, stacked=False))
+    stacks = [row["stack"] for row in rows(stacked)]
+    for index, name in enumerate(options):  # jobs 2i and 2i+1: the option without and with weight decay
+        pair = f"#{2 * index} #{2 * index + 1}"
+        if REGISTRY.config_class("optimizer", name).elementwise_update:
+            assert f"{pair} as one model (2 members, train)" in out, name
+            assert stacks[2 * index] == stacks[2 * index + 1] == f"{stacks[2 * index][0]}: 2 jobs ({pair})"
+        else:  # an option that does not say its update is elementwise trains alone
+            assert stacks[2 * index : 2 * index + 2] == ["alone", "alone"], name
+
+
+def _raises_under_vmap(forward):
+    def reads_the_code_on_the_host(self, code):
+        if code.abs().sum().item() < 0:  # never true; .item() is what vmap cannot run
+            raise AssertionError
+        return forward(self, code)
+
+    return reads_the_code_on_the_host
+
+
+class _FailingRegistry:
+    def build(self, config, *args, **kwargs):
+        raise TypeError(f"{config.name} cannot be built here")
+
+
+@pytest.mark.parametrize(
+    "case, arguments, note",
+    [
+        (
+            "not elementwise",
+            ["optimizer.lr=1e-3,3e-3"],
+            "stacked training: #0 alone (optimizer=adam: its update is not declared elementwise "
+            "(OptimizerConfig.elementwise_update)); #1 alone (optimizer=adam: its update is not declared elementwise",
+        ),
+        (
+            "optimizer build fails",
+            ["optimizer.lr=1e-3,3e-3"],
+            "stacked training: #0 #1 train alone: the stacked engine cannot run optimizer=adam "
+            "(TypeError: adam cannot be built here)",
+        ),
+        (
+            "forward fails under vmap",
+            ["model=sparse_fc", "sparsity=topk", "k=4,8"],
+            "stacked training: #0 #1 train alone: the stacked engine cannot run sparsity=topk (RuntimeError: vmap: "
+            "It looks like you're calling .item() on a Tensor.",
+        ),
+    ],
+)
+def test_jobs_whose_options_the_engine_cannot_stack_train_alone_as_in_a_sequential_sweep(
+    tmp_path, monkeypatch, capsys, case, arguments, note
+):
+    if case == "not elementwise":
+        monkeypatch.setattr(AdamConfig, "elementwise_update", False)
+    elif case == "optimizer build fails":
+        monkeypatch.setattr(engine, "REGISTRY", _FailingRegistry())
+    else:
+        monkeypatch.setattr(TopK, "forward", _raises_under_vmap(TopK.forward))
+    arguments = [*arguments, *SMALL, *QUIET]
+    stacked = sweep(tmp_path, "stacked", arguments, stacked=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("stacked training:")]
+    assert len(lines) == (1 if case == "not elementwise" else 2)  # said once, not again at the next epoch
+    assert lines[-1].startswith(note)
+    assert [row["stack"] for row in rows(stacked)] == ["alone", "alone"]
+    assert [row["status"] for row in rows(stacked)] == ["completed", "completed"]
+    # Trained alone: the same code as a sequential sweep's, so the same numbers, bit for bit.
+    assert_same_jobs(stacked, sweep(tmp_path, "sequential", arguments, stacked=False), tolerance=None)

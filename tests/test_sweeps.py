@@ -58,6 +58,55 @@ def test_report_rebuilds_from_a_sweep_folder_and_from_run_folders(topk_sweep, tm
     assert (out / "figures" / "frontier.png").is_file()
 
 
+def page_links(page: Path) -> list[str]:
+    text = page.read_text()
+    return re.findall(r'href="([^"]+)"', text) + re.findall(r'src="([^"]+)"', text)
+
+
+def test_report_links_resolve_for_runs_gathered_from_two_places(topk_sweep, tmp_path, monkeypatch):
+    """Runs copied from elsewhere, one reached through a symbolic link and one without its report.html: each
+    link is computed from where the page is written and points at a file that is there; a run with no page
+    of its own is named, not linked."""
+    import shutil
+
+    shutil.copytree(topk_sweep / "0", tmp_path / "lab" / "runs" / "a")
+    shutil.copytree(topk_sweep / "1", tmp_path / "home" / "deep" / "b")
+    (tmp_path / "home" / "deep" / "b" / "report.html").unlink()
+    (tmp_path / "via").symlink_to(tmp_path / "lab" / "runs")
+    work = tmp_path / "work" / "here"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    runs = ["../../via/a", str(tmp_path / "home" / "deep" / "b")]
+    for out in ("../../shared/report", None):  # a chosen folder, and the default outputs/reports/<time>
+        assert run_main(["report", *runs, *(["--out", out] if out else [])]) == 0
+        folder = Path(out) if out else next((work / "outputs" / "reports").iterdir())
+        links = page_links(folder / "report.html")
+        assert links[1:] == ["figures/frontier.png", "figures/dictionaries.png"]
+        assert links[0].endswith("lab/runs/a/report.html")
+        assert all((folder / link).resolve().is_file() for link in links)
+        assert '<td>b <span class="note">(no report.html)</span></td>' in (folder / "report.html").read_text()
+
+
+def test_report_out_follows_the_shared_out_rule(topk_sweep, tmp_path, capsys):
+    runs = [str(topk_sweep / "0"), str(topk_sweep / "1")]
+    before = (topk_sweep / "0" / "report.html").read_bytes()
+    assert run_main(["report", *runs, "--out", str(topk_sweep / "0" / "cmp")]) == 2  # inside a run
+    assert f"is inside the run folder '{topk_sweep / '0'}', where only that run writes" in capsys.readouterr().err
+    assert not (topk_sweep / "0" / "cmp").exists() and (topk_sweep / "0" / "report.html").read_bytes() == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert run_main(["report", *runs, "--out", str(tmp_path / "mine")]) == 2
+    assert "already holds other files (notes.txt); give a report a new or empty folder" in capsys.readouterr().err
+    out = tmp_path / "cmp"
+    assert run_main(["report", *runs, "--out", str(out)]) == 0
+    assert run_main(["report", *runs, "--out", str(out)]) == 2
+    assert "already holds a report (report.html, ...); add --overwrite" in capsys.readouterr().err
+    assert run_main(["report", runs[0], "--out", str(out), "--overwrite"]) == 0
+    assert [row["run"] for row in read_summary(out)] == ["0"]
+    assert run_main(["report", *runs, "--out", str(topk_sweep)]) == 0  # runs of that sweep: its own report
+    assert [row["run"] for row in read_summary(topk_sweep)] == ["0", "1"]
+
+
 def test_report_on_a_folder_without_runs_is_a_one_line_error(tmp_path, capsys):
     assert run_main(["report", str(tmp_path)]) == 2
     assert "holds no run folders" in capsys.readouterr().err

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.trial import TrialState
 from PIL import Image
 
 from autoenc_cli.errors import UserError
-from autoenc_cli.tuning.search_space import parse_params
+from autoenc_cli.tuning.search_space import override_text, parse_params
 
 from conftest import TINY, run_main, train_in
 
@@ -92,11 +94,50 @@ def test_search_space_syntax_inline_per_key_and_yaml(tmp_path):
         "model.decoder": "choice([64], [128, 64])",
     }
     assert from_file["model.encoder"].override("[256, 128]") == "model.encoder=[256, 128]"
-    space.write_text("model.encoder: [{a: 1}, [64]]\n")
+    space.write_text("model.encoder: [2024-01-31, [64]]\n")  # YAML reads a date, which no override can set
     with pytest.raises(UserError, match="is not a choice value"):
         parse_params(str(space), {})
     again = parse_params("{" + ", ".join(f"{k}: {p.text()}" for k, p in params.items()) + "}", {})
     assert again == params  # the canonical text the study folder records reads back the same
+
+
+ENCODERS_INLINE = "{model.encoder: choice([{width: 16}], [{width: 32}, {width: 16, activation: relu}])}"
+ENCODERS_YAML = "model.encoder: [[{width: 16}], [{width: 32}, {width: 16, activation: relu}]]\n"
+
+
+def test_lists_of_mappings_are_choices_inline_and_in_a_file(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(ENCODERS_YAML + "model.decoder: [null, [{width: 16}, {width: null, activation: 'leaky_relu'}]]\n")
+    inline = parse_params(ENCODERS_INLINE, {})["model.encoder"]
+    from_file = parse_params(str(space), {})
+    assert from_file["model.encoder"] == inline  # the same search, whichever way it is written
+    assert inline.choices == ("[{width: 16}]", "[{width: 32}, {width: 16, activation: relu}]")
+    assert from_file["model.decoder"].choices == (None, "[{width: 16}, {width: null, activation: leaky_relu}]")
+    # Any value reads back through Hydra's grammar as it was (what it would misread is quoted), but for
+    # numbers that YAML 1.1 reads as text (1e-3): the override gives the number meant.
+    value = {"a b": ["x,y", " pad", "it's", 1e-3, True, None, "a\\b", {"k": [1, 2]}, "leaky_relu", "1e-3"]}
+    text = override_text(value)
+    assert text == "{a b: ['x,y', ' pad', 'it\\'s', 0.001, true, null, a\\b, {k: [1, 2]}, leaky_relu, 1e-3]}"
+    assert OverridesParser.create().parse_override(f"key={text}").value() == {"a b": [*value["a b"][:-1], 1e-3]}
+
+
+def test_a_study_sets_each_sampled_list_whole(tmp_path, monkeypatch):
+    """The YAML form end to end: each trial's config holds the sampled encoder list, the same as the override."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(ENCODERS_YAML)
+    base = [argument for argument in epochs(1) if not argument.startswith(("model=", "sparsity="))]
+    space = ["tune.params=space.yaml", "tune.trials=2", "tune.sampler=random", "tune.seed=3"]
+    assert run_main(["tune", *base, *space]) == 0
+    study_dir = only_study(tmp_path)
+    expected = {
+        "[{width: 16}]": [{"width": 16}],
+        "[{width: 32}, {width: 16, activation: relu}]": [{"width": 32}, {"width": 16, "activation": "relu"}],
+    }
+    trials = load(study_dir).get_trials()
+    assert {trial.params["model.encoder"] for trial in trials} == set(expected)  # this seed draws both
+    for trial in trials:
+        config = yaml.safe_load(json.loads((study_dir / str(trial.number) / "run.json").read_text())["config"])
+        assert config["model"]["encoder"] == expected[trial.params["model.encoder"]]
 
 
 def test_tune_yaml_lists_exactly_the_schema_defaults():
@@ -146,6 +187,11 @@ def test_a_bad_spec_is_one_line_naming_the_bad_value(value, expected):
         (["tune.pruner=threshold", SPACE], "tune.pruner=threshold needs tune.threshold=VALUE"),
         (["tune.trails=3", SPACE], "unknown key 'tune.trails'"),
         (["-m", SPACE], "takes KEY=VALUE arguments only"),
+        (
+            ["tune.params={model.encoder: choice([256], [512, 256])}"],  # widths alone are not layers
+            "reaches model.encoder=[256], which the config check refuses: model.encoder[0]=256 has the wrong type",
+        ),
+        (["seed=1", "seed=2", SPACE], "autoenc: error: seed is given twice (seed=1 and seed=2); give it once"),
     ],
 )
 def test_a_bad_study_is_refused_before_any_trial(arguments, expected, tmp_path, monkeypatch, capsys):
@@ -303,14 +349,26 @@ def test_pruned_trials_are_recorded_as_pruned(tmp_path, monkeypatch, capsys):
     assert [row["status"] for row in read_summary(study_dir)] == ["pruned", "pruned"]
 
 
-def test_a_diverging_trial_fails_and_the_study_goes_on(tmp_path, monkeypatch):
+def test_a_diverging_trial_fails_the_study_goes_on_and_the_command_exits_2(tmp_path, monkeypatch, capsys):
+    """As a sweep with a failed job: every trial runs, the report is written, and the exit code says it."""
     monkeypatch.chdir(tmp_path)
     space = "tune.params={optimizer.lr: choice(0.001, 1000000.0)}"
-    argv = [*BASE, "model.output_activation=linear", space, "tune.trials=3", "tune.sampler=random", "tune.seed=1"]
-    assert run_main(["tune", *argv]) == 0
+    argv = [*BASE, "model.output_activation=linear", space, "tune.trials=3", "tune.sampler=random", "tune.seed=3"]
+    assert run_main(["tune", *argv]) == 2
     study_dir = only_study(tmp_path)
     trials = load(study_dir).get_trials()
-    assert {trial.params["optimizer.lr"] for trial in trials} == {0.001, 1000000.0}  # the seed draws both
+    assert [trial.params["optimizer.lr"] for trial in trials] == [0.001, 1000000.0, 1000000.0]  # this seed's draws
+    error = capsys.readouterr().err
+    assert error == (
+        "autoenc: error: 2 of the 3 trials run failed: 1 (optimizer.lr=1000000.0), 2 (optimizer.lr=1000000.0); "
+        "their errors are in each trial's metrics.json (summary.csv lists every trial); a failed trial is not run "
+        f"again (more trials: autoenc tune resume={Path('outputs/sweeps') / study_dir.name} tune.trials=N)\n"
+    )
+    assert (study_dir / "best.json").is_file() and [row["status"] for row in read_summary(study_dir)] == [
+        "completed",
+        "failed",
+        "failed",
+    ]
     for trial in trials:
         diverged = trial.params["optimizer.lr"] > 1
         assert trial.state == (TrialState.FAIL if diverged else TrialState.COMPLETE)
@@ -340,6 +398,22 @@ def test_two_objectives_in_parallel_give_a_pareto_front(tmp_path, monkeypatch, c
     assert best["front"] == "pareto" and best["objectives"] == ["val_mse", "l0"]
     with Image.open(study_dir / "figures" / "frontier.png") as image:
         assert image.width > 200
+
+
+def test_a_resumed_study_draws_new_points(tmp_path, monkeypatch):
+    """The process that continues a study seeds its sampler from (seed, trials held), not the seed alone (which
+    would draw the first process's points again) nor seed + n (another study's seed)."""
+    from autoenc_cli.tuning.study import sampler_seed
+
+    monkeypatch.chdir(tmp_path)
+    space = "tune.params={optimizer.lr: float(1e-3, 1e-2, log)}"
+    argv = [*epochs(1), space, "tune.sampler=random", "tune.pruner=none"]
+    assert run_main(["tune", *argv, "tune.trials=2"]) == 0
+    study_dir = only_study(tmp_path)
+    assert run_main(["tune", f"resume={study_dir}", "tune.trials=4"]) == 0
+    drawn = [trial.params["optimizer.lr"] for trial in load(study_dir).get_trials()]
+    assert len(set(drawn)) == 4, drawn
+    assert len({sampler_seed(0, 2), sampler_seed(2, 0), sampler_seed(1, 1), sampler_seed(0, 0)}) == 4
 
 
 # --- Ctrl-C -------------------------------------------------------------------------------------------------

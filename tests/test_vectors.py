@@ -371,14 +371,60 @@ def test_eval_and_encode_work_on_the_run_and_reconstruct_refuses(mapped_run, cap
     )
 
 
-def test_a_loaded_run_gives_its_normalised_data_and_refuses_images(mapped_run):
-    _, run_dir, _ = mapped_run
+def test_a_loaded_run_encodes_raw_vectors_as_training_normalised_them(mapped_run):
+    root, run_dir, _ = mapped_run
     run = load_run(run_dir)
     data = run.load_data()
     assert data.input_shape == (WIDTH,) and len(data.val) == 600
     assert whole(data.train).double().mean(dim=0).abs().max() < 1e-5  # standardised, as in training
-    with pytest.raises(UserError, match=rf"takes vectors of shape \({WIDTH},\), not images"):
-        run.encode(np.zeros((2, WIDTH), dtype=np.float32))
+    raw = np.load(root / "acts.npy")
+    _, val_rows = split_rows(len(raw), run.config.data)
+    first = val_rows[:100]
+    codes = run.encode(raw[first])  # the file's raw rows: the run's own statistics applied
+    assert torch.equal(codes, run.model.encode(data.val.images[:100]))
+    normalisation = run.input_normalisation()
+    reconstructions = run.reconstruct(raw[first])  # raw vectors back
+    expected = run.model(data.val.images[:100]).reconstruction * normalisation.divisor + normalisation.shift
+    assert torch.equal(reconstructions, expected)
+    torch.testing.assert_close(run.decode(codes), reconstructions)
+    assert torch.equal(run.encode(torch.from_numpy(raw[first]).double()), codes)  # float64 read as float32
+    nan = raw[:3].copy()
+    nan[2, 5] = np.nan
+    refusals = [
+        (np.zeros((2, 28, 28), dtype=np.uint8), f"vectors of shape (2, 28, 28); the model takes N x {WIDTH}"),
+        (np.zeros((2, WIDTH + 1)), f"vectors of shape (2, {WIDTH + 1}); the model takes N x {WIDTH}"),
+        (np.array([["a"] * WIDTH]), "vectors of dtype <U1; the model takes real numbers"),
+        (nan, "NaN or infinite values in 1 of 3 vectors (first: row 2); vectors must be finite"),
+    ]
+    for values, message in refusals:
+        with pytest.raises(UserError, match="^[^\n]*$") as error:
+            run.encode(values)
+        assert message in str(error.value)
+
+
+def test_other_vectors_are_normalised_with_the_runs_statistics_and_moved_data_still_serves(mapped_run, tmp_path):
+    root, run_dir, _ = mapped_run
+    other = activations(50, seed=7) * 3 + 2  # not the run's data: its own statistics differ from the run's
+    np.save(tmp_path / "other.npy", other)
+    argv = ["encode", f"run={run_dir}", "data=vectors", "data.normalize=standardize", "split=all"]
+    assert run_main([*argv, f"data.path={tmp_path / 'other.npy'}", f"out={tmp_path / 'other.npz'}"]) == 0
+    order = np.concatenate(split_rows(len(other), VectorsConfig(path="other.npy")))
+    run = load_run(run_dir)
+    expected = run.encode(other[order])
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "other.npz")["codes"]), expected)
+    moved = tmp_path / "moved.npy"
+    shutil.move(root / "acts.npy", moved)
+    try:
+        with pytest.raises(DataError, match="^[^\n]*$") as error:
+            load_run(run_dir).encode(other)
+        assert "the run's data.normalize=standardize statistics come from its data, which cannot be read" in str(
+            error.value
+        )
+        # Named at its new place, the run's own data is recognised by its fingerprint: its statistics are the run's.
+        assert run_main([*argv, f"data.path={moved}", f"out={tmp_path / 'moved.npz'}"]) == 0
+        assert np.load(tmp_path / "moved.npz")["codes"].shape == (3000, 16)
+    finally:
+        shutil.move(moved, root / "acts.npy")
 
 
 def test_a_memory_mapped_run_resumes_when_its_data_now_loads_whole(mapped_run, tmp_path, monkeypatch):

@@ -6,7 +6,6 @@ The page and its gallery/ folder (copies of the panels) stand alone: move or sha
 from __future__ import annotations
 
 import html
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from autoenc_cli.artifacts.html_report import FIGURE_CAPTIONS, page
+from autoenc_cli.artifacts.html_report import FIGURE_CAPTIONS, page, relative_link
 from autoenc_cli.io import atomic_write_bytes
 
 # The numbers beside each panel, where the run has them: fidelity against PCA with as many components as
@@ -85,9 +84,10 @@ def _entry_html(index: int, entry: GalleryEntry, out_dir: Path) -> str:
             figures.append(f'<figure class="missing">figures/{html.escape(panel)}.png was not written</figure>')
     status = entry.metrics.get("status", "missing")
     warning = "" if status == "completed" else f' <span class="missing">({html.escape(str(status))})</span>'
-    report = html.escape(Path(os.path.relpath(entry.path / "report.html", out_dir)).as_posix())
+    report, title = relative_link(entry.path / "report.html", out_dir), html.escape(entry.label)
+    title = title if report is None else f'<a href="{html.escape(report)}">{title}</a>'  # no link to what is not there
     return (
-        f'<section><h2><a href="{report}">{html.escape(entry.label)}</a>{warning}</h2>'
+        f"<section><h2>{title}{warning}</h2>"
         f'<p class="caption">{html.escape(entry.caption)}</p>'
         f'<p class="numbers">{html.escape(numbers_line(entry.metrics))}</p>'
         f'<div class="panels">{"".join(figures)}</div></section>'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from autoenc_cli.io import atomic_write_bytes, read_json
 from autoenc_cli.training.records import EvalReport, RunSummary, descriptions
@@ -30,7 +30,7 @@ figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; border: 1px solid 
 pre { background: #f6f6f6; padding: 1rem; overflow-x: auto; }
 td.doc { color: #666; font-size: 0.9em; } .warning { color: #9a6700; font-weight: bold; }
 .status-completed { color: #1a7f37; } .status-failed, .status-interrupted { color: #cf222e; }
-.status-pruned { color: #9a6700; }
+.status-pruned { color: #9a6700; } .note { color: #666; font-size: 0.9em; }
 """
 
 
@@ -67,6 +67,28 @@ def _probe_table(probe: dict[str, Any]) -> str:
     return f"<p>Accuracy of a {html.escape(probe['classifier'])} classifier.</p><table><tr>{head}</tr>{rows}</table>"
 
 
+def relative_link(target: Path, page_dir: Path) -> Optional[str]:
+    """The link from a page written in ``page_dir`` to ``target``: relative to where the page is, both with
+    symbolic links resolved (a link through one would climb out of the wrong folder); None when ``target``
+    is not a file, so no page links to what is not there."""
+    target = Path(target)
+    if not target.is_file():
+        return None
+    try:
+        return Path(os.path.relpath(target.resolve(), Path(page_dir).resolve())).as_posix()
+    except ValueError:  # on another drive (Windows): no relative path leads there
+        return target.resolve().as_uri()
+
+
+def _run_cell(row: dict[str, Any], out_dir: Path) -> str:
+    """The run's name, linked to its own report.html where it has one."""
+    name = html.escape(str(row["run"]))
+    link = relative_link(Path(row["path"]) / "report.html", out_dir)
+    if link is None:
+        return f'<td>{name} <span class="note">(no report.html)</span></td>'
+    return f'<td><a href="{html.escape(link)}">{name}</a></td>'
+
+
 def page(title: str, parts: list[str], style: str = "") -> bytes:
     """A whole offline HTML page: the shared STYLE plus ``style``, and ``parts`` as its body."""
     return (
@@ -81,18 +103,17 @@ def write_comparison_html(out_dir: Path, rows: list[dict[str, Any]], columns: tu
     head = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
     body = []
     for row in rows:
-        run_report = Path(row["path"]) / "report.html"
-        link = Path(os.path.relpath(run_report, out_dir)).as_posix()
-        name = f'<td><a href="{html.escape(link)}">{html.escape(str(row["run"]))}</a></td>'
-        body.append("<tr>" + name + "".join(_cell("" if row[c] is None else row[c]) for c in columns[1:]) + "</tr>")
+        cells = "".join(_cell("" if row[c] is None else row[c]) for c in columns[1:])
+        body.append(f"<tr>{_run_cell(row, out_dir)}{cells}</tr>")
     parts = [f"<h1>autoenc comparison: {len(rows)} runs</h1>", f"<table><tr>{head}</tr>{''.join(body)}</table>"]
     for figure, caption in (
         ("frontier.png", "Validation MSE against l0: the sparsity-fidelity trade-off."),
         ("dictionaries.png", "Each run's decoder features."),
     ):
-        if (out_dir / "figures" / figure).is_file():
+        link = relative_link(out_dir / "figures" / figure, out_dir)
+        if link is not None:
             parts.append(
-                f'<figure><img src="figures/{figure}" alt="{figure}"><figcaption>{caption}</figcaption></figure>'
+                f'<figure><img src="{html.escape(link)}" alt="{figure}"><figcaption>{caption}</figcaption></figure>'
             )
     path = out_dir / "report.html"
     atomic_write_bytes(path, page(f"autoenc comparison {out_dir.name}", parts))
@@ -152,7 +173,7 @@ def write_html_report(run_dir: Path) -> Path:
     for figure in figures:
         caption = FIGURE_CAPTIONS.get(figure.stem, figure.stem.replace("_", " "))
         parts.append(
-            f'<figure><img src="figures/{html.escape(figure.name)}" alt="{html.escape(figure.stem)}">'
+            f'<figure><img src="{html.escape(relative_link(figure, run_dir) or "")}" alt="{html.escape(figure.stem)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
     parts += _config_section(run_dir)

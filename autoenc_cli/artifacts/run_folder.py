@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +14,8 @@ from autoenc_cli.io import read_json, write_csv, write_json
 from autoenc_cli.training.callbacks import Callback, EpochEnd, Failed, Interrupted, PhaseEnd
 from autoenc_cli.training.checkpoint import save_checkpoint
 from autoenc_cli.training.records import EpochRecord, RunSummary, as_dict
+
+log = logging.getLogger("autoenc")
 
 # What only a run writes: a folder holding any of these is a run's, and a new run never writes into it.
 RUN_FILES = ("run.json", "metrics.json", "history.csv", "checkpoints")
@@ -120,6 +123,12 @@ class RunFolderWriter(Callback):
         return {**snapshot(), "config": self.config_yaml, "fingerprint": self.fingerprint, "loggers": self.logged_runs}
 
     def on_epoch_end(self, event: EpochEnd) -> None:
+        record = event.record
+        log.info(
+            "epoch %d (%s): train_loss %.6g, val_loss %.6g, val_mse %.6g, l0 %.4g, dead %.3f, lr %.3g, %.1f s",
+            record.epoch, record.stage, record.train_loss, record.val_loss, record.val_mse, record.l0,
+            record.dead_fraction, record.lr, record.seconds,
+        )  # fmt: skip
         self.folder.write_history(event.history)
         state = self._state(event.snapshot)
         self.folder.save_checkpoint("last", state)
@@ -131,9 +140,11 @@ class RunFolderWriter(Callback):
             self.folder.save_checkpoint(event.name, self._state(event.snapshot))
 
     def on_interrupt(self, event: Interrupted) -> None:
-        self.folder.save_checkpoint("last", self._state(event.snapshot))
-        self.folder.write_history(event.history)
-        self.folder.write_metrics(RunSummary(status="interrupted", stopped=event.where, signal=event.signal))
+        if event.snapshot is not None:
+            self.folder.save_checkpoint("last", self._state(event.snapshot))
+            self.folder.write_history(event.history)
+        if (self.folder.checkpoints / "last.pt").is_file():  # else nothing to continue: the folder is removed
+            self.folder.write_metrics(RunSummary(status="interrupted", stopped=event.where, signal=event.signal))
 
     def on_failure(self, event: Failed) -> None:
         error = event.error

@@ -13,7 +13,31 @@ from autoenc_cli.artifacts.gallery import GalleryEntry, gallery_of, write_galler
 from autoenc_cli.artifacts.html_report import write_comparison_html
 from autoenc_cli.errors import UserError
 from autoenc_cli.io import read_json, write_csv
+from autoenc_cli.output_paths import FolderOutputs
 from autoenc_cli.training.records import SUMMARY_METRICS
+
+# What write_report writes into its folder (besides gallery/*.png): a folder holding only these is an earlier
+# report, which a new one replaces (autoenc report --overwrite).
+REPORT_FILES = ("summary.csv", "report.html", "gallery.html", "figures/frontier.png", "figures/dictionaries.png")
+
+
+def is_report_file(folder: Path, file: Path) -> bool:
+    """Whether ``file`` is one ``write_report`` writes into ``folder``."""
+    if file.is_symlink():
+        return False
+    relative = file.relative_to(folder).as_posix()
+    return relative in REPORT_FILES or (file.parent == folder / "gallery" and file.suffix == ".png")
+
+
+REPORT_OUTPUTS = FolderOutputs(
+    command="report",
+    what="a report",
+    earlier="a report",
+    folder_for="for summary.csv, report.html and figures/",
+    example="my_report",
+    is_earlier=is_report_file,
+    overwrite="--overwrite",
+)
 
 
 @dataclass

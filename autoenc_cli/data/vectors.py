@@ -4,18 +4,21 @@ The array is a ``.npy`` file or one array of a ``.npz``; it is memory-mapped, ne
 it fits comfortably in memory (then it is loaded onto the training device like every other data set).
 A memory-mapped split reads each batch's rows from the file (``tensors.MappedRows``), so a file larger
 than memory trains. Normalisation statistics come from the training split (a seeded sample of at most
-``stats_rows`` rows), and are derived again, identically, wherever the run's data is loaded.
+``stats_rows`` rows), and are derived again, identically, wherever the run's data is loaded; a run's
+statistics (``Normalisation``) are what ``autoenc export`` stores in config.json, so an exported model
+normalises new raw vectors as its run did without the run's data.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Optional
+from typing import IO, TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -24,7 +27,7 @@ from omegaconf import MISSING
 from autoenc_cli.data.base import DataConfig
 from autoenc_cli.data.files import _bytes, available_memory
 from autoenc_cli.data.tensors import DataBundle, MappedRows, Split, fraction_split
-from autoenc_cli.errors import ConfigError, DataError
+from autoenc_cli.errors import ConfigError, DataError, UserError
 from autoenc_cli.registry import register
 from autoenc_cli.schema import choice, number
 
@@ -322,15 +325,99 @@ def vectors_fingerprint(
     return digest.hexdigest()
 
 
-@register(VectorsConfig)
-def load_vectors(config: VectorsConfig) -> DataBundle:
-    """Training and validation splits of the array's rows (seeded, as every data set), normalised with
-    the training split's statistics; whole tensors when they fit in memory, else memory-mapped."""
+@dataclass(frozen=True)
+class Normalisation:
+    """A run's ``data.normalize``: ``(x - shift) / divisor`` with its training split's statistics (shift:
+    (D,) or none; divisor: (D,) for standardize, one number for unit_mean_square). An export's config.json
+    holds it as ``{"method", "shift", "divisor"}`` (lists of floats, or a float), exactly."""
+
+    method: str
+    shift: Optional[torch.Tensor]
+    divisor: torch.Tensor
+
+    KEYS = ("shift", "divisor")
+
+    def apply(self, values: torch.Tensor) -> torch.Tensor:
+        """Raw vectors -> the model's input space, with the arithmetic ``MappedRows.normalise`` trains with."""
+        if self.shift is not None:
+            values = values - self.shift.to(values.device)
+        return values / self.divisor.to(values.device)
+
+    def invert(self, values: torch.Tensor) -> torch.Tensor:
+        """The model's space (a reconstruction) -> raw vectors."""
+        values = values * self.divisor.to(values.device)
+        return values + self.shift.to(values.device) if self.shift is not None else values
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "shift": self.shift.tolist() if self.shift is not None else None,  # float32 -> float: exact
+            "divisor": self.divisor.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, value: Any, method: str, width: int, where: str) -> "Normalisation":
+        """Read back ``as_json``'s form from a file autoenc did not necessarily write: the method the run's
+        config names, finite numbers of the right count, a positive divisor; anything else is one line."""
+        shapes = {"standardize": ((width,), (width,)), "unit_mean_square": (None, ())}[method]
+        if not isinstance(value, dict) or value.get("method") != method:
+            raise UserError(
+                f"{where} must be {{method: {method}, shift, divisor}}: the run's data.normalize statistics"
+            )
+        shift, divisor = (_statistic(value.get(key), shape, f"{where}.{key}") for key, shape in zip(cls.KEYS, shapes))
+        if not bool((divisor > 0).all()):
+            raise UserError(f"{where}.divisor must be > 0 (a standard deviation or a root mean square)")
+        return cls(method, shift, divisor)
+
+
+def _statistic(value: Any, shape: Optional[tuple[int, ...]], where: str) -> Optional[torch.Tensor]:
+    """One statistic of a Normalisation read from JSON: null where ``shape`` is None, else finite numbers."""
+    if shape is None:
+        if value is not None:
+            raise UserError(f"{where} must be null for this normalisation")
+        return None
+    count = shape[0] if shape else 1
+    numbers = value if shape else [value]
+    if not (isinstance(numbers, list) and len(numbers) == count and all(map(_finite_number, numbers))):
+        raise UserError(f"{where} must be {f'a list of {count} numbers' if shape else 'a number'}, all finite")
+    return torch.tensor(value, dtype=torch.float32)
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def normalisation_of(config: VectorsConfig, statistics: tuple) -> Optional[Normalisation]:
+    shift, divisor = statistics
+    return None if divisor is None else Normalisation(config.normalize, shift, divisor)
+
+
+def run_normalisation(config: VectorsConfig) -> tuple[Optional[Normalisation], str]:
+    """The statistics a run with this data config normalised with, and the data's fingerprint (to tell
+    that the file is still the one the run trained on), read without loading the splits."""
+    header, _, array, splits = _open(config)
+    statistics = training_statistics(MappedRows(array, splits[0]), config, header.source)
+    return normalisation_of(config, statistics), vectors_fingerprint(header, array, splits, statistics)
+
+
+def _open(config: VectorsConfig) -> tuple[VectorsHeader, bool, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The array's header, whether its splits load whole (refusing what neither way can load), the array
+    and the rows of the training and validation splits."""
     header = read_header(Path(config.path), config.member)
     whole = loads_whole(config, header)
-    array = open_array(header)
-    train_rows, val_rows = split_rows(header.shape[0], config)
-    statistics = training_statistics(MappedRows(array, train_rows), config, header.source)
+    return header, whole, open_array(header), split_rows(header.shape[0], config)
+
+
+@register(VectorsConfig)
+def load_vectors(config: VectorsConfig, normalisation: Optional[Normalisation] = None) -> DataBundle:
+    """Training and validation splits of the array's rows (seeded, as every data set), normalised with
+    the training split's statistics (or ``normalisation``'s: a trained run's, for other vectors); whole
+    tensors when they fit in memory, else memory-mapped."""
+    header, whole, array, (train_rows, val_rows) = _open(config)
+    if normalisation is None:
+        statistics = training_statistics(MappedRows(array, train_rows), config, header.source)
+    else:
+        statistics = (normalisation.shift, normalisation.divisor)
     train, val = (MappedRows(array, rows, "cpu", *statistics) for rows in (train_rows, val_rows))
     fingerprint = vectors_fingerprint(header, array, (train_rows, val_rows), statistics)
     if whole:

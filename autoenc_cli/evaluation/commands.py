@@ -13,12 +13,14 @@ import torch
 from omegaconf import MISSING, OmegaConf
 
 from autoenc_cli.errors import ConfigError, UserError
+from autoenc_cli.output_paths import FolderOutputs, check_file_out, check_folder_out, claimed_folder_out, out_path
 from autoenc_cli.schema import check_tree, choice, number
 from autoenc_cli.training.records import EvalReport, as_dict, carried
 
 HELP = {
     "eval": "autoenc eval run=RUN_DIR [split=val|test] [checkpoint=best|last|stage1|...|PATH] [data=OPTION] "
-    "[probe.labels_per_class=10,100,all] [probe.model=logistic|mlp] [probe.finetune=true] [out=FILE] [threads=N]",
+    "[probe.labels_per_class=10,100,all] [probe.model=logistic|mlp] [probe.finetune=true] [out=FILE] [overwrite=true] "
+    "[threads=N]",
     "encode": "autoenc encode run=RUN_DIR out=codes.npz [split=train|val|test|all] [checkpoint=...] [data=OPTION] "
     "[overwrite=true] [threads=N]",
     "reconstruct": "autoenc reconstruct run=RUN_DIR input=FILE.npz|DIR out=OUT.npz|DIR [checkpoint=...] "
@@ -63,6 +65,7 @@ class UseRunConfig:
 class EvalConfig(UseRunConfig):
     split: str = choice("val", ("val", "test", "train"))
     out: Optional[str] = None
+    overwrite: bool = False  # replace an existing out file; otherwise it is refused
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
@@ -239,25 +242,33 @@ def eval_main(argv: Sequence[str]) -> int:
     from autoenc_cli.io import write_json
 
     config = compose_command("eval", EvalConfig, argv)
+    out = eval_out(config)  # before the model and the data are loaded
     report = evaluate_run(config)
-    out = Path(config.out) if config.out else Path(config.run) / "eval.json"
     result = as_dict(report)
     write_json(out, result)
     console.print(metrics_table({k: v for k, v in result.items() if k != "probe"}, title=f"eval: {config.split} split"))
     if report.probe is not None:
         console.print(probe_table(report.probe))
-    if not config.out and not is_export(Path(config.run)):  # an exported model has no run report to update
+    if config.out is None and not is_export(Path(config.run)):  # an exported model has no run report to update
         write_html_report(Path(config.run))
     console.print(f"wrote {out.absolute()}", soft_wrap=True)
     return 0
+
+
+def eval_out(config: EvalConfig) -> Path:
+    """Where eval writes: out=, checked by the shared rule, or (without out=) the run's own eval.json."""
+    if config.out is None:
+        return Path(config.run) / "eval.json"
+    hint = " (without out=, eval writes the run's own eval.json)"
+    return check_file_out(out_path(config.out, "eval.json"), config.overwrite, "eval.json", hint)
 
 
 def encode_main(argv: Sequence[str]) -> int:
     from autoenc_cli.artifacts.console import console
 
     config = compose_command("encode", EncodeConfig, argv)
-    out = _npz_path(config.out)
-    _refuse_existing(out, config.overwrite)  # before the model and the data are loaded
+    # before the model and the data are loaded
+    out = check_file_out(_npz_path(out_path(config.out, "codes.npz")), config.overwrite, "codes.npz")
     run = load_for_command(config)
     data = run.load_data(config.data)
     data_name = (config.data or run.config.data).name
@@ -282,15 +293,15 @@ def reconstruct_main(argv: Sequence[str]) -> int:
     from autoenc_cli.data.files import IMAGE_SUFFIXES, read_user_images
 
     config = compose_command("reconstruct", ReconstructConfig, argv)
-    out = Path(config.out)
+    out = out_path(config.out, RECONSTRUCTIONS.example)
     if out.suffix.lower() in IMAGE_SUFFIXES:
         raise UserError(
             f"out='{out}' names one image file; reconstruct writes a .npz (out=FILE.npz) or a folder of PNGs (out=DIR)"
         )
-    if out.suffix == ".npz":
-        _refuse_existing(out, config.overwrite)
+    if out.suffix == ".npz":  # before the model and the images are loaded
+        check_file_out(out, config.overwrite, "reconstructions.npz")
     else:
-        _refuse_earlier_pngs(out, config.overwrite)
+        check_folder_out(out, config.overwrite, RECONSTRUCTIONS)
     run = load_for_command(config)
     if len(run.model.input_shape) != 3:  # data=vectors: input= and out= are images
         raise UserError(
@@ -302,51 +313,64 @@ def reconstruct_main(argv: Sequence[str]) -> int:
     if out.suffix == ".npz":
         written = _save_npz(out, {"inputs": images.cpu().numpy(), "reconstructions": outputs.numpy()})
     else:
-        written = _save_pngs(out, outputs)
+        written = _save_pngs(out, outputs, png_names(Path(config.input), len(outputs)), config.overwrite)
     console.print(f"wrote {outputs.shape[0]} reconstructions to {written}", soft_wrap=True)
     return 0
 
 
-def _npz_path(out: str) -> Path:
+def _npz_path(path: Path) -> Path:
     """The file ``out=`` names: ``.npz`` is appended when missing, as numpy's savez does."""
-    path = Path(out)
     return path if path.suffix == ".npz" else path.with_name(f"{path.name}.npz")
 
 
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.is_dir():
-        raise UserError(f"out='{path}' is a folder; give a file name, e.g. out={path / 'codes.npz'}")
-    if path.exists() and not overwrite:
-        raise UserError(f"out='{path}' already exists; add overwrite=true to replace it, or choose another out=")
+# Each reconstruction PNG says in a text chunk that reconstruct wrote it: only such files are an earlier
+# run's outputs, which overwrite=true may replace; the user's own images (an input folder) never are.
+PNG_MARK = ("autoenc", "reconstruction")
 
 
-def _earlier_pngs(folder: Path) -> list[Path]:
-    """The numbered PNGs a previous ``reconstruct`` wrote into ``folder``."""
-    if not folder.is_dir():
-        return []
-    return sorted(path for path in folder.glob("*.png") if path.stem.isdigit())
+def is_reconstruction(folder: Path, file: Path) -> bool:
+    """Whether ``file`` is a PNG ``autoenc reconstruct`` wrote."""
+    from PIL import Image, UnidentifiedImageError
+
+    if file.suffix != ".png" or file.is_symlink():
+        return False
+    try:
+        with Image.open(file) as image:
+            return image.format == "PNG" and image.info.get(PNG_MARK[0]) == PNG_MARK[1]
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
 
 
-def _refuse_earlier_pngs(folder: Path, overwrite: bool) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"out='{folder}' is a file; give a folder for PNGs (out=DIR) or a .npz (out=FILE.npz)")
-    for place in (folder.absolute(), *folder.absolute().parents):
-        if (place / "run.json").is_file():
-            raise UserError(
-                f"out='{folder}' is inside the run folder '{place}'; reconstructions go to a folder of their own"
-            )
-    others = [path.name for path in folder.iterdir() if path not in _earlier_pngs(folder)] if folder.is_dir() else []
-    if others:
-        raise UserError(
-            f"out='{folder}' holds other files ({', '.join(sorted(others)[:3])}, ...); PNG reconstructions go to a "
-            "new or empty folder (or one holding only earlier reconstructions, with overwrite=true)"
-        )
-    earlier = _earlier_pngs(folder)
-    if earlier and not overwrite:
-        raise UserError(
-            f"out='{folder}' already holds {len(earlier)} reconstructions ({earlier[0].name}, ...); add "
-            "overwrite=true to replace them, or choose another out="
-        )
+RECONSTRUCTIONS = FolderOutputs(
+    command="reconstruct",
+    what="PNG reconstructions",
+    earlier="{count} reconstructions",
+    folder_for="for PNGs (out=DIR) or a .npz (out=FILE.npz)",
+    example="reconstructions",
+    is_earlier=is_reconstruction,
+)
+
+
+def png_names(source: Path, count: int) -> list[str]:
+    """The PNG file names of ``count`` reconstructions of ``source``: a folder's images keep their names
+    (and subfolders), as .png; where two would clash (a.png and a.jpg) both keep their whole name (a.png.png,
+    a.jpg.png). The images of a .npz are numbered (0000.png, ...)."""
+    from collections import Counter
+
+    from autoenc_cli.data.files import image_files
+
+    if not source.is_dir():
+        width = max(4, int(math.log10(max(count, 1))) + 1)
+        return [f"{index:0{width}d}.png" for index in range(count)]
+    relative = [file.relative_to(source) for file in image_files(source)]  # read_user_images' order
+    if len(relative) != count:
+        raise UserError(f"input='{source}' changed while it was read; run the command again")
+    stems = Counter(path.with_suffix(".png") for path in relative)
+    return [
+        (path.with_suffix(".png") if stems[path.with_suffix(".png")] == 1 else path.with_name(f"{path.name}.png"))
+        .as_posix()
+        for path in relative
+    ]
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
@@ -357,21 +381,52 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    path = _npz_path(str(path))
+    path = _npz_path(path)
     atomic_write_bytes(path, buffer.getvalue())
     return path.resolve()
 
 
-def _save_pngs(folder: Path, images: torch.Tensor) -> Path:
-    """One numbered PNG per image; earlier numbered PNGs there are removed first (the caller checked
-    overwrite=true), so the folder never mixes two runs' outputs. Returns the absolute folder."""
-    from PIL import Image
+def _png_bytes(image: torch.Tensor) -> bytes:
+    """One (C, H, W) uint8 image as PNG bytes, marked as a reconstruction."""
+    import io
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for earlier in _earlier_pngs(folder):
-        earlier.unlink()
-    width = max(4, int(math.log10(max(images.shape[0], 1))) + 1)
-    for index, image in enumerate((images * 255).round().to(torch.uint8)):
-        array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
-        Image.fromarray(array).save(folder / f"{index:0{width}d}.png")
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+    mark = PngInfo()
+    mark.add_text(*PNG_MARK)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", pnginfo=mark)
+    return buffer.getvalue()
+
+
+def _save_pngs(folder: Path, images: torch.Tensor, names: list[str], overwrite: bool) -> Path:
+    """One PNG per image, named ``names``, in ``folder`` claimed for this process. Earlier reconstructions
+    there are removed first (checked again under the claim: overwrite=true), so the folder never mixes two
+    runs' outputs; a failure removes what this call wrote. Returns the absolute folder."""
+    from autoenc_cli.io import atomic_write_bytes
+
+    with claimed_folder_out(folder, overwrite, RECONSTRUCTIONS, "reconstruction") as earlier:
+        for file in earlier:
+            file.unlink()
+        written: list[Path] = []
+        try:
+            for name, image in zip(names, (images * 255).round().to(torch.uint8)):
+                atomic_write_bytes(folder / name, _png_bytes(image))
+                written.append(folder / name)
+        except BaseException:
+            _remove_written(folder, written)
+            raise
     return folder.resolve()
+
+
+def _remove_written(folder: Path, written: list[Path]) -> None:
+    """Remove the files a failed call wrote, and the subfolders of ``folder`` that held only them."""
+    for file in written:
+        file.unlink(missing_ok=True)
+    for parent in sorted({p for file in written for p in file.parents if folder in p.parents}, reverse=True):
+        try:
+            parent.rmdir()
+        except OSError:
+            pass

@@ -49,7 +49,10 @@ class Logger:
         self.config, self.context = config, context
 
     def start(self) -> dict[str, Any]:
-        """Open (or, on resume, reopen) the logged run; returns what to keep in checkpoints to reopen it."""
+        """Open (or, on resume, reopen) the logged run; returns what to keep in checkpoints to reopen it.
+
+        The checkpoints hold the returned dict itself, as it is when each is written: a logger may add to
+        it while it logs (W&B keeps the steps it logged there, to log them again in a resumed run)."""
         return {}
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:

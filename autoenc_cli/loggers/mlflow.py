@@ -2,7 +2,14 @@
 
 By default the store is a SQLite database in the output root (``mlflow ui --backend-store-uri
 sqlite:///outputs/mlflow.db`` shows it) with artifacts beside it in OUTPUT_ROOT/mlartifacts;
-``logger.mlflow.tracking_uri`` points at any other store or server.
+``logger.mlflow.tracking_uri`` points at any other store or server. A new experiment's artifacts go beside
+a SQLite database (DB_FOLDER/mlartifacts), to OUTPUT_ROOT/mlartifacts with a database server, into a file
+store's own folder, and where a tracking server says: never into ./mlruns of the working folder, MLflow's
+own default.
+
+A resumed run logs each metric's steps after the last one the store holds: MLflow cannot delete a value, so
+a step logged before a hard kill and trained again keeps its first value (the same value: a resumed run
+trains bit for bit as the uninterrupted one).
 """
 
 from __future__ import annotations
@@ -30,8 +37,7 @@ class MLflowConfig(LoggerConfig):
     name: str = "mlflow"
     tracking_uri: Optional[str] = None  # null: sqlite:///OUTPUT_ROOT/mlflow.db (a local SQLite store)
     experiment: str = "autoenc"  # the MLflow experiment the runs go to (made when missing)
-    # where a new experiment keeps artifacts (figures); null: OUTPUT_ROOT/mlartifacts with the default store,
-    # the server's choice with another tracking_uri
+    # where a new experiment keeps artifacts (figures); null: see default_artifact_location
     artifact_location: Optional[str] = None
 
     def check(self) -> None:
@@ -69,6 +75,45 @@ def default_tracking_uri(output_root: Path) -> str:
     return f"sqlite:///{(output_root / 'mlflow.db').absolute()}"
 
 
+# Stores that keep artifacts where they are told (MLflow's default: ./mlruns of the working folder).
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def default_artifact_location(tracking_uri: str, output_root: Path) -> Optional[str]:
+    """Where a new experiment keeps its artifacts when ``artifact_location`` is null: beside a SQLite database
+    file (DB_FOLDER/mlartifacts, so the default store's are OUTPUT_ROOT/mlartifacts), OUTPUT_ROOT/mlartifacts
+    with a database server or an in-memory SQLite; None (the store decides) for a file store, which keeps
+    them in its own folder, and for a tracking server."""
+    scheme = tracking_uri.partition("://")[0].partition("+")[0] if "://" in tracking_uri else ""
+    if scheme not in DATABASE_SCHEMES:
+        return None
+    folder = output_root
+    if scheme == "sqlite":
+        from sqlalchemy.engine import make_url
+
+        database = make_url(tracking_uri).database  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
+        if database and database != ":memory:" and not database.startswith("file:"):
+            folder = Path(database).parent
+    return (folder / "mlartifacts").absolute().as_uri()
+
+
+def open_client(tracking_uri: str) -> Any:
+    """An MlflowClient on the store. Older MLflow versions (3.0 among them) make ./mlruns in the working folder,
+    empty, as they open a database store (the Default experiment's artifact root); nothing of autoenc's goes
+    there (see default_artifact_location), so an empty ./mlruns that opening the store made is removed again."""
+    from mlflow import MlflowClient
+
+    stray = Path("mlruns")
+    existed = stray.exists()
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if not existed:
+        try:
+            stray.rmdir()  # only an empty folder: whatever is in one is left alone
+        except OSError:
+            pass
+    return client
+
+
 @register(MLflowConfig)
 class MLflowLogger(Logger):
     def __init__(self, config: MLflowConfig, context: RunContext) -> None:
@@ -83,14 +128,13 @@ class MLflowLogger(Logger):
 
     def start(self) -> dict[str, Any]:
         from filelock import FileLock
-        from mlflow import MlflowClient
 
         # MLflow announces creating its tables at INFO; autoenc's screen is its own.
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         if self.tracking_uri.startswith(("http://", "https://")):
             check_server_answers(self.tracking_uri)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.client = open_client(self.tracking_uri)
         # One process at a time creates the store's tables, the experiment and a sweep's parent run.
         with FileLock(str(self._lock_path())):
             if self.context.saved.get("run_id"):
@@ -109,9 +153,7 @@ class MLflowLogger(Logger):
         found = self.client.get_experiment_by_name(config.experiment)
         if found is not None:
             return found.experiment_id
-        location = config.artifact_location
-        if location is None and config.tracking_uri is None:
-            location = (self.context.output_root / "mlartifacts").absolute().as_uri()
+        location = config.artifact_location or default_artifact_location(self.tracking_uri, self.context.output_root)
         return self.client.create_experiment(config.experiment, artifact_location=location)
 
     def _create(self) -> None:
@@ -199,10 +241,9 @@ def finish_sweep(sweep_dir: Path) -> None:
     record = read_json(sweep_dir / SWEEP_RECORD)
     if not record.get("run_id"):
         return
-    from mlflow import MlflowClient
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    client, run_id = MlflowClient(tracking_uri=record["tracking_uri"]), record["run_id"]
+    client, run_id = open_client(record["tracking_uri"]), record["run_id"]
     repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
     for name in ("summary.csv", "report.html"):
         if (sweep_dir / name).is_file():

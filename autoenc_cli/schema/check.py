@@ -37,10 +37,13 @@ class Facts:
     model: ModelFacts
 
 
-def check_config(config: "TrainConfig") -> Facts:
-    """Apply every rule to a typed run config; the first broken rule is a one-line ConfigError."""
+def check_config(config: "TrainConfig", input_shape: Optional[tuple[int, ...]] = None) -> Facts:
+    """Apply every rule to a typed run config; the first broken rule is a one-line ConfigError.
+
+    ``input_shape``: the shape the model takes, when it is known without the data (an export's)."""
     check_tree(config)
-    input_shape = with_prefix("data", config.data.input_shape)
+    if input_shape is None:
+        input_shape = with_prefix("data", config.data.input_shape)
     model = with_prefix("model", lambda: config.model.describe(input_shape))
     facts = Facts(config, tuple(input_shape), model)
     for group in GROUPS:
@@ -53,8 +56,17 @@ def check_config(config: "TrainConfig") -> Facts:
 
 
 def check_shorthands(overrides: list[str]) -> None:
-    """``k=5 sparsity.topk.k=16`` names one value twice: refused, never silently resolved."""
-    given = dict(override.lstrip("+").partition("=")[::2] for override in overrides)
+    """``k=5 sparsity.topk.k=16`` or ``experiment=A experiment=B`` names one value twice: refused, never
+    silently resolved."""
+    given: dict[str, str] = {}
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if key in given and not key.startswith("~"):
+            raise UserError(
+                f"{key} is given twice ({key}={given[key]} and {key}={value}); give it once (Hydra would silently "
+                "keep the last)"
+            )
+        given[key] = value
     for key, group in SHORTHANDS.items():
         for full, value in given.items():
             parts = full.split(".")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -24,13 +25,18 @@ def resolve(cfg: DictConfig) -> TrainConfig:
     return config
 
 
-def typed_config(cfg: DictConfig | dict) -> TrainConfig:
+def typed_config(cfg: DictConfig | dict, literal: bool = False) -> TrainConfig:
     """Type every group against its registered schema, without the rules that look at files.
 
-    A saved run's config was checked when it trained; loading it needs only this.
+    A saved run's config was checked when it trained; loading it needs only this. ``literal``: ``cfg`` is
+    plain data from a file autoenc did not write (an export's config.json): no ``${...}`` in it is
+    resolved, every string is kept as written (``typed`` resolves nothing either).
     """
     try:
-        plain = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, throw_on_missing=True)
+        if literal:
+            plain = copy.deepcopy(cfg)
+        else:
+            plain = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as error:
         raise UserError(f"{error.full_key} must be set, e.g. {error.full_key}=...") from None
     assert isinstance(plain, dict)
@@ -46,6 +52,19 @@ def typed_config(cfg: DictConfig | dict) -> TrainConfig:
         setattr(config, group, typed(REGISTRY.config_class(group, node.get("name")), node, group))
     _apply_shorthands(config)
     return config
+
+
+def literal_strings(value: Any) -> Any:
+    """A copy of plain data whose strings OmegaConf's resolution gives back as written: each ``${``
+    escaped, with the backslashes before it doubled (OmegaConf's escaping), so ``${oc.env:HOME}`` stays
+    those characters and never reads the environment."""
+    if isinstance(value, str):
+        return re.sub(r"(\\*)\$\{", lambda match: match.group(1) * 2 + "\\${", value)
+    if isinstance(value, dict):
+        return {key: literal_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [literal_strings(item) for item in value]
+    return value
 
 
 def typed_members(group: str, node: Any) -> dict[str, Any]:
@@ -95,8 +114,10 @@ def _apply_shorthands(config: TrainConfig) -> None:
 
 
 def typed(schema: type, node: dict, path: str) -> Any:
+    """``node`` (plain, already resolved values) typed against ``schema``; to_object resolves once more,
+    so strings are escaped first: a value holding ``${`` is that text, never a second interpolation."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), literal_strings(node))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         # OmegaConf reports a mistake inside a list item by the item's own key (``width``); typing the

@@ -8,7 +8,8 @@ members may set each their own:
 - anything outside the network's step: seed (their own batch order and noise), noise, schedule and
   learning-rate policy, epochs, logging, figures;
 - the optimizer's settings (rate, decay, betas: the members' parameters, views of the stack, step with
-  their own settings and state; fused kernels compute each element alike however parameters are
+  their own settings and state in an optimizer built as the member's own was; an optimizer whose
+  update is elementwise, as its config declares, computes each element alike however parameters are
   grouped, so a member's update is its separate run's, bit for bit);
 - a module's ``member_fields`` (top-k's k, a penalty's weight): numbers passed in as 0-d tensors.
 
@@ -16,12 +17,18 @@ Everything else must be equal, which ``stack_signature`` checks from the modules
 difference that is not a member field (a Python attribute, a shape) puts runs in different stacks
 instead of being silently taken from the first member. Between epochs every member holds its own
 tensors again: validation, checkpoints and callbacks are the ordinary per-run code.
+
+A stack the engine cannot run (building its model or optimizer raises, or its first forward and
+backward pass does) changes nothing of its members: ``StackingRefused`` names the option, and the
+caller trains them alone.
 """
 
 from __future__ import annotations
 
 import time
+import traceback
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Callable, Iterator, Optional
 
 import torch
@@ -30,6 +37,8 @@ from torch.func import functional_call, vmap
 
 from autoenc_cli.data.tensors import epoch_order, in_memory
 from autoenc_cli.errors import TrainingInterrupted
+from autoenc_cli.registry import REGISTRY
+from autoenc_cli.sparsity.base import SparsityStack
 from autoenc_cli.training.callbacks import StepEnd
 from autoenc_cli.training.loop import Trainer
 
@@ -49,7 +58,26 @@ def can_stack(trainer: Trainer) -> Optional[str]:
         return "trainer.precision=fp16 (a gradient scaler per run)"
     if not in_memory(parts.data.train):
         return "memory-mapped data"
+    return _optimizer_refusal(trainer)
+
+
+def _optimizer_refusal(trainer: Trainer) -> Optional[str]:
+    """Why the engine cannot step this run's optimizer on a stack of members (None: it can)."""
+    config, optimizer = trainer.parts.config.optimizer, trainer.optimizer
+    if not getattr(type(config), "elementwise_update", False):
+        return f"optimizer={config.name}: its update is not declared elementwise (OptimizerConfig.elementwise_update)"
+    if optimizer is not None and len(optimizer.param_groups) != 1:
+        return f"optimizer={config.name}: {len(optimizer.param_groups)} parameter groups"
     return None
+
+
+class StackingRefused(Exception):
+    """The engine could not run a stack; nothing of its members changed, and they can train alone."""
+
+    def __init__(self, option: str, error: BaseException) -> None:
+        why = (str(error).strip().splitlines() or [""])[0]
+        why = why if len(why) <= 160 else why[:157] + "..."
+        super().__init__(f"the stacked engine cannot run {option} ({type(error).__name__}: {why})")
 
 
 def _attributes(module: nn.Module) -> tuple:
@@ -120,7 +148,9 @@ class StackedEpoch:
     """Train one epoch of ``trainers`` (equal ``stack_signature``s) together.
 
     ``run`` returns each member's error of the epoch (divergence, interruption), or None; every member
-    that did not fail has its epoch's mean loss in ``epoch_train_loss``.
+    that did not fail has its epoch's mean loss in ``epoch_train_loss``. It raises ``StackingRefused``
+    when building the stack or its first step fails: until that step's end only the stack's own tensors
+    change, and ``undo`` puts back what the members had (their tensors, generators, host mirrors).
     """
 
     def __init__(self, trainers: list[Trainer], stop_requested: Callable[[], Optional[str]]) -> None:
@@ -129,6 +159,8 @@ class StackedEpoch:
         self.template = self.trainers[0].network  # the network the batched step runs, on every member's tensors
         self.step_module = StepLoss(self.trainers[0])
         self.errors: dict[int, BaseException] = {}
+        self.undo: Optional[list[Callable[[], Any]]] = None  # see the class's docstring; None once committed
+        self.building: Optional[str] = None  # the option whose part of the stack is being built
 
     # -- stacking ---------------------------------------------------------------------------------------
     def _stack(self) -> None:
@@ -139,6 +171,7 @@ class StackedEpoch:
             stacked = torch.stack([member[name].detach() for member in members])
             self.parameters[name] = stacked.requires_grad_(parameter.requires_grad)
             for index, member in enumerate(members):
+                self.undo.append(partial(setattr, member[name], "data", member[name].data))
                 member[name].data = stacked.data[index]  # a view: per-member code (after_step) sees the stack
         self.buffers: dict[str, torch.Tensor] = {}
         for name, _ in self.template.named_buffers():
@@ -146,6 +179,7 @@ class StackedEpoch:
             stacked = torch.stack([module._buffers[leaf] for module, leaf in owners])
             self.buffers[name] = stacked
             for index, (module, leaf) in enumerate(owners):
+                self.undo.append(partial(module._buffers.__setitem__, leaf, module._buffers[leaf]))
                 module._buffers[leaf] = stacked[index]
         self.mirrors = [  # modules that mirror device state on the host, with their buffers, stacked
             (module, {leaf: self.buffers[f"{path}.{leaf}" if path else leaf] for leaf in module._buffers})
@@ -153,11 +187,35 @@ class StackedEpoch:
             if hasattr(module, "begin_stacked")
         ]
         for module, buffers in self.mirrors:
+            self.undo.append(module.end_stacked)
             module.begin_stacked(buffers)
         self._member_values(networks)
         self.trained = [name for name, stacked in self.parameters.items() if stacked.requires_grad]
         self.member_parameters = [dict(network.named_parameters()) for network in networks]
+        self.building = f"optimizer={self.trainers[0].parts.config.optimizer.name}"
         self._stack_optimizers()
+        self.building = None
+
+    def _rewind(self) -> None:
+        """The members as they were at the start of the epoch (the stack changed nothing of theirs yet)."""
+        for undo in reversed(self.undo or []):
+            undo()
+        self.undo = None
+
+    def _option_of(self, error: BaseException) -> str:
+        """The option whose code raised ``error``: the one being built, or the innermost module of the
+        network or loss in its traceback (``sparsity=NAME`` for a sparsity option's modules)."""
+        if self.building:
+            return self.building
+        config = self.trainers[0].parts.config
+        options = {id(module): f"model={config.model.name}" for module in self.template.modules()}
+        for module in self.template.modules():
+            if isinstance(module, SparsityStack):
+                for name, option in module.members.items():
+                    options.update((id(part), f"sparsity={name}") for part in option.modules())
+        options[id(self.trainers[0].objective.reconstruction)] = f"loss={config.loss.name}"
+        found = [options.get(id(frame.f_locals.get("self"))) for frame, _ in traceback.walk_tb(error.__traceback__)]
+        return next((option for option in reversed(found) if option), f"model={config.model.name}")
 
     def _member_values(self, networks: list[nn.Module]) -> None:
         """Each member field as a tensor of the members' values (the vmapped step gives each member its own
@@ -200,16 +258,26 @@ class StackedEpoch:
         started = time.perf_counter()
         trainers = self.trainers
         first = trainers[0]
+        self.undo = []
         for trainer in trainers:
             trainer.network.train()
             trainer.epoch_batch_state = trainer.batch_generator.get_state()
+            self.undo.append(partial(trainer.batch_generator.set_state, trainer.epoch_batch_state))
+            self.undo.append(partial(trainer.noise_generator.set_state, trainer.noise_generator.get_state()))
         split, batch_size = first.parts.data.train, first.parts.config.data.batch_size
         orders = torch.stack([epoch_order(split, trainer.batch_generator) for trainer in trainers])
-        self._stack()
         try:
+            self._stack()
             self._steps(orders, split.images, batch_size)
-        finally:
-            self._unstack()
+        except BaseException as error:
+            if self.undo is None:  # committed: the members' own failure (or an interruption)
+                self._unstack()
+                raise
+            self._rewind()
+            if isinstance(error, Exception):
+                raise StackingRefused(self._option_of(error), error) from error
+            raise
+        self._unstack()
         for index, trainer in enumerate(trainers):
             if index in self.errors:
                 continue
@@ -253,6 +321,7 @@ class StackedEpoch:
             self._after_step()
             for trainer in trainers:  # constraints on the weights, per member (on its views of the stack)
                 trainer.network.after_step()
+            self.undo = None  # a step done: from here on the members' counters and events move on
             running += totals.detach()
             for trainer in trainers:
                 trainer.step_in_epoch += 1
@@ -294,8 +363,9 @@ class StackedEpoch:
             if stop < len(self.trainers) and _settings(self.trainers[stop]) == _settings(self.trainers[start]):
                 continue
             slices = [self.parameters[name].detach()[start:stop] for name in self.trained]
-            own = self.trainers[start].optimizer
-            optimizer = type(own)([dict(own.param_groups[0], params=slices)], **own.defaults)
+            own = self.trainers[start]
+            optimizer = REGISTRY.build(own.parts.config.optimizer, slices)  # built as the member's own was
+            optimizer.param_groups[0].update(_group_settings(own.optimizer))  # with its settings now (a schedule's lr)
             for name, stacked in zip(self.trained, slices):
                 states = [self._member_state(index, name) for index in range(start, stop)]
                 if states[0]:
@@ -325,10 +395,13 @@ class StackedEpoch:
                         }
 
 
+def _group_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    return {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
+
+
 def _settings(trainer: Trainer) -> str:
     optimizer = trainer.optimizer
-    settings = sorted((key, value) for key, value in optimizer.param_groups[0].items() if key != "params")
-    return f"{type(optimizer).__qualname__} {settings!r}"
+    return f"{type(optimizer).__qualname__} {sorted(_group_settings(optimizer).items())!r}"
 
 
 def _member_slice(value: Any, offset: int) -> Any:

@@ -4,7 +4,8 @@ Each run is an ordinary ``Trainer`` paused before each training epoch (``Trainer
 round the runs waiting for an epoch are partitioned by ``stack_signature`` (so a run that stops early, a
 greedy stage that ends, or a member that fails simply leaves its stack), each part of at most
 ``max_members`` runs trains its epoch as one ``StackedEpoch``, and each run then validates, records and
-checkpoints on its own.
+checkpoints on its own. A run that ``can_stack`` rules out, or whose stack the engine refused to run
+(``StackingRefused``), trains alone: its own epochs, as a sequential sweep trains them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Callable, Generator, Optional
 
 import torch
 
-from autoenc_cli.stacking.engine import StackedEpoch, can_stack, stack_signature
+from autoenc_cli.stacking.engine import StackedEpoch, StackingRefused, can_stack, stack_signature
 from autoenc_cli.training.loop import Trainer
 
 
@@ -29,6 +30,8 @@ class Member:
     number: int = 0  # the job's number in the sweep
     error: Optional[BaseException] = None
     stack: Optional[str] = None  # the first stack it trained in ("alone" when it trained on its own)
+    stacked: bool = False  # whether it has trained an epoch in a stack
+    refused: Optional[str] = None  # why the engine refused its stack: it trains alone from then on
     epochs: Optional[Generator] = field(default=None, repr=False)
 
 
@@ -60,6 +63,14 @@ def stack_limit(trainer: Trainer, max_members: Optional[int], memory_fraction: f
 def _phase(member: Member) -> str:
     trainer = member.trainer
     return trainer.parts.phases[trainer.phase_index].name
+
+
+def _why_alone(member: Member) -> Optional[str]:
+    return member.refused or can_stack(member.trainer)
+
+
+def _layout_entry(part: list[Member]) -> str:
+    return ",".join(str(member.number) for member in part) + _phase(part[0])
 
 
 class StackedFit:
@@ -108,8 +119,7 @@ class StackedFit:
     def _partition(self, waiting: list[Member]) -> list[list[Member]]:
         groups: dict[Any, list[Member]] = {}
         for member in waiting:
-            reason = can_stack(member.trainer)
-            key = ("alone", member.number) if reason else stack_signature(member.trainer)
+            key = ("alone", member.number) if _why_alone(member) else stack_signature(member.trainer)
             groups.setdefault(key, []).append(member)
         parts: list[list[Member]] = []
         for group in groups.values():
@@ -120,7 +130,7 @@ class StackedFit:
 
     def _describe(self, parts: list[list[Member]]) -> None:
         """Say how the jobs train whenever that changes (at the start, after a stage, when one stops)."""
-        layout = [",".join(str(member.number) for member in part) + _phase(part[0]) for part in parts]
+        layout = sorted(_layout_entry(part) for part in parts)
         if layout == self.layout:
             return
         self.layout = layout
@@ -128,7 +138,7 @@ class StackedFit:
         for part in parts:
             numbers = " ".join(f"#{member.number}" for member in part)
             if len(part) == 1:
-                reason = can_stack(part[0].trainer) or "no other job has its shapes and settings"
+                reason = _why_alone(part[0]) or "no other job has its shapes and settings"
                 lines.append(f"{numbers} alone ({reason})")
                 part[0].stack = part[0].stack or "alone"
                 continue
@@ -140,17 +150,35 @@ class StackedFit:
 
     def _train_epoch(self, group: list[Member]) -> None:
         if len(group) == 1:
-            trainer, started = group[0].trainer, time.perf_counter()
-            try:
-                trainer.epoch_train_loss = trainer.train_epoch()
-            except Exception as error:  # noqa: BLE001 - thrown into the member's fit, as if it raised there
-                group[0].error = error
-            trainer.epoch_train_seconds = time.perf_counter() - started
+            self._train_alone(group[0])
             return
         trainers = [member.trainer for member in group]
         try:
             errors = StackedEpoch(trainers, lambda: trainers[0].stop_requested).run()
+        except StackingRefused as refusal:
+            self._fall_back(group, str(refusal))
+            return
         except Exception as error:  # noqa: BLE001 - the stack's own failure fails each of its jobs, saying why
             errors = dict.fromkeys(trainers, error)
         for member in group:
-            member.error = errors.get(member.trainer)
+            member.error, member.stacked = errors.get(member.trainer), True
+
+    def _train_alone(self, member: Member) -> None:
+        trainer, started = member.trainer, time.perf_counter()
+        try:
+            trainer.epoch_train_loss = trainer.train_epoch()
+        except Exception as error:  # noqa: BLE001 - thrown into the member's fit, as if it raised there
+            member.error = error
+        trainer.epoch_train_seconds = time.perf_counter() - started
+
+    def _fall_back(self, group: list[Member], reason: str) -> None:
+        """The engine refused this stack (and changed nothing of its members): they train alone, this
+        epoch and every later one, as a sequential sweep trains them; one line says which and why."""
+        self.announce(f"stacked training: {' '.join(f'#{member.number}' for member in group)} train alone: {reason}")
+        entry = _layout_entry(group)
+        alone = [_layout_entry([member]) for member in group]
+        self.layout = sorted([item for item in self.layout or [] if item != entry] + alone)
+        for member in group:
+            member.refused = reason
+            member.stack = member.stack if member.stacked else "alone"
+            self._train_alone(member)

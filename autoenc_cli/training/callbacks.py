@@ -7,7 +7,7 @@ may need a checkpoint carries ``snapshot``, which builds the resumable state onl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from autoenc_cli.training.records import EpochRecord
 
@@ -54,7 +54,7 @@ class Interrupted:
     signal: str
     where: str
     history: list[EpochRecord]
-    snapshot: Snapshot
+    snapshot: Optional[Snapshot]  # None: stopped at once, mid-step (a second Ctrl-C): no state worth keeping
 
 
 @dataclass

@@ -107,6 +107,10 @@ class Trainer:
             raise
         except GeneratorExit:  # the caller dropped the paused fit (it is ending for another reason)
             raise
+        except KeyboardInterrupt:  # a second Ctrl-C stopped it mid-step: the last checkpoint is what remains
+            where = f"at once by a second {self.stop_requested or 'SIGINT'} {self._where()}"
+            self._emit("on_interrupt", Interrupted(self.stop_requested or "SIGINT", where, self.result.history, None))
+            raise
         except BaseException as error:
             self._emit("on_failure", Failed(error))
             raise

@@ -39,6 +39,7 @@ def tune(argv: list[str]) -> int:
 
     from autoenc_cli.artifacts.console import console
     from autoenc_cli.artifacts.run_folder import refuse_unless_new
+    from autoenc_cli.folder_lock import claim_folder
     from autoenc_cli.tuning import study as studies
     from autoenc_cli.tuning.command import check_resume, parse_arguments, plan_study, tune_key
     from autoenc_cli.tuning.compose import Composer
@@ -47,7 +48,7 @@ def tune(argv: list[str]) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # autoenc prints each trial's outcome itself
     arguments = parse_arguments(argv)
-    record = None
+    record, creating = None, None
     if arguments.resume:
         study_dir = Path(arguments.resume)
         record = studies.read_record(study_dir)
@@ -71,12 +72,23 @@ def tune(argv: list[str]) -> int:
     else:
         stamp = f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(3)}"
         study_dir = Path(arguments.sweep_dir or Path(plan.output_root) / "sweeps" / stamp)
-        refuse_unless_new(study_dir, what="sweep")
-        study_dir.mkdir(parents=True, exist_ok=True)
+        # Claimed while the study is created, so two new studies never share a folder; once created, other
+        # processes may join it (resume=) by design: the study database keeps them apart.
+        creating = claim_folder(study_dir, "study")
+        try:
+            refuse_unless_new(study_dir, what="sweep")
+        except UserError:
+            creating.undo()
+            creating.release()
+            raise
         name = plan.settings.study_name or study_dir.name
     objectives, settings = plan.objectives, plan.settings
     pruner = studies.pruner(settings, objectives, plan.prune_on)
-    study = studies.open_study(study_dir, name, objectives, pruner, new=record is None)
+    try:
+        study = studies.open_study(study_dir, name, objectives, pruner, new=record is None)
+    finally:
+        if creating is not None:
+            creating.release()
     used = studies.trials_used(study)
     if settings.trials < used and any(tune_key(argument) == "trials" for argument in arguments.tune):
         raise UserError(
@@ -84,8 +96,9 @@ def tune(argv: list[str]) -> int:
             f"tune.trials is the total: give {used} or more"
         )
     # A process joining the study draws other points than the one that started it (the same seed would
-    # repeat its first, random trials): the seed moves on by the trials the study holds.
-    sampler = studies.sampler(settings, objectives, plan.seed + len(study.get_trials(deepcopy=False)))
+    # repeat its first, random trials): the seed is derived from the seed and the trials the study holds.
+    held = len(study.get_trials(deepcopy=False))
+    sampler = studies.sampler(settings, objectives, studies.sampler_seed(plan.seed, held))
     study.sampler = sampler
     if record is None:
         record = {
@@ -136,6 +149,12 @@ def tune(argv: list[str]) -> int:
         raise UserError(
             f"none of the study's {counts['total']} trials completed ({counts.get('pruned', 0)} pruned, "
             f"{counts.get('fail', 0)} failed); see {study_dir / 'summary.csv'}"
+        )
+    if run.failed:  # as a sweep with a failed job: the report is written, the command exits non-zero
+        raise UserError(
+            f"{len(run.failed)} of the {run.started} trials run failed: {', '.join(run.failed)}; their errors are "
+            f"in each trial's metrics.json (summary.csv lists every trial); a failed trial is not run again "
+            f"(more trials: {resume_hint} tune.trials=N)"
         )
     console.print(f"more trials: {resume_hint} tune.trials=N (also from another terminal)", soft_wrap=True)
     return 0

@@ -21,6 +21,7 @@ the searched keys sampled; the study (study.db), the trials' run folders and the
 
   autoenc tune model=sparse_fc sparsity=topk 'tune.params={k: int(4, 64, log), optimizer.lr: float(1e-4, 1e-2, log)}'
   autoenc tune model=sparse_fc sparsity=topk 'tune.params={k: int(4, 64, log)}' 'tune.objectives=[val_mse,l0]'
+  autoenc tune 'tune.params={model.encoder: choice([{width: 256}], [{width: 512}, {width: 256}])}'
   autoenc tune resume=outputs/sweeps/<study> tune.trials=40     (continue, or work on it from another terminal)
 
 SPEC: int(LOW, HIGH[, log][, step=N]) | float(LOW, HIGH[, log][, step=X]) | choice(A, B, ...);
@@ -185,10 +186,13 @@ def texts(value: Optional[str], per_key: dict[str, str]) -> Optional[dict[str, s
 def plan_study(composer: Composer, arguments: Arguments) -> Plan:
     """Every check before the first trial: the settings, the objectives, the search space's keys, and both
     ends of every range through the whole config check."""
+    from autoenc_cli.schema.check import check_shorthands
+
     settings = tune_settings(composer, arguments.tune)
     objectives = parse_objectives(settings.objectives)
     params = parse_params(arguments.params, arguments.param_keys)
     base = arguments.base
+    check_shorthands(base)  # a key given twice is named as such, not as the first range end it spoils
     cfg = composer.compose("train", base)
     given = {override.partition("=")[0].lstrip("+~") for override in base}
     for key, param in params.items():

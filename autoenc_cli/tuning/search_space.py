@@ -2,13 +2,14 @@
 
 Written inline, ``tune.params='{k: int(4, 64, log), optimizer.lr: float(1e-4, 1e-2, log)}'``, one key per
 argument, ``tune.params.optimizer.lr='float(1e-4, 1e-2, log)'``, or as a YAML file, ``tune.params=space.yaml``,
-mapping each key to a spec, to a YAML list (a choice; a list among them is set as a list), or to the long
-form ``{type: int|float, low: LOW, high: HIGH[, log: true][, step: N]}`` or ``{type: choice, choices: [...]}``.
+mapping each key to a spec, to a YAML list (a choice; a list or mapping among them is set whole, as the
+override ``model.encoder=[{width: 256}]`` sets it), or to the long form
+``{type: int|float, low: LOW, high: HIGH[, log: true][, step: N]}`` or ``{type: choice, choices: [...]}``.
 The specs:
 
     int(LOW, HIGH[, log][, step=N])      whole numbers from LOW to HIGH, both included; log: log-uniform
     float(LOW, HIGH[, log][, step=X])    real numbers from LOW to HIGH
-    choice(A, B, ...)                    one of the values (a number, a word, a group option, a [list])
+    choice(A, B, ...)                    one of the values (a number, a word, a group option, a [list], a {mapping})
 
 A key is a config key as an override names it: ``k``, ``lam``, ``optimizer.lr``, ``sparsity.topk.k``,
 ``model.code_dim``, or a config group (``model: choice(fc, sparse_fc)``); ``sparsity.k`` and ``sparsity.lam``
@@ -205,18 +206,35 @@ def choice_param(key: str, choices: tuple, where: str) -> Param:
         raise UserError(f"{where}: choice() needs at least one value")
     for value in choices:
         if value is not None and not isinstance(value, (bool, int, float, str)):
-            raise UserError(f"{where}: {value!r} is not a choice value (a number, a word, a group option or a list)")
+            raise UserError(
+                f"{where}: {value!r} is not a choice value (a number, a word, a group option, a list or a mapping)"
+            )
     if len(set(map(render, choices))) < len(choices):
         raise UserError(f"{where}: a value is listed twice")
     return Param(key, "choice", choices=choices)
 
 
 def flow(value: Any) -> Any:
-    """A YAML list among the choices of a file, [256, 128], as the override value that sets it ("[256, 128]",
-    as an inline choice([256, 128]) writes it); other values as they are."""
-    if isinstance(value, list) and not any(isinstance(item, dict) for item in value):
-        return f"[{', '.join(str(flow(item)) if isinstance(item, list) else render(item) for item in value)}]"
+    """A YAML list or mapping among the choices of a file, [{width: 256}, {width: 128}], as the override value
+    that sets it (as an inline choice([{width: 256}, {width: 128}]) writes it); other values as they are."""
+    if isinstance(value, (list, dict)):
+        return override_text(value)
     return value
+
+
+# Characters Hydra's override grammar reads in an unquoted value; any other makes a string quoted.
+UNQUOTED = re.compile(r"[\w/\\+.$%*@?|:\- ]+")
+
+
+def override_text(value: Any) -> str:
+    """A value (nested lists and mappings included) in Hydra's override grammar."""
+    if isinstance(value, list):
+        return f"[{', '.join(override_text(item) for item in value)}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{override_text(key)}: {override_text(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, str) and (not UNQUOTED.fullmatch(value) or value != value.strip()):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return render(value)
 
 
 def scalar(text: str) -> Any:

@@ -29,6 +29,15 @@ def storage(study_dir: Path) -> Any:
     return optuna.storages.RDBStorage(storage_url(study_dir), engine_kwargs={"connect_args": {"timeout": 60}})
 
 
+def sampler_seed(seed: int, trials_held: int) -> int:
+    """The sampler's seed for a process that finds ``trials_held`` trials in the study: each count gets its own
+    stream, mixed from both numbers (not seed + n, which is another study's seed), so a resumed study or a
+    joining worker draws new points instead of the first process's."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, trials_held]).generate_state(1)[0])
+
+
 def sampler(settings: TuneConfig, objectives: list[Objective], seed: int) -> Any:
     import optuna
 

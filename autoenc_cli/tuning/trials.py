@@ -45,6 +45,7 @@ class StudyRun:
     lock: threading.Lock = field(default_factory=threading.Lock)
     errors: list[BaseException] = field(default_factory=list)
     started: int = 0  # trials this process started
+    failed: list[str] = field(default_factory=list)  # "NUMBER (overrides)" of the trials that failed here
 
 
 class TrialReporter(Callback):
@@ -115,12 +116,16 @@ def trial_log(folder: RunFolder) -> Iterator[None]:
         handler.close()
 
 
+def sampled_overrides(run: StudyRun, trial: Any) -> list[str]:
+    return [run.params[key].override(value) for key, value in trial.params.items()]
+
+
 def run_trial(run: StudyRun, trial: Any) -> Outcome:
     import optuna
 
     from autoenc_cli.train import optional, train
 
-    sampled = [run.params[key].override(value) for key, value in trial.params.items()]
+    sampled = sampled_overrides(run, trial)
     overrides = [*run.base, *sampled]
     folder = RunFolder(run.study_dir / str(trial.number))
     folder.path.mkdir(parents=True, exist_ok=True)
@@ -189,6 +194,7 @@ def tell(run: StudyRun, trial: Any, outcome: Outcome) -> None:
         study.enqueue_trial(trial.params, user_attrs={"retry_of": number})
         console.print(f"[yellow]trial {number} interrupted[/]: {outcome.message}; its params are queued again")
     else:
+        run.failed.append(f"{number} ({' '.join(sampled_overrides(run, trial))})")
         console.print(f"[red]trial {number} failed[/]: {outcome.message}", soft_wrap=True)
 
 
