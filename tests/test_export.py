@@ -498,8 +498,8 @@ UNTRUSTED = {
     "a billion layers": "model describes 1,000,000,000 layers, but model.safetensors holds 8 tensors",
     "a huge run config": "its run config takes 71,",
     "NaN in config.json": "config.json' is not readable JSON (NaN is not a JSON number",
-    "header length": "model.safetensors' is not a readable safetensors file (Error while deserializing header: "
-    "header too large)",
+    # safetensors' own wording of the reason differs between versions (HeaderTooLarge, header too large)
+    "header length": "model.safetensors' is not a readable safetensors file (Error while deserializing header: ",
     "NaN weight": "model.safetensors' holds NaN or infinite weights: encoder.1.0.bias has 1 of 32 values not finite",
     "infinite weight": "holds NaN or infinite weights: decoder.0.0.weight has 1 of 25,088 values not finite",
     "half-precision tensor": "encoder.1.0.bias is F16 [32], the model's is F32 [32]",
