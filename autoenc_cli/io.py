@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
+def atomic_write_bytes(path: Path, payload: bytes, replace: bool = True) -> None:
     """Write to a temporary file beside ``path``, fsync, then rename over it.
 
-    A crash or a full disk leaves either the old file or the new one, never a torn one.
+    A crash or a full disk leaves either the old file or the new one, never a torn one. With
+    ``replace=False`` the file is published with a hard link, which fails (``FileExistsError``) rather
+    than replace a file that another process put there in the meantime.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,7 +26,10 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     directory = os.open(path.parent, os.O_RDONLY)
@@ -45,8 +50,8 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(json_ready(value), indent=2) + "\n").encode())
+def write_json(path: Path, value: Any, replace: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(json_ready(value), indent=2) + "\n").encode(), replace)
 
 
 def read_json(path: Path) -> dict[str, Any]:

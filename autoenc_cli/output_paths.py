@@ -95,6 +95,19 @@ def check_file_out(path: Path, overwrite: bool, example: str, hint: str = "") ->
     return path
 
 
+@contextmanager
+def never_replacing(path: Path) -> Iterator[None]:
+    """Around the write of a file ``out=`` made with ``replace=False``: a file that another process wrote
+    there since the check is left as it is, and the command says so in one line."""
+    try:
+        yield
+    except FileExistsError:
+        raise UserError(
+            f"out='{path}' was written by another process meanwhile; it is left as it is (add overwrite=true to "
+            "replace it, or choose another out=)"
+        ) from None
+
+
 def refuse_current_folder(path: Path, outputs: FolderOutputs) -> None:
     """The current folder and the folders above it are never an output folder: a command that fills or
     replaces its out= must not take the user's working folder with it."""

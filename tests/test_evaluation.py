@@ -169,6 +169,25 @@ def test_eval_out_is_refused_inside_the_run_and_over_an_existing_file(trained_ru
     assert json.loads(mine.read_text())["samples"] == 80 and folder_bytes(trained_run) == before
 
 
+def test_a_file_another_process_writes_after_the_check_is_never_replaced(trained_run, tmp_path, monkeypatch, capsys):
+    """The check of out= comes before the model loads; a file that appears at out= in between (another
+    command writing the same out=) is left as it is, for eval and encode alike."""
+    import autoenc_cli.evaluation.commands as commands
+
+    loading = commands.load_for_command
+
+    def load_while_another_writes(config):
+        Path(config.out).write_text("the other process's")
+        return loading(config)
+
+    monkeypatch.setattr(commands, "load_for_command", load_while_another_writes)
+    for command, name, extra in (("eval", "e.json", ["probe.labels_per_class=[]"]), ("encode", "c.npz", [])):
+        out = tmp_path / name
+        assert run_main([command, f"run={trained_run}", f"out={out}", *extra]) == 2
+        assert "was written by another process meanwhile; it is left as it is" in capsys.readouterr().err
+        assert out.read_text() == "the other process's" and sorted(tmp_path.glob(".*tmp")) == []
+
+
 def test_reconstruct_of_a_folder_keeps_each_input_name(trained_run, tmp_path, capsys):
     from PIL import Image
 

@@ -13,7 +13,14 @@ import torch
 from omegaconf import MISSING, OmegaConf
 
 from autoenc_cli.errors import ConfigError, UserError
-from autoenc_cli.output_paths import FolderOutputs, check_file_out, check_folder_out, claimed_folder_out, out_path
+from autoenc_cli.output_paths import (
+    FolderOutputs,
+    check_file_out,
+    check_folder_out,
+    claimed_folder_out,
+    never_replacing,
+    out_path,
+)
 from autoenc_cli.schema import check_tree, choice, number
 from autoenc_cli.training.records import EvalReport, as_dict, carried
 
@@ -245,7 +252,9 @@ def eval_main(argv: Sequence[str]) -> int:
     out = eval_out(config)  # before the model and the data are loaded
     report = evaluate_run(config)
     result = as_dict(report)
-    write_json(out, result)
+    replace = config.overwrite or config.out is None  # the run's own eval.json is rewritten each time
+    with never_replacing(out):
+        write_json(out, result, replace)
     console.print(metrics_table({k: v for k, v in result.items() if k != "probe"}, title=f"eval: {config.split} split"))
     if report.probe is not None:
         console.print(probe_table(report.probe))
@@ -283,7 +292,7 @@ def encode_main(argv: Sequence[str]) -> int:
         arrays["labels"] = torch.cat([split.labels for _, split in splits]).cpu().numpy()
         if data.class_names is not None:  # labels are class ids; this names each (the user's own labels)
             arrays["class_names"] = np.array(data.class_names)
-    written = _save_npz(out, arrays)
+    written = _save_npz(out, arrays, config.overwrite)
     console.print(f"wrote {codes.shape[0]} codes of size {codes.shape[1]} to {written}", soft_wrap=True)
     return 0
 
@@ -311,7 +320,8 @@ def reconstruct_main(argv: Sequence[str]) -> int:
     images = read_user_images(Path(config.input), run.model.input_shape).to(run.device)
     outputs = reconstruct_images(run.model, images, config.batch_size).clamp(0, 1).cpu()
     if out.suffix == ".npz":
-        written = _save_npz(out, {"inputs": images.cpu().numpy(), "reconstructions": outputs.numpy()})
+        arrays = {"inputs": images.cpu().numpy(), "reconstructions": outputs.numpy()}
+        written = _save_npz(out, arrays, config.overwrite)
     else:
         written = _save_pngs(out, outputs, png_names(Path(config.input), len(outputs)), config.overwrite)
     console.print(f"wrote {outputs.shape[0]} reconstructions to {written}", soft_wrap=True)
@@ -373,8 +383,9 @@ def png_names(source: Path, count: int) -> list[str]:
     ]
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write ``arrays`` to ``path`` (``.npz`` appended when missing); returns the absolute path written."""
+def _save_npz(path: Path, arrays: dict[str, np.ndarray], overwrite: bool) -> Path:
+    """Write ``arrays`` to ``path`` (``.npz`` appended when missing; an existing file replaced only with
+    ``overwrite``); returns the absolute path written."""
     import io
 
     from autoenc_cli.io import atomic_write_bytes
@@ -382,7 +393,8 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     path = _npz_path(path)
-    atomic_write_bytes(path, buffer.getvalue())
+    with never_replacing(path):
+        atomic_write_bytes(path, buffer.getvalue(), replace=overwrite)
     return path.resolve()
 
 
