@@ -12,7 +12,9 @@ import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
 from autoenc_cli import __version__
+from autoenc_cli.compose import HYDRA_INFO_VALUES, HYDRA_VALUE_FLAGS
 from autoenc_cli.errors import UserAbort
+from autoenc_cli.folder_layout import EXPORT_CONFIG, EXPORT_TENSORS, RunLayout, StudyLayout
 
 # command -> (module:function taking the remaining argv, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("autoenc_cli.evaluation.commands:reconstruct_main", "reconstruct (denoise) your images with a run"),
     "tune": ("autoenc_cli.tuning:main", "search hyperparameters with Optuna (pruning, SQLite study, resume)"),
     "report": ("autoenc_cli.report:main", "compare finished runs: a sweep folder or run folders"),
-    "export": ("autoenc_cli.export:main", "write a run's model as model.safetensors + config.json to share"),
+    "export": ("autoenc_cli.export:main", f"write a run's model as {EXPORT_TENSORS} + {EXPORT_CONFIG} to share"),
 }
 
 USAGE = """usage: autoenc <command> [arguments]
@@ -71,10 +73,6 @@ def version() -> str:
         return __version__
 
 
-# Hydra's own flags for ``train`` that take the next argument as their value (``--cfg job``).
-HYDRA_FLAGS_WITH_VALUE = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name"}
-HYDRA_FLAGS_WITH_VALUE |= {"-cd", "--config-dir", "--experimental-rerun"}
-HYDRA_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 RUN_COMMANDS = ("eval", "encode", "reconstruct", "export")  # they take run=RUN_DIR
 PATH_KEYS = {"path", "root", "run", "input", "out", "resume", "output_root", "checkpoint", "dir"}  # take a path
 
@@ -94,7 +92,7 @@ def bare_argument_problem(command: str, args: Sequence[str]) -> Optional[str]:
         argument = args[position]
         position += 1
         if argument.startswith("-"):
-            if command == "train" and argument in HYDRA_FLAGS_WITH_VALUE:
+            if command == "train" and argument in HYDRA_VALUE_FLAGS:
                 position += 1
             elif argument in ("-i", "--info") and position < len(args) and args[position] in HYDRA_INFO_VALUES:
                 position += 1
@@ -126,9 +124,9 @@ def bare_argument_problem(command: str, args: Sequence[str]) -> Optional[str]:
                 )
         if command in RUN_COMMANDS and not any(other.startswith("run=") for other in args):
             return f"'{argument}' is not KEY=VALUE; to use the run in that folder write run={shlex.quote(argument)}"
-        if command == "train" and (Path(argument) / "checkpoints").is_dir():
+        if command == "train" and RunLayout(argument).checkpoints.is_dir():
             return f"'{argument}' is not KEY=VALUE; to continue that run write resume={shlex.quote(argument)}"
-        if command == "tune" and (Path(argument) / "study.db").is_file():
+        if command == "tune" and StudyLayout(argument).study_db.is_file():
             return f"'{argument}' is not KEY=VALUE; to continue that study write resume={shlex.quote(argument)}"
         return f"'{argument}' is not KEY=VALUE; 'autoenc {command} --help' lists the options"
     return None

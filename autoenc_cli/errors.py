@@ -44,6 +44,10 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class RunPruned(Exception):
+    """A callback stopped the run early by its own rule (a tune trial's pruner): recorded as pruned."""
+
+
 class UserAbort(BaseException):
     """Carries a ``UserError`` out of a single Hydra job.
 

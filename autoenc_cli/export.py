@@ -26,6 +26,7 @@ from omegaconf import MISSING
 
 from autoenc_cli.errors import UserError
 from autoenc_cli.evaluation.commands import UseRunConfig, compose_command
+from autoenc_cli.folder_layout import EXPORT_CONFIG, EXPORT_TENSORS, ExportLayout, RunLayout
 from autoenc_cli.output_paths import (
     FolderOutputs,
     check_folder_out,
@@ -42,7 +43,7 @@ class ExportConfig(UseRunConfig):
 
 
 # A file's staged copy beside it (as autoenc_cli.io names them: .NAME.PID.tmp), left where an export was killed.
-STAGED = re.compile(r"\.(model\.safetensors|config\.json)\.\d+\.tmp")
+STAGED = re.compile(rf"\.({re.escape(EXPORT_TENSORS)}|{re.escape(EXPORT_CONFIG)})\.\d+\.tmp")
 
 
 def _tensors_metadata(path: Path) -> dict[str, str]:
@@ -59,7 +60,7 @@ def _tensors_metadata(path: Path) -> dict[str, str]:
 def is_export_file(folder: Path, file: Path) -> bool:
     """Whether ``file`` is one ``autoenc export`` wrote into ``folder``: its config.json or model.safetensors,
     each carrying the format marker, or a staged copy a killed export left."""
-    from autoenc_cli.evaluation.loading import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_TENSORS
+    from autoenc_cli.evaluation.loading import EXPORT_FORMAT
     from autoenc_cli.io import read_json
 
     if file.parent != folder or file.is_symlink():
@@ -75,7 +76,7 @@ EXPORT_OUTPUTS = FolderOutputs(
     command="export",
     what="an export",
     earlier="an export",
-    folder_for="for model.safetensors and config.json",
+    folder_for=f"for {EXPORT_TENSORS} and {EXPORT_CONFIG}",
     example="my_model",
     is_earlier=is_export_file,
 )
@@ -97,11 +98,11 @@ def export_config(run: Any, source: Path) -> dict[str, Any]:
     from autoenc_cli.evaluation.loading import EXPORT_FORMAT, EXPORT_VERSION, is_export, read_export_config
     from autoenc_cli.io import json_ready, read_json
 
-    status = read_json(source / "metrics.json").get("status")
+    status = read_json(RunLayout(source).metrics_json).get("status")
     origin = {
         "run": str(source.resolve()),
         "checkpoint": str(Path(run.checkpoint).resolve()),
-        "run_id": read_json(source / "run.json").get("run_id"),
+        "run_id": read_json(RunLayout(source).run_json).get("run_id"),
         # completed, failed, interrupted (metrics.json); unknown without one: still training, or killed
         "status": status if isinstance(status, str) else "unknown",
         "mid_epoch": run.step_in_epoch > 0,  # the checkpoint was taken inside an epoch (an interruption's)
@@ -137,7 +138,7 @@ def source_note(source: dict[str, Any]) -> str | None:
         reasons.append(f"its checkpoint was taken mid-epoch ({source.get('step_in_epoch')} steps into an epoch)")
     if not reasons:
         return None
-    return f"note: {' and '.join(reasons)}; config.json's source says so"
+    return f"note: {' and '.join(reasons)}; {EXPORT_CONFIG}'s source says so"
 
 
 def _umask() -> int:
@@ -170,9 +171,10 @@ def write_export(out: Path, model: Any, config: dict[str, Any], overwrite: bool 
     above all); one it created is removed again if the export fails."""
     from safetensors.torch import save_model
 
-    from autoenc_cli.evaluation.loading import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_TENSORS, EXPORT_VERSION
+    from autoenc_cli.evaluation.loading import EXPORT_FORMAT, EXPORT_VERSION
 
-    tensors, settings = out / EXPORT_TENSORS, out / EXPORT_CONFIG
+    export = ExportLayout(out)
+    tensors, settings = export.tensors, export.config
     staged_tensors = out / f".{EXPORT_TENSORS}.{os.getpid()}.tmp"
     staged_config = out / f".{EXPORT_CONFIG}.{os.getpid()}.tmp"
     with claimed_folder_out(out, overwrite, EXPORT_OUTPUTS, "model export") as earlier:

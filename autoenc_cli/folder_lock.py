@@ -9,12 +9,13 @@ Where ``fcntl`` does not exist (Windows), folders are created but not locked.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Iterator, Optional
+from typing import Any, Callable, Collection, Iterator, Optional
 
 from autoenc_cli.errors import UserError
 
@@ -200,3 +201,37 @@ def claims_end_with_block() -> Iterator[Callable[[], list[FolderClaim]]]:
         for claim in made():
             claim.holds = 1
             claim.release()
+
+
+def close_log_files_in(folder: Path) -> None:
+    """Close and detach the log handlers writing into ``folder`` (train.log), so it can be removed and no later
+    record in this process tries to reopen a file there."""
+    folder = folder.absolute()
+    known = [logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
+    loggers = [logging.getLogger(), *known]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and folder in Path(handler.baseFilename).absolute().parents:
+                handler.close()
+                logger.removeHandler(handler)
+
+
+def put_back(claim: Any) -> None:
+    """Undo what this process put in a folder it claimed, when no work started there (its log closed first)."""
+    close_log_files_in(claim.path)
+    claim.undo()
+
+
+def remove_if_nothing_started(folder: Path, nothing_started: Collection[str]) -> None:
+    """Remove a folder that holds only ``nothing_started`` entries (no work started there), and the
+    parents made for it that are now empty, up to the current folder."""
+    if folder.is_dir() and {entry.name for entry in folder.iterdir()} <= set(nothing_started):
+        close_log_files_in(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in folder.absolute().parents:
+            if parent == Path.cwd().absolute():
+                break
+            try:
+                parent.rmdir()  # only when empty: outputs/runs of a first, refused command
+            except OSError:
+                break

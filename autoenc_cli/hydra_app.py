@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import sys
@@ -13,7 +12,7 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-CONFIG_PATH = "pkg://autoenc_cli.configs"
+from autoenc_cli import folder_layout as layout
 
 # A short random token, cached per config like Hydra's ${now:}, keeps run folders unique even
 # when two runs start in the same second.
@@ -32,28 +31,17 @@ def resumed_run_dir(resume: Any, new_run_dir: str) -> str:
     if resume in (None, ""):
         return new_run_dir
     path = Path(str(resume))
-    return str(path.parent.parent if path.suffix == ".pt" else path)
+    return str(path.parent.parent if path.suffix == layout.CHECKPOINT_SUFFIX else path)
 
 
 # A resumed run keeps the original .hydra/ record and writes its own under .hydra/resumed/<time>/, one per resume.
 OmegaConf.register_new_resolver("autoenc_run_dir", resumed_run_dir, replace=True)
 OmegaConf.register_new_resolver(
     "autoenc_hydra_subdir",
-    lambda resume: ".hydra" if resume in (None, "") else f".hydra/resumed/{time.strftime('%Y-%m-%d_%H-%M-%S')}",
+    lambda resume: layout.HYDRA if resume in (None, "") else layout.resumed_record(time.strftime("%Y-%m-%d_%H-%M-%S")),
     use_cache=True,
     replace=True,
 )
-
-
-def register_launcher() -> None:
-    """Make ``hydra/launcher=stacked`` known to Hydra also where its plugin scan cannot list our package
-    (an editable install's import hook hides ``hydra_plugins.autoenc_stacked_launcher`` from ``pkgutil``)."""
-    from hydra.core.plugins import Plugins
-
-    from hydra_plugins.autoenc_stacked_launcher.stacked_launcher import StackedLauncher
-
-    name = f"{StackedLauncher.__module__}.{StackedLauncher.__name__}"
-    Plugins.instance().class_name_to_class.setdefault(name, StackedLauncher)
 
 
 class RunComplete(BaseException):
@@ -61,30 +49,10 @@ class RunComplete(BaseException):
     the command says why and ends, exit status 0, the folder untouched."""
 
 
-def close_log_files_in(folder: Path) -> None:
-    """Close and detach the log handlers writing into ``folder`` (train.log), so it can be removed and no later
-    record in this process tries to reopen a file there."""
-    folder = folder.absolute()
-    known = [logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
-    loggers = [logging.getLogger(), *known]
-    for logger in loggers:
-        for handler in list(logger.handlers):
-            if isinstance(handler, logging.FileHandler) and folder in Path(handler.baseFilename).absolute().parents:
-                handler.close()
-                logger.removeHandler(handler)
-
-
-def put_back(claim: Any) -> None:
-    """Undo what this process put in a folder it claimed, when no work started there (its log closed first)."""
-    close_log_files_in(claim.path)
-    claim.undo()
-
-
 def run_hydra_app(app: Any, program: str, argv: Sequence[str]) -> None:
     """Run a ``@hydra.main`` app on ``argv``, letting exceptions reach our one-line error reporter."""
-    from autoenc_cli.folder_lock import claims_end_with_block
+    from autoenc_cli.folder_lock import claims_end_with_block, put_back
 
-    register_launcher()
     previous_argv, previous_flag = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [program, *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
 from autoenc_cli.errors import UserError
+from autoenc_cli.folder_layout import MULTIRUN_YAML, RUN_JSON, STUDY_DB
 
 # The files that say whose a folder is: nothing but that run, sweep or study writes inside it.
-OWNER_MARKERS = (("run.json", "run"), ("multirun.yaml", "sweep"), ("study.db", "tune study"))
+OWNER_MARKERS = ((RUN_JSON, "run"), (MULTIRUN_YAML, "sweep"), (STUDY_DB, "tune study"))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from autoenc_cli.folder_layout import DICTIONARIES, FRONTIER, SUMMARY_CSV, ReportLayout
+
 
 def holding_sweep(paths: Sequence[Path]) -> Optional[Path]:
     """The sweep or study folder that directly holds every run in ``paths``: a report into it rebuilds that
@@ -23,8 +25,8 @@ def holding_sweep(paths: Sequence[Path]) -> Optional[Path]:
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="autoenc report",
-        description="Compare finished runs: writes summary.csv, figures/frontier.png (val_mse vs l0) and "
-        "figures/dictionaries.png, and prints a table.",
+        description=f"Compare finished runs: writes {SUMMARY_CSV}, {FRONTIER} (val_mse vs l0) and "
+        f"{DICTIONARIES}, and prints a table.",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep folder, or run folders")
     parser.add_argument(
@@ -49,8 +51,9 @@ def main(argv: Sequence[str]) -> int:
     _, table = write_report(args.paths, out)
     console.print(table)
     console.print(
-        f"report: [bold]{out}[/] (summary.csv, figures/frontier.png, figures/dictionaries.png)", soft_wrap=True
+        f"report: [bold]{out}[/] ({SUMMARY_CSV}, {FRONTIER}, {DICTIONARIES})", soft_wrap=True
     )
-    if (out / "gallery.html").is_file():
-        console.print(f"gallery: [bold]{out / 'gallery.html'}[/]", soft_wrap=True)
+    gallery = ReportLayout(out).gallery_html
+    if gallery.is_file():
+        console.print(f"gallery: [bold]{gallery}[/]", soft_wrap=True)
     return 0

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from autoenc_cli.errors import UserError
+from autoenc_cli.folder_layout import CHECKPOINT_SUFFIX, LAST_CHECKPOINT, RunLayout
 from autoenc_cli.io import read_json
 from autoenc_cli.schema.resolve import typed_config
 from autoenc_cli.training.checkpoint import check_checkpoint_belongs, load_checkpoint
@@ -45,9 +46,9 @@ def resume_point(cfg: DictConfig, run_dir: Path, task_overrides: list[str], mult
         return ResumePoint(cfg)
     if not multirun:
         return _resume_run(cfg, str(cfg.resume), without_resume(task_overrides))
-    if read_json(run_dir / "metrics.json").get("status") == "completed":
+    if read_json(RunLayout(run_dir).metrics_json).get("status") == "completed":
         return ResumePoint(None, complete=f"already completed, skipped: {run_dir}")
-    if not (run_dir / "checkpoints" / "last.pt").is_file():
+    if not RunLayout(run_dir).last_checkpoint.is_file():
         return ResumePoint(cfg)
     if without_resume(saved_overrides(run_dir)) != without_resume(task_overrides):
         raise UserError(
@@ -73,7 +74,7 @@ def _resume_run(cfg: DictConfig, resume: str, overrides: list[str]) -> ResumePoi
                 f"(saved: {_plain(current)!r}); only {', '.join(RESUME_OVERRIDABLE)} may change on resume"
             )
     run_dir = run_folder_of(resume)
-    if read_json(run_dir / "metrics.json").get("status") == "completed" and not extended:
+    if read_json(RunLayout(run_dir).metrics_json).get("status") == "completed" and not extended:
         epochs = OmegaConf.select(saved, "trainer.epochs")
         return ResumePoint(
             None,
@@ -89,15 +90,16 @@ def _plain(value: Any) -> Any:
 
 def run_folder_of(resume: str) -> Path:
     path = Path(resume)
-    return path.parent.parent if path.suffix == ".pt" else path
+    return path.parent.parent if path.suffix == CHECKPOINT_SUFFIX else path
 
 
 def resume_checkpoint(resume: str) -> Path:
     path = Path(resume)
-    checkpoint = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    checkpoint = RunLayout(path).last_checkpoint if path.is_dir() else path
     if not checkpoint.is_file():
         raise UserError(
-            f"resume='{resume}' has no checkpoint; give a run folder with checkpoints/last.pt or a .pt file"
+            f"resume='{resume}' has no checkpoint; give a run folder with {LAST_CHECKPOINT} or a {CHECKPOINT_SUFFIX} "
+            "file"
         )
     return checkpoint
 
@@ -112,7 +114,7 @@ def load_resume(resume: str) -> tuple[dict[str, Any], DictConfig]:
 
 
 def saved_overrides(run_dir: Path) -> list[str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
+    path = RunLayout(run_dir).hydra_overrides
     return [str(item) for item in OmegaConf.load(path)] if path.is_file() else []
 
 

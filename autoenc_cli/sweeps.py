@@ -1,76 +1,107 @@
-"""Multirun support: check every job's config before the first job starts."""
+"""Multirun: Hydra's sweep over every combination of the values given, each job's config composed once and
+checked whole before the first job starts (``Sweep``, the work of the ``hydra/sweeper=autoenc`` plugin), its
+folder claimed and checked, and the comparison written at its end (``SweepCallback``)."""
 
 from __future__ import annotations
 
 import copy
-import functools
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
+from hydra.core.config_loader import ConfigLoader
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from autoenc_cli.errors import UserAbort, UserError
+from autoenc_cli.folder_layout import METRICS_JSON, MULTIRUN_YAML, SUMMARY_CSV, SweepLayout
 
 
-def sweep_jobs(task_overrides: list[str]) -> list[list[str]]:
-    """Expand sweep overrides (``k=5,16,32``, ``'experiment=glob(tutorial_*)'``) into one override list per
-    job, as the basic sweeper does; a glob needs the config loader, to list the group's options."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+class Sweep:
+    """The sweeper's work (``hydra_plugins.autoenc_sweeper`` is the plugin Hydra instantiates): the jobs
+    Hydra's basic sweeper would run (``hydra.sweeper.params`` and the command's values, every combination,
+    in batches of ``max_batch_size``), each composed and checked before the first starts (the first bad
+    job is a one-line error), then launched by the configured launcher, which gets each config as composed
+    here instead of composing it again."""
 
-    hydra = GlobalHydra.instance()
-    loader = hydra.config_loader() if hydra.is_initialized() else None
-    parsed = OverridesParser.create(config_loader=loader).parse_overrides(task_overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict[str, str]] = None) -> None:
+        if max_batch_size is not None and (not isinstance(max_batch_size, int) or max_batch_size < 1):
+            raise UserAbort(UserError(f"hydra.sweeper.max_batch_size={max_batch_size}: give a whole number >= 1"))
+        self.max_batch_size, self.params = max_batch_size, dict(params or {})
+        self.composed: dict[tuple[str, ...], DictConfig] = {}
 
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+        from hydra.types import HydraContext
 
-# Each job's config as the up-front check composed it (about 0.2 s a job), for whoever composes the same
-# job again in this sweep: Hydra's check of the batch and the launcher (the basic one or the stacked one).
-# Filled when a sweep starts, emptied when it ends.
-_COMPOSED: dict[tuple[str, ...], DictConfig] = {}
+        self.config, self.loader = config, ComposedOnce(hydra_context.config_loader, self.composed)
+        context = HydraContext(config_loader=self.loader, callbacks=hydra_context.callbacks)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=context, task_function=task_function, config=config
+        )
 
+    def run(self, arguments: list[str]) -> list[Sequence[Any]]:
+        from autoenc_cli.compose import sweep_jobs
 
-def composed_job(
-    load_sweep_config: Callable[[DictConfig, list[str]], DictConfig],
-    master_config: DictConfig,
-    sweep_overrides: Sequence[str],
-) -> DictConfig:
-    """A job's config (``ConfigLoader.load_sweep_config``, whose arguments follow the first), composed once
-    per sweep; each caller gets its own copy."""
-    key = tuple(sweep_overrides)
-    if key not in _COMPOSED:
-        _COMPOSED[key] = load_sweep_config(master_config, list(sweep_overrides))
-    return copy.deepcopy(_COMPOSED[key])
+        jobs = sweep_jobs([*(f"{key}={value}" for key, value in self.params.items()), *arguments], self.loader)
+        for job in jobs:
+            self.composed[tuple(job)] = self.checked(job)
+        sweep = SweepLayout(Path(str(self.config.hydra.sweep.dir)))
+        sweep.root.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep.multirun_yaml)
+        returns, size = [], self.max_batch_size or max(len(jobs), 1)
+        for start in range(0, len(jobs), size):
+            results = self.launcher.launch(jobs[start : start + size], initial_job_idx=start)
+            for result in results:
+                _ = result.return_value  # as Hydra's sweepers do: a job's unexpected error is raised here
+            returns.append(results)
+        return returns
 
+    def checked(self, job: list[str]) -> DictConfig:
+        """The job's config, composed by Hydra's loader and checked whole; a mistake is one line naming the job."""
+        from autoenc_cli.compose import run_config
+        from autoenc_cli.error_report import one_line_or_none
 
-def compose_each_job_once(loader: Any) -> None:
-    """Route ``loader``'s job compositions through ``composed_job`` (once per loader)."""
-    if not isinstance(loader.load_sweep_config, functools.partial):
-        loader.load_sweep_config = functools.partial(composed_job, loader.load_sweep_config)
-
-
-def validate_jobs(master: DictConfig, jobs: list[list[str]]) -> None:
-    """Compose each job's config and check it against the schemas; the first bad job is the error."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from autoenc_cli.error_report import one_line_or_none
-    from autoenc_cli.schema.check import check_shorthands
-    from autoenc_cli.schema.resolve import resolve
-
-    _COMPOSED.clear()
-    loader = GlobalHydra.instance().config_loader()  # the sweeper's and the launcher's
-    compose_each_job_once(loader)
-    for overrides in jobs:
         try:
-            check_shorthands(overrides)
-            job = loader.load_sweep_config(master, overrides)
-            resolve(OmegaConf.masked_copy(job, [key for key in job if key != "hydra"]))  # hydra's node needs a run
+            cfg = self.loader.load_sweep_config(self.config, job)
+            run_config(job, cfg)
+            return cfg
         except Exception as error:  # noqa: BLE001 - a user's mistake (also Hydra's, composing) becomes one line
             message = one_line_or_none(error)
             if message is None:
                 raise
-            raise UserError(f"sweep job [{' '.join(overrides)}]: {message}") from None
+            raise UserAbort(UserError(f"sweep job [{' '.join(job)}]: {message}")) from None
+
+
+class ComposedOnce(ConfigLoader):
+    """Hydra's config loader, giving each job of the sweep a copy of its config as composed for its check;
+    everything else, and any other job, is the loader's own."""
+
+    def __init__(self, loader: ConfigLoader, composed: dict[tuple[str, ...], DictConfig]) -> None:
+        self.loader, self.composed = loader, composed
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        found = self.composed.get(tuple(sweep_overrides))
+        if found is None:
+            return self.loader.load_sweep_config(master_config, list(sweep_overrides))
+        return copy.deepcopy(found)  # a launcher sets the job's number in it
+
+    def load_configuration(self, *args: Any, **kwargs: Any) -> DictConfig:
+        return self.loader.load_configuration(*args, **kwargs)
+
+    def get_search_path(self) -> Any:
+        return self.loader.get_search_path()
+
+    def get_sources(self) -> Any:
+        return self.loader.get_sources()
+
+    def list_groups(self, parent_name: str) -> Any:
+        return self.loader.list_groups(parent_name)
+
+    def get_group_options(self, *args: Any, **kwargs: Any) -> Any:
+        return self.loader.get_group_options(*args, **kwargs)
+
+    def compute_defaults_list(self, *args: Any, **kwargs: Any) -> Any:
+        return self.loader.compute_defaults_list(*args, **kwargs)
 
 
 def check_sweep_folder(sweep_dir: Any, resume: Any, overrides: list[str]) -> None:
@@ -82,9 +113,9 @@ def check_sweep_folder(sweep_dir: Any, resume: Any, overrides: list[str]) -> Non
     if resume in (None, ""):
         refuse_unless_new(sweep_dir, what="sweep")
         return
-    record = sweep_dir / "multirun.yaml"
+    record = SweepLayout(sweep_dir).multirun_yaml
     if not record.is_file():
-        raise UserError(f"resume={resume}: '{sweep_dir}' holds no sweep (no multirun.yaml)")
+        raise UserError(f"resume={resume}: '{sweep_dir}' holds no sweep (no {MULTIRUN_YAML})")
     started_with = [str(item) for item in OmegaConf.load(record).hydra.overrides.task]
     if without_resume(started_with) != without_resume(overrides):
         raise UserError(
@@ -94,11 +125,10 @@ def check_sweep_folder(sweep_dir: Any, resume: Any, overrides: list[str]) -> Non
 
 
 class SweepCallback(Callback):
-    """Hydra callback for multiruns: a bad value in the last job fails in a second, not after hours."""
+    """Hydra callback for multiruns: the sweep folder claimed and checked before anything is written there,
+    and the comparison of its jobs at its end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from pathlib import Path
-
         from autoenc_cli.folder_lock import claim_folder
 
         overrides = OmegaConf.to_container(config.hydra.overrides.task)
@@ -106,9 +136,8 @@ class SweepCallback(Callback):
         claim = None
         try:
             # Held for the sweep's life: a second process on this folder (a new sweep or a resume) is refused.
-            claim = claim_folder(Path(config.hydra.sweep.dir), "sweep", disposable=("multirun.yaml",))
+            claim = claim_folder(Path(config.hydra.sweep.dir), "sweep", disposable=(MULTIRUN_YAML,))
             check_sweep_folder(Path(config.hydra.sweep.dir), config.resume, [str(item) for item in overrides])
-            validate_jobs(config, sweep_jobs([str(item) for item in overrides]))
         except UserError as error:
             if claim is not None:
                 claim.undo()
@@ -117,26 +146,24 @@ class SweepCallback(Callback):
             raise UserAbort(error) from None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from pathlib import Path
-
         from autoenc_cli.artifacts.console import console
         from autoenc_cli.artifacts.sweep_report import write_report
         from autoenc_cli.loggers import finish_sweep
 
-        _COMPOSED.clear()
         sweep_dir = Path(config.hydra.sweep.dir)
+        sweep = SweepLayout(sweep_dir)
         rows, table = write_report([sweep_dir], sweep_dir)
-        finish_sweep(sweep_dir)  # after the report: the MLflow parent run keeps it
+        finish_sweep(sweep_dir)  # after the report: a tracker's sweep record keeps it
         console.print(table)
-        console.print(f"sweep summary: [bold]{sweep_dir / 'summary.csv'}[/]", soft_wrap=True)
-        if (sweep_dir / "gallery.html").is_file():
-            console.print(f"gallery: [bold]{sweep_dir / 'gallery.html'}[/]", soft_wrap=True)
+        console.print(f"sweep summary: [bold]{sweep.summary_csv}[/]", soft_wrap=True)
+        if sweep.gallery_html.is_file():
+            console.print(f"gallery: [bold]{sweep.gallery_html}[/]", soft_wrap=True)
         unfinished = [f"{row['run']} ({row['label']})" for row in rows if row["status"] != "completed"]
         if unfinished:
             raise UserAbort(
                 UserError(
                     f"{len(unfinished)} of {len(rows)} sweep jobs did not complete: {', '.join(unfinished)}; "
-                    "their errors are in each job's metrics.json (summary.csv lists every job); finish them with "
+                    f"their errors are in each job's {METRICS_JSON} ({SUMMARY_CSV} lists every job); finish them with "
                     f"the same command plus resume={sweep_dir}"
                 )
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -43,6 +44,21 @@ np.save(SAMPLE_VECTORS, np.random.default_rng(0).standard_normal((40, 16)).astyp
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     with initialize_config_module(config_module="autoenc_cli.configs", version_base="1.3"):
         return compose(config_name="train", overrides=with_tiny_defaults(overrides))
+
+
+@pytest.fixture(autouse=True)
+def root_logging_as_it_was():
+    """A command run in the test's process configures the root logger (Hydra's logging, a run's train.log);
+    each test leaves it as it found it, so no handler bound to the test's captured output, closed once the
+    test ends, receives a later test's records."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in [handler for handler in root.handlers if handler not in before]:
+        if not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ from torch import nn
 
 from autoenc_cli.build import build_model, build_parts
 from autoenc_cli.errors import ConfigError
+from autoenc_cli.job import count_parameters
 from autoenc_cli.models.fc import LayerwiseStage
 from autoenc_cli.models.layers import TiedLinear
 from autoenc_cli.schema.resolve import resolve
-from autoenc_cli.train import count_parameters
 from autoenc_cli.training.loop import Trainer
 
 from conftest import TINY, compose_config, only_run_dir, read_metrics, run_main

@@ -1,8 +1,9 @@
-"""Every ``autoenc ...`` command that README.md's code blocks and the ``--help`` texts show runs.
+"""Every ``autoenc ...`` command that the code blocks of README.md and the docs site (docs/**/*.md) and the
+``--help`` texts show runs.
 
-The commands are read from the documents when the tests are collected: a command added to the README or to a
-help text is a new test, and fails unless it runs. Each runs in this process (``autoenc_cli.cli.main``) in a
-fresh folder, cheaply:
+The commands are read from the documents when the tests are collected: a command added to the README, to a page
+of the docs or to a help text is a new test, and fails unless it runs; one shown in several places runs once.
+Each runs in this process (``autoenc_cli.cli.main``) in a fresh folder, cheaply:
 
 - placeholders (``outputs/runs/<run>``, ``RUN_DIR``, ``my_images.npz``, ``acts.npy``, ``my_configs``, ...) stand
   for tiny fixtures made once for the module (each test gets its own copy of a run, sweep or study folder);
@@ -39,7 +40,8 @@ from autoenc_cli import cli
 from conftest import run_main, train_in
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+# The README, then the docs site's pages (a command shown in several is named by the first).
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # Every help text (autoenc --help, then each command's).
 HELP_ARGUMENTS = [(), ("train",), ("tune",), ("eval",), ("encode",), ("reconstruct",), ("export",), ("report",)]
 
@@ -74,7 +76,7 @@ CANNOT_RUN = {
 @dataclass(frozen=True)
 class Documented:
     text: str  # the command as documented (a synopsis in its shortest form), in normal_form
-    where: str  # README.md, or the help text it is in
+    where: str  # the document it is in (README.md, docs/tune.md), or the help text
 
 
 def normal_form(text: str) -> str:
@@ -82,18 +84,20 @@ def normal_form(text: str) -> str:
     return shlex.join(shlex.split(text, comments=True))
 
 
-def readme_blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.M | re.S)
+def code_blocks(language: str, document: Path) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", document.read_text(), flags=re.M | re.S)
 
 
-def readme_commands() -> list[Documented]:
-    """The ``autoenc`` commands of the README's shell blocks (continuation lines joined, ``&&`` split)."""
+def document_commands() -> list[Documented]:
+    """The ``autoenc`` commands of the documents' shell blocks (continuation lines joined, ``&&`` split)."""
     found = []
-    for block in readme_blocks("bash"):
-        for line in block.replace("\\\n", " ").splitlines():
-            for part in line.split("&&"):
-                if shlex.split(part, comments=True)[:1] == ["autoenc"]:
-                    found.append(Documented(normal_form(part), "README.md"))
+    for document in DOCUMENTS:
+        where = document.relative_to(ROOT).as_posix()
+        for block in code_blocks("bash", document):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in line.split("&&"):
+                    if shlex.split(part, comments=True)[:1] == ["autoenc"]:
+                        found.append(Documented(normal_form(part), where))
     return found
 
 
@@ -142,7 +146,7 @@ def help_commands() -> list[Documented]:
 def documented() -> list[Documented]:
     """Every command once (the first place that shows it names it)."""
     unique: dict[str, Documented] = {}
-    for command in [*readme_commands(), *help_commands()]:
+    for command in [*document_commands(), *help_commands()]:
         unique.setdefault(command.text, command)
     return list(unique.values())
 
@@ -162,7 +166,7 @@ class Fixtures:
     images: Path  # an .npz of 80 digits-sized images with labels
     vectors: Path  # an .npy of 80 vectors of 16 floats
     config_dir: Path  # my_configs: model/my_model.yaml
-    space: Path  # the README's YAML search space
+    space: Path  # the documented YAML search space (docs/tune.md)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -193,12 +197,12 @@ def fixtures(tmp_path_factory) -> Fixtures:
     (config_dir / "model").mkdir(parents=True)
     my_model = (ROOT / "configs" / "model" / "fc.yaml").read_text().replace("code_dim: 64", "code_dim: 12")
     (config_dir / "model" / "my_model.yaml").write_text(my_model)
-    (space_file := root / "space.yaml").write_text(readme_search_space())
+    (space_file := root / "space.yaml").write_text(documented_search_space())
     return Fixtures(run, sweep, study, images, vectors, config_dir, space_file)
 
 
-def readme_search_space() -> str:
-    (block,) = [block for block in readme_blocks("yaml") if "model.encoder:" in block]
+def documented_search_space() -> str:
+    (block,) = [block for document in DOCUMENTS for block in code_blocks("yaml", document) if "model.encoder:" in block]
     return block
 
 
@@ -304,6 +308,7 @@ def test_the_documents_show_commands_of_every_kind():
     """The extraction finds what the documents hold (an empty list would pass every test below)."""
     where = {command.where for command in COMMANDS}
     assert "README.md" in where and {help_where(arguments) for arguments in HELP_ARGUMENTS} <= where
+    assert {"docs/tune.md", "docs/loggers.md", "docs/export.md"} <= where, where  # the docs site's pages too
     subcommands = {shlex.split(command.text)[1] for command in COMMANDS}
     assert {"train", "tune", "eval", "encode", "reconstruct", "export", "report", "<command>"} <= subcommands
     assert len(RUNNABLE) >= 40, len(RUNNABLE)

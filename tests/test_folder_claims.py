@@ -12,6 +12,7 @@ import pytest
 
 from autoenc_cli.folder_lock import FolderBusy, claim_folder
 from autoenc_cli.training.loop import Trainer
+
 from conftest import TINY, read_metrics, run_main
 
 QUICK = [*TINY, "trainer.figures=false", "trainer.pca_baseline=false"]  # 2 epochs

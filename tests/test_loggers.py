@@ -471,16 +471,16 @@ def test_ctrl_c_after_training_waits_for_the_results_and_closes_the_logged_run(t
 
     from mlflow import MlflowClient
 
-    import autoenc_cli.train as train_module
+    import autoenc_cli.job as job_module
 
-    start_results = train_module.start_results
+    drawings = job_module.run_figure_drawings
 
     def interrupted_while_writing(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while the figures are drawn
-        return start_results(*args, **kwargs)
+        return drawings(*args, **kwargs)
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train_module, "start_results", interrupted_while_writing)
+    monkeypatch.setattr(job_module, "run_figure_drawings", interrupted_while_writing)
     assert run_main(["train", *QUICK, "logger=mlflow"]) == 0
     run_dir = only_run_dir(tmp_path)
     assert read_metrics(run_dir)["status"] == "completed" and (run_dir / "report.html").is_file()
@@ -491,13 +491,13 @@ def test_ctrl_c_after_training_waits_for_the_results_and_closes_the_logged_run(t
 
 
 def test_ctrl_c_while_loading_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
-    import autoenc_cli.train as train_module
+    import autoenc_cli.job as job_module
 
     def interrupted(config):
         raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train_module, "build_parts", interrupted)
+    monkeypatch.setattr(job_module, "build_parts", interrupted)
     assert run_main(["train", *QUICK]) == 130
     assert capsys.readouterr().err.strip() == "autoenc: error: interrupted"
     assert not (tmp_path / "outputs").exists()
@@ -552,3 +552,68 @@ def test_the_logged_loss_is_the_mean_since_the_last_report_also_after_a_mid_epoc
     loggers.on_step(StepEnd(step=5, loss=(3.0 + 0.5 + 0.5) / 5, global_step=15))  # steps 4, 5: loss 0.5 each
     loggers.on_step(StepEnd(step=2, loss=0.25, global_step=17))  # a new epoch: its first two steps
     assert logged == [(15, pytest.approx(0.5)), (17, pytest.approx(0.25))]
+
+
+JSONL_LOGGER = """
+import json
+from dataclasses import dataclass
+
+from autoenc_cli.loggers.base import Logger, LoggerConfig
+from autoenc_cli.registry import REGISTRY
+
+
+@dataclass
+class JsonlConfig(LoggerConfig):
+    name: str = "jsonl"
+
+
+@REGISTRY.register(JsonlConfig)
+class JsonlLogger(Logger):
+    run_folder_entries = ("jsonl",)
+
+    def start(self):
+        self.folder = self.context.folder / "jsonl"
+        self.folder.mkdir(exist_ok=True)
+        return {}
+
+    def log_metrics(self, metrics, step):
+        with open(self.folder / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\\n")
+
+    def finish(self, status):
+        (self.folder / "status").write_text(status)
+
+    @classmethod
+    def finish_sweep(cls, sweep_dir):
+        (sweep_dir / "jsonl-sweep").write_text(str(len(list(sweep_dir.glob("*/jsonl")))))
+"""
+
+
+def test_a_new_logger_is_one_module_and_one_yaml(tmp_path, monkeypatch, capsys):
+    """A tracker added the way a user adds one: a module in a package the registry searches and a YAML
+    preset in a config folder (-cd); nothing else of autoenc edited, and it logs a sweep's jobs."""
+    from autoenc_cli.job import nothing_started
+    from autoenc_cli.registry import REGISTRY
+
+    package = tmp_path / "my_loggers"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "jsonl.py").write_text(JSONL_LOGGER)
+    (tmp_path / "my_configs" / "logger").mkdir(parents=True)
+    (tmp_path / "my_configs" / "logger" / "jsonl.yaml").write_text("# @package logger.jsonl\nfigures_every: 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    REGISTRY.names("logger")  # the real options first; the test's option goes into a copy that is undone
+    monkeypatch.setattr(REGISTRY, "_entries", dict(REGISTRY._entries))
+    monkeypatch.setattr(REGISTRY, "_packages", {**REGISTRY._packages, "extra": "my_loggers"})
+    monkeypatch.setattr(REGISTRY, "_discovered", False)
+    assert "jsonl" in REGISTRY.names("logger") and "jsonl" in nothing_started()
+    monkeypatch.chdir(tmp_path)
+    command = ["train", "-m", "-cd", "my_configs", *QUICK, "trainer.epochs=1", "trainer.figures=false"]
+    assert run_main([*command, "logger=jsonl", "seed=1,2", "hydra.sweep.dir=sweep"]) == 0
+    for job in ("0", "1"):
+        lines = [json.loads(line) for line in (tmp_path / "sweep" / job / "jsonl" / "metrics.jsonl").open()]
+        epoch = next(line for line in lines if "val/mse" in line)
+        assert epoch["val/mse"] == pytest.approx(read_metrics(tmp_path / "sweep" / job)["val_mse"])
+        assert "summary/val_mse" in lines[-1] and "val/l0" in epoch and "train/loss" in lines[0]
+        assert (tmp_path / "sweep" / job / "jsonl" / "status").read_text() == "completed"
+    assert (tmp_path / "sweep" / "jsonl-sweep").read_text() == "2"  # after both jobs, once

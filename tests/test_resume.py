@@ -171,7 +171,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     early = RunFolder(tmp_path / "early")  # diverging in the first epoch names no checkpoint that is not there
     with pytest.raises(TrainingDiverged, match=r"by step 2; no epoch had finished, so no checkpoint was written"):
         poisoned_trainer(early, 1).fit()
-    assert not early.checkpoints.exists() and early.read_metrics()["status"] == "failed"
+    assert not early.layout.checkpoints.exists() and early.read_metrics()["status"] == "failed"
 
 
 def test_disk_full_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -233,3 +233,21 @@ def test_resume_with_more_epochs_extends_a_finished_run_exactly(tmp_path, monkey
     (straight,) = (tmp_path / "straight" / "runs").iterdir()
     assert_same_run(straight, extended)
     assert "epochs: 4" in load_checkpoint(extended / "checkpoints" / "last.pt")["config"]
+
+
+def test_a_second_ctrl_c_stops_at_once_also_when_the_first_came_while_training():
+    """Training, then writing the results, each listen for signals; a stop asked for in the first makes the
+    next signal, in the second, stop at once (as the results half of a run would otherwise wait)."""
+    import types
+
+    import pytest
+
+    from autoenc_cli.job import TrainersStop, stop_on_signals
+
+    trainer = types.SimpleNamespace(stop_requested=None)
+    with stop_on_signals(TrainersStop(trainer)) as received:
+        os.kill(os.getpid(), signal.SIGINT)
+    assert trainer.stop_requested == "SIGINT" and received == ["SIGINT"]
+    with pytest.raises(KeyboardInterrupt), stop_on_signals(TrainersStop(trainer)):
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was

@@ -1,5 +1,5 @@
 """Stacked sweeps (hydra/launcher=stacked): jobs that share a network shape train as one batched model, and
-each job's files and numbers are those of its separate run, within the bounds README.md states; a job the
+each job's files and numbers are those of its separate run, within the bounds docs/stacking.md states; a job the
 stacked engine cannot run trains alone."""
 
 from __future__ import annotations
@@ -59,20 +59,20 @@ def files_of(job: Path) -> set[str]:
 # stack (tested on its own); its numbers may differ in the last bits
 # (a batched matrix product sums in another order than the separate run's), which over these tiny sweeps
 # stays below LAST_BITS (PLAIN without top-k). Over full-length runs top-k's discrete choices and high
-# learning rates amplify it: README.md states the spread measured then and the bounds it leaves, which
+# learning rates amplify it: docs/stacking.md states the spread measured then and the bounds it leaves, which
 # assert_within_readme_bounds holds a stacked top-k sweep to.
 NOT_COMPARED = {"train_seconds", "samples_per_second", "wall_seconds", "seconds", "stack"}
 LAST_BITS = dict(rel=1e-5, abs=1e-8)
-PLAIN = dict(rel=1e-6, abs=1e-9)  # no top-k: a few epochs keep the difference in the last bits (README.md)
-README = Path(__file__).resolve().parents[1] / "README.md"
+PLAIN = dict(rel=1e-6, abs=1e-9)  # no top-k: a few epochs keep the difference in the last bits (docs/stacking.md)
+README = Path(__file__).resolve().parents[1] / "docs" / "stacking.md"  # where the bounds are stated
 
 
 def readme_bounds() -> tuple[float, float]:
-    """The bounds README.md states for a stacked job against its separate run: val_mse (relative) and
-    dead fraction (absolute), measured over full-length sweeps by ``python -m autoenc_cli.stacking.spread``."""
+    """The bounds docs/stacking.md states for a stacked job against its separate run: val_mse (relative) and
+    dead fraction (absolute), measured over full-length sweeps by ``python -m benchmarks spread``."""
     statement = r"val_mse within ([0-9.]+)% of its separate run's and its dead fraction within ([0-9.]+)"
     found = re.search(statement.replace(" ", r"\s+"), README.read_text())
-    assert found, "README.md no longer states the stacked sweeps' bounds"
+    assert found, "docs/stacking.md no longer states the stacked sweeps' bounds"
     return float(found.group(1)) / 100, float(found.group(2))
 
 
@@ -205,19 +205,19 @@ def test_a_difference_that_is_not_a_member_field_is_never_stacked_away(tmp_path,
 
 
 def test_an_interrupted_stacked_sweep_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch, capsys):
-    from autoenc_cli.stacking import engine
+    from autoenc_cli.training.loop import Trainer
 
     arguments = ["model=sparse_fc", "sparsity=topk", "k=4,8", "seed=0,1", "data.limit=400", "trainer.epochs=3"]
     arguments += QUIET
     reference = sweep(tmp_path, "reference", arguments, stacked=True)
-    report = engine.StackedEpoch._report_steps
+    count_step = Trainer.count_step
 
-    def interrupt_in_epoch_two(self, running):
-        report(self, running)
-        if self.trainers[0].global_step == 14:  # 10 steps an epoch: mid-epoch 2
+    def interrupt_in_epoch_two(self, samples, loss=None):
+        count_step(self, samples, loss)
+        if self.global_step == 14 and not self.stop_requested:  # 10 steps an epoch: mid-epoch 2
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(engine.StackedEpoch, "_report_steps", interrupt_in_epoch_two)
+    monkeypatch.setattr(Trainer, "count_step", interrupt_in_epoch_two)
     stopped = sweep(tmp_path, "stopped", arguments, stacked=True, expect=130)
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "SIGINT: every job of the stacked sweep saved its checkpoint; continue with the same command plus " in line
@@ -225,7 +225,10 @@ def test_an_interrupted_stacked_sweep_resumes_to_the_uninterrupted_numbers(tmp_p
     assert {metrics(job)["status"] for job in stopped.iterdir() if job.is_dir() and job.name.isdigit()} == {
         "interrupted"
     }
-    monkeypatch.setattr(engine.StackedEpoch, "_report_steps", report)
+    assert {metrics(job)["stopped"] for job in stopped.iterdir() if job.is_dir() and job.name.isdigit()} == {
+        "SIGINT in epoch 2, by step 4"
+    }
+    monkeypatch.setattr(Trainer, "count_step", count_step)
     assert run_main(["train", "-m", *arguments, "hydra/launcher=stacked", f"resume={stopped}"]) == 0
     assert_same_jobs(stopped, reference)
 

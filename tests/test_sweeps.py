@@ -117,3 +117,25 @@ def test_the_frontier_line_joins_only_runs_no_other_run_beats_on_both_l0_and_mse
 
     points = [("a", 4, 0.03), ("b", 4, 0.02), ("c", 8, 0.025), ("d", 8, 0.015), ("e", 16, 0.016), ("f", 32, 0.01)]
     assert [label for label, _, _ in non_dominated(points)] == ["b", "d", "f"]
+
+
+def test_the_sweeper_runs_every_combination_in_batches_and_sweep_values_from_a_config(tmp_path, monkeypatch, capsys):
+    """hydra/sweeper=autoenc (the default) runs what Hydra's basic sweeper runs: every combination, of the
+    command's values and of hydra.sweeper.params, in batches of max_batch_size, numbered across batches."""
+    monkeypatch.chdir(tmp_path)
+    quick = [*TINY, "trainer.epochs=1", "trainer.figures=false", "trainer.pca_baseline=false"]
+    params = "+hydra.sweeper.params={model.code_dim: '8,16'}"
+    batches = "hydra.sweeper.max_batch_size=3"
+    assert run_main(["train", "-m", *quick, params, "seed=1,2", batches, "hydra.sweep.dir=s"]) == 0
+    rows = read_summary(tmp_path / "s")
+    assert [row["run"] for row in rows] == ["0", "1", "2", "3"]
+    assert [row["label"] for row in rows] == [
+        "model.code_dim=8 seed=1", "model.code_dim=8 seed=2", "model.code_dim=16 seed=1", "model.code_dim=16 seed=2"
+    ]  # fmt: skip
+    assert {row["status"] for row in rows} == {"completed"}
+    capsys.readouterr()
+    assert run_main(["train", "-m", *quick, "seed=1,2", "hydra.sweeper.max_batch_size=0", "hydra.sweep.dir=t"]) == 2
+    assert capsys.readouterr().err == (
+        "autoenc: error: hydra.sweeper.max_batch_size=0: give a whole number >= 1\n"
+    )
+    assert not (tmp_path / "t").exists()

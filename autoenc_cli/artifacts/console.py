@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from autoenc_cli.folder_layout import METRICS_JSON
 from autoenc_cli.training.callbacks import Callback, EpochEnd, PhaseStart, StepEnd
 
 console = Console(stderr=False)
@@ -69,7 +70,7 @@ def metrics_table(metrics: dict[str, Any], title: str = "metrics") -> Table:
         if isinstance(value, float):
             text = f"{value:.6g}"
         elif isinstance(value, list) and len(value) > 8 and all(isinstance(item, float) for item in value):
-            text = f"{len(value)} values (see metrics.json)"  # a curve, e.g. pca_val_mse_by_k
+            text = f"{len(value)} values (see {METRICS_JSON})"  # a curve, e.g. pca_val_mse_by_k
         else:
             text = str(value)
         table.add_row(key, text)

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import OmegaConf
 
 from autoenc_cli.artifacts.html_report import FIGURE_CAPTIONS, page, relative_link
+from autoenc_cli.folder_layout import FIGURES, GALLERY, REPORT_HTML, ReportLayout, RunLayout
 from autoenc_cli.io import atomic_write_bytes
 
 # The numbers beside each panel, where the run has them: fidelity against PCA with as many components as
@@ -49,7 +50,7 @@ class GalleryEntry:
 
 def gallery_of(path: Path) -> Optional[dict[str, Any]]:
     """The run's ``gallery`` config node (from .hydra/config.yaml), or None where it has no caption."""
-    config_file = path / ".hydra" / "config.yaml"
+    config_file = RunLayout(path).hydra_config
     if not config_file.is_file():
         return None
     node = OmegaConf.select(OmegaConf.load(config_file), "gallery")
@@ -71,20 +72,20 @@ def panel_file(index: int, entry: GalleryEntry, panel: str) -> str:
 
 
 def _entry_html(index: int, entry: GalleryEntry, out_dir: Path) -> str:
-    figures = []
+    figures, run = [], RunLayout(entry.path)
     for panel in entry.panels:
-        image = entry.path / "figures" / f"{panel}.png"
+        image = run.figure(f"{panel}.png")
         alt = FIGURE_CAPTIONS.get(panel, panel)
         if image.is_file():
-            copy = out_dir / "gallery" / panel_file(index, entry, panel)
+            copy = ReportLayout(out_dir).gallery / panel_file(index, entry, panel)
             shutil.copyfile(image, copy)
-            link = html.escape(f"gallery/{copy.name}")
+            link = html.escape(f"{GALLERY}/{copy.name}")
             figures.append(f'<figure><a href="{link}"><img src="{link}" alt="{html.escape(alt)}"></a></figure>')
         else:
-            figures.append(f'<figure class="missing">figures/{html.escape(panel)}.png was not written</figure>')
+            figures.append(f'<figure class="missing">{FIGURES}/{html.escape(panel)}.png was not written</figure>')
     status = entry.metrics.get("status", "missing")
     warning = "" if status == "completed" else f' <span class="missing">({html.escape(str(status))})</span>'
-    report, title = relative_link(entry.path / "report.html", out_dir), html.escape(entry.label)
+    report, title = relative_link(run.report_html, out_dir), html.escape(entry.label)
     title = title if report is None else f'<a href="{html.escape(report)}">{title}</a>'  # no link to what is not there
     return (
         f"<section><h2>{title}{warning}</h2>"
@@ -97,7 +98,8 @@ def _entry_html(index: int, entry: GalleryEntry, out_dir: Path) -> str:
 def write_gallery(out_dir: Path, entries: Sequence[GalleryEntry]) -> Optional[Path]:
     """OUT_DIR/gallery.html with one section per entry, its panels copied into OUT_DIR/gallery/; with no
     entries, none (and none left from an earlier report into the same folder)."""
-    path, folder = out_dir / "gallery.html", out_dir / "gallery"
+    report = ReportLayout(out_dir)
+    path, folder = report.gallery_html, report.gallery
     for stale in folder.glob("*.png"):  # panels of an earlier report into the same folder
         stale.unlink()
     if not entries:
@@ -108,7 +110,7 @@ def write_gallery(out_dir: Path, entries: Sequence[GalleryEntry]) -> Optional[Pa
     parts = [
         f"<h1>autoenc gallery: {len(entries)} runs, {panels} panels</h1>",
         "<p>Each row: the run's figures, what they show, and the numbers it measured on its validation split. "
-        'The full comparison is in <a href="report.html">report.html</a>.</p>',
+        f'The full comparison is in <a href="{REPORT_HTML}">{REPORT_HTML}</a>.</p>',
         *(_entry_html(index, entry, out_dir) for index, entry in enumerate(entries)),
     ]
     atomic_write_bytes(path, page(f"autoenc gallery {out_dir.name}", parts, GALLERY_STYLE))

@@ -7,6 +7,15 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from autoenc_cli.folder_layout import (
+    DICTIONARIES_PNG,
+    FRONTIER_PNG,
+    HYDRA_CONFIG,
+    REPORT_HTML,
+    RUN_JSON,
+    ReportLayout,
+    RunLayout,
+)
 from autoenc_cli.io import atomic_write_bytes, read_json
 from autoenc_cli.training.records import EvalReport, RunSummary, descriptions
 
@@ -83,9 +92,9 @@ def relative_link(target: Path, page_dir: Path) -> Optional[str]:
 def _run_cell(row: dict[str, Any], out_dir: Path) -> str:
     """The run's name, linked to its own report.html where it has one."""
     name = html.escape(str(row["run"]))
-    link = relative_link(Path(row["path"]) / "report.html", out_dir)
+    link = relative_link(RunLayout(row["path"]).report_html, out_dir)
     if link is None:
-        return f'<td>{name} <span class="note">(no report.html)</span></td>'
+        return f'<td>{name} <span class="note">(no {REPORT_HTML})</span></td>'
     return f'<td><a href="{html.escape(link)}">{name}</a></td>'
 
 
@@ -106,16 +115,17 @@ def write_comparison_html(out_dir: Path, rows: list[dict[str, Any]], columns: tu
         cells = "".join(_cell("" if row[c] is None else row[c]) for c in columns[1:])
         body.append(f"<tr>{_run_cell(row, out_dir)}{cells}</tr>")
     parts = [f"<h1>autoenc comparison: {len(rows)} runs</h1>", f"<table><tr>{head}</tr>{''.join(body)}</table>"]
+    report = ReportLayout(out_dir)
     for figure, caption in (
-        ("frontier.png", "Validation MSE against l0: the sparsity-fidelity trade-off."),
-        ("dictionaries.png", "Each run's decoder features."),
+        (FRONTIER_PNG, "Validation MSE against l0: the sparsity-fidelity trade-off."),
+        (DICTIONARIES_PNG, "Each run's decoder features."),
     ):
-        link = relative_link(out_dir / "figures" / figure, out_dir)
+        link = relative_link(report.figures / figure, out_dir)
         if link is not None:
             parts.append(
                 f'<figure><img src="{html.escape(link)}" alt="{figure}"><figcaption>{caption}</figcaption></figure>'
             )
-    path = out_dir / "report.html"
+    path = report.report_html
     atomic_write_bytes(path, page(f"autoenc comparison {out_dir.name}", parts))
     return path
 
@@ -126,7 +136,7 @@ def _config_section(run_dir: Path) -> list[str]:
 
     folder = RunFolder(run_dir)
     used = folder.identity().get("config")
-    hydra_config = run_dir / ".hydra" / "config.yaml"
+    hydra_config = folder.layout.hydra_config
     if used is None:
         return (
             ["<h2>Config</h2>", f"<pre>{html.escape(hydra_config.read_text())}</pre>"] if hydra_config.is_file() else []
@@ -135,15 +145,16 @@ def _config_section(run_dir: Path) -> list[str]:
     if folder.hydra_config_edited():
         section.insert(
             1,
-            '<p class="warning">.hydra/config.yaml was edited after the run started; this is the config the run '
-            "used (from run.json).</p>",
+            f'<p class="warning">{HYDRA_CONFIG} was edited after the run started; this is the config the run '
+            f"used (from {RUN_JSON}).</p>",
         )
     return section
 
 
 def write_html_report(run_dir: Path) -> Path:
     """(Re)write RUN_DIR/report.html from what the folder holds; images are linked relatively."""
-    metrics, evaluation = read_json(run_dir / "metrics.json"), read_json(run_dir / "eval.json")
+    layout = RunLayout(run_dir)
+    metrics, evaluation = read_json(layout.metrics_json), read_json(layout.eval_json)
     status = str(metrics.get("status", "unknown"))
     parts = [
         f"<h1>autoenc run {html.escape(run_dir.name)}</h1>",
@@ -161,9 +172,7 @@ def write_html_report(run_dir: Path) -> Path:
     order = list(FIGURE_CAPTIONS)  # the captions' order: what was learned first, training curves last
     # Only the figures this run wrote (metrics.json lists them): never another run's leftovers.
     listed = metrics.get("figures")
-    paths = (
-        [run_dir / "figures" / name for name in listed] if listed is not None else (run_dir / "figures").glob("*.png")
-    )
+    paths = [layout.figure(name) for name in listed] if listed is not None else layout.figures.glob("*.png")
     figures = sorted(
         (path for path in paths if path.is_file()),
         key=lambda path: (order.index(path.stem) if path.stem in order else len(order), path.stem),
@@ -177,6 +186,6 @@ def write_html_report(run_dir: Path) -> Path:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
     parts += _config_section(run_dir)
-    path = run_dir / "report.html"
+    path = layout.report_html
     atomic_write_bytes(path, page(f"autoenc {run_dir.name}", parts))
     return path

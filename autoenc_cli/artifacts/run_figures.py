@@ -10,6 +10,17 @@ import torch
 
 from autoenc_cli.artifacts import figures
 from autoenc_cli.data.tensors import in_memory, iterate_batches
+from autoenc_cli.folder_layout import (
+    CODE_DENSITY_PNG,
+    DENOISING_PNG,
+    DICTIONARY_PNG,
+    FIGURES,
+    LATENT_MAP_PNG,
+    LATENT_SCATTER_PNG,
+    LOSS_CURVE_PNG,
+    RECONSTRUCTIONS_PNG,
+    STAGES_PNG,
+)
 from autoenc_cli.models.autoencoder import Autoencoder
 from autoenc_cli.training.metrics import CodeStatistics
 from autoenc_cli.training.parts import RunParts
@@ -65,16 +76,16 @@ def run_figure_drawings(
     noise = parts.noise
     val_codes = functools.cache(lambda: _all_codes(model, parts))  # the dictionary and the scatter share them
     planned: list[tuple[str, Callable[..., Path], Callable[[], tuple]]] = [
-        ("reconstructions.png", figures.reconstructions, lambda: (shown, model(shown).reconstruction)),
-        ("latent_map.png", figures.latent_map, lambda: (model.encode(batch.images), batch.labels)),
+        (RECONSTRUCTIONS_PNG, figures.reconstructions, lambda: (shown, model(shown).reconstruction)),
+        (LATENT_MAP_PNG, figures.latent_map, lambda: (model.encode(batch.images), batch.labels)),
         (
-            "dictionary.png",
+            DICTIONARY_PNG,
             figures.dictionary,
             lambda: (model.dictionary(typical_activation(val_codes())), codes.firing_frequency, codes.threshold),
         ),
-        ("loss_curve.png", figures.loss_curve, lambda: (history,)),
-        ("code_density.png", figures.code_density, lambda: (codes.firing_frequency,)),
-        ("latent_scatter.png", figures.latent_scatter, lambda: (val_codes(), val.labels)),
+        (LOSS_CURVE_PNG, figures.loss_curve, lambda: (history,)),
+        (CODE_DENSITY_PNG, figures.code_density, lambda: (codes.firing_frequency,)),
+        (LATENT_SCATTER_PNG, figures.latent_scatter, lambda: (val_codes(), val.labels)),
     ]
     if noise.active:
 
@@ -82,9 +93,9 @@ def run_figure_drawings(
             noisy = noise(shown, parts.validation_noise_generator())
             return noisy.clamp(0, 1), model(noisy).reconstruction, shown
 
-        planned.insert(1, ("denoising.png", figures.denoising, denoising_inputs))
+        planned.insert(1, (DENOISING_PNG, figures.denoising, denoising_inputs))
     if len({row["stage"] for row in history}) > 1:
-        planned.append(("stages.png", figures.stages, lambda: (history,)))
+        planned.append((STAGES_PNG, figures.stages, lambda: (history,)))
     drawings, notes = [], []
     for name, figure, inputs in planned:
         if only is not None and name not in only:
@@ -111,5 +122,5 @@ def draw(drawings: Sequence[Drawing]) -> tuple[list[Path], list[str]]:
 
 def skipped(name: str, error: Exception) -> str:
     if isinstance(error, figures.NotDrawable):  # a figure this kind of data has none of: say why, plainly
-        return f"figures/{name} skipped: {error}"
-    return f"figures/{name} skipped: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return f"{FIGURES}/{name} skipped: {error}"
+    return f"{FIGURES}/{name} skipped: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

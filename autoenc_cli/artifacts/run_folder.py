@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autoenc_cli.errors import UserError
+from autoenc_cli.folder_layout import BEST, LAST, MULTIRUN_YAML, RUN_FILES, RUN_JSON, RunLayout
 from autoenc_cli.io import read_json, write_csv, write_json
 from autoenc_cli.training.callbacks import Callback, EpochEnd, Failed, Interrupted, PhaseEnd
 from autoenc_cli.training.checkpoint import save_checkpoint
 from autoenc_cli.training.records import EpochRecord, RunSummary, as_dict
 
 log = logging.getLogger("autoenc")
-
-# What only a run writes: a folder holding any of these is a run's, and a new run never writes into it.
-RUN_FILES = ("run.json", "metrics.json", "history.csv", "checkpoints")
 
 
 def sha256_text(text: str) -> str:
@@ -42,9 +40,9 @@ def refuse_unless_new(path: Path, what: str = "run") -> None:
     path = Path(path)
     refuse_if_taken(path, what)
     for parent in path.absolute().parents:
-        if (parent / "run.json").is_file():
+        if (parent / RUN_JSON).is_file():
             raise UserError(f"'{path}' is inside the run folder '{parent}'; a new {what} gets a folder of its own")
-    if (path / "multirun.yaml").is_file():
+    if (path / MULTIRUN_YAML).is_file():
         raise UserError(f"'{path}' already holds a sweep; finish it with the same command plus resume={path}")
     if path.is_dir() and any(path.iterdir()):
         raise UserError(
@@ -56,22 +54,21 @@ def refuse_unless_new(path: Path, what: str = "run") -> None:
 class RunFolder:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.checkpoints = self.path / "checkpoints"
-        self.figures = self.path / "figures"
+        self.layout = RunLayout(self.path)
 
     def start(self, config_yaml: str, check_free: bool = True) -> dict[str, Any]:
         """run.json: who this run is (its id, for checkpoint fingerprints), when it started, the config it
         uses (paths made absolute) and a hash of Hydra's .hydra/config.yaml, so a later hand edit shows."""
         if check_free:
             refuse_if_taken(self.path)
-        hydra_config = self.path / ".hydra" / "config.yaml"
+        hydra_config = self.layout.hydra_config
         identity = {
             "run_id": uuid.uuid4().hex,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "config": config_yaml,
             "hydra_config_sha256": sha256_text(hydra_config.read_text()) if hydra_config.is_file() else None,
         }
-        write_json(self.path / "run.json", identity)
+        write_json(self.layout.run_json, identity)
         return identity
 
     def continued(self, config_yaml: str) -> dict[str, Any]:
@@ -79,26 +76,36 @@ class RunFolder:
         trained, gets one now)."""
         return self.identity() or self.start(config_yaml, check_free=False)
 
+    def write_hydra_record(self, overrides: list[str], cfg: Any = None) -> None:
+        """.hydra/ as Hydra writes it for a sweep's job: the overrides that made the run and its config,
+        for a run Hydra did not start (a tune trial)."""
+        from omegaconf import OmegaConf
+
+        self.layout.hydra.mkdir(parents=True, exist_ok=True)
+        if cfg is not None:
+            OmegaConf.save(cfg, self.layout.hydra_config)
+        OmegaConf.save(OmegaConf.create(list(overrides)), self.layout.hydra_overrides)
+
     def identity(self) -> dict[str, Any]:
-        return read_json(self.path / "run.json")
+        return read_json(self.layout.run_json)
 
     def hydra_config_edited(self) -> bool:
         """True when .hydra/config.yaml no longer is what Hydra wrote when the run started."""
         expected = self.identity().get("hydra_config_sha256")
-        hydra_config = self.path / ".hydra" / "config.yaml"
+        hydra_config = self.layout.hydra_config
         return bool(expected) and hydra_config.is_file() and sha256_text(hydra_config.read_text()) != expected
 
     def write_metrics(self, summary: RunSummary) -> None:
-        write_json(self.path / "metrics.json", as_dict(summary))
+        write_json(self.layout.metrics_json, as_dict(summary))
 
     def read_metrics(self) -> dict[str, Any]:
-        return read_json(self.path / "metrics.json")
+        return read_json(self.layout.metrics_json)
 
     def write_history(self, records: Sequence[EpochRecord]) -> None:
-        write_csv(self.path / "history.csv", [as_dict(record) for record in records])
+        write_csv(self.layout.history_csv, [as_dict(record) for record in records])
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> Path:
-        path = self.checkpoints / f"{name}.pt"
+        path = self.layout.checkpoint(name)
         save_checkpoint(path, state)
         return path
 
@@ -131,9 +138,9 @@ class RunFolderWriter(Callback):
         )  # fmt: skip
         self.folder.write_history(event.history)
         state = self._state(event.snapshot)
-        self.folder.save_checkpoint("last", state)
+        self.folder.save_checkpoint(LAST, state)
         if event.improved:
-            self.folder.save_checkpoint("best", state)
+            self.folder.save_checkpoint(BEST, state)
 
     def on_phase_end(self, event: PhaseEnd) -> None:
         if event.phase_count > 1:
@@ -141,9 +148,9 @@ class RunFolderWriter(Callback):
 
     def on_interrupt(self, event: Interrupted) -> None:
         if event.snapshot is not None:
-            self.folder.save_checkpoint("last", self._state(event.snapshot))
+            self.folder.save_checkpoint(LAST, self._state(event.snapshot))
             self.folder.write_history(event.history)
-        if (self.folder.checkpoints / "last.pt").is_file():  # else nothing to continue: the folder is removed
+        if self.folder.layout.last_checkpoint.is_file():  # else nothing to continue: the folder is removed
             self.folder.write_metrics(RunSummary(status="interrupted", stopped=event.where, signal=event.signal))
 
     def on_failure(self, event: Failed) -> None:

@@ -12,13 +12,25 @@ from rich.table import Table
 from autoenc_cli.artifacts.gallery import GalleryEntry, gallery_of, write_gallery
 from autoenc_cli.artifacts.html_report import write_comparison_html
 from autoenc_cli.errors import UserError
+from autoenc_cli.folder_layout import (
+    DICTIONARY_PNG,
+    FIGURES,
+    HYDRA,
+    METRICS_JSON,
+    REPORT_FILES,
+    REPORT_HTML,
+    SUMMARY_CSV,
+    ReportLayout,
+    RunLayout,
+    StudyLayout,
+    SweepLayout,
+)
 from autoenc_cli.io import read_json, write_csv
 from autoenc_cli.output_paths import FolderOutputs
 from autoenc_cli.training.records import SUMMARY_METRICS
 
-# What write_report writes into its folder (besides gallery/*.png): a folder holding only these is an earlier
-# report, which a new one replaces (autoenc report --overwrite).
-REPORT_FILES = ("summary.csv", "report.html", "gallery.html", "figures/frontier.png", "figures/dictionaries.png")
+# What write_report writes into its folder, REPORT_FILES and gallery/*.png: a folder holding only these is an
+# earlier report, which a new one replaces (autoenc report --overwrite).
 
 
 def is_report_file(folder: Path, file: Path) -> bool:
@@ -26,14 +38,14 @@ def is_report_file(folder: Path, file: Path) -> bool:
     if file.is_symlink():
         return False
     relative = file.relative_to(folder).as_posix()
-    return relative in REPORT_FILES or (file.parent == folder / "gallery" and file.suffix == ".png")
+    return relative in REPORT_FILES or (file.parent == ReportLayout(folder).gallery and file.suffix == ".png")
 
 
 REPORT_OUTPUTS = FolderOutputs(
     command="report",
     what="a report",
     earlier="a report",
-    folder_for="for summary.csv, report.html and figures/",
+    folder_for=f"for {SUMMARY_CSV}, {REPORT_HTML} and {FIGURES}/",
     example="my_report",
     is_earlier=is_report_file,
     overwrite="--overwrite",
@@ -53,7 +65,8 @@ class RunRecord:
 
 
 def is_run_folder(path: Path) -> bool:
-    return (path / ".hydra").is_dir() or (path / "metrics.json").is_file()
+    run = RunLayout(path)
+    return run.hydra.is_dir() or run.metrics_json.is_file()
 
 
 def _job_order(path: Path) -> tuple[int, str]:
@@ -66,24 +79,24 @@ def find_runs(paths: Sequence[Path]) -> list[Path]:
     for path in paths:
         if not path.is_dir():
             raise UserError(f"'{path}' is not a folder; give a sweep folder or run folders")
-        if is_run_folder(path) and not (path / "multirun.yaml").is_file():
+        if is_run_folder(path) and not SweepLayout(path).multirun_yaml.is_file():
             runs.append(path)
             continue
         children = sorted(
             (child for child in path.iterdir() if child.is_dir() and is_run_folder(child)), key=_job_order
         )
         if not children:
-            raise UserError(f"'{path}' holds no run folders (folders with metrics.json or .hydra/)")
+            raise UserError(f"'{path}' holds no run folders (folders with {METRICS_JSON} or {HYDRA}/)")
         runs += children
     return runs
 
 
 def read_run(path: Path) -> RunRecord:
     record = RunRecord(path)
-    overrides_file = path / ".hydra" / "overrides.yaml"
-    if overrides_file.is_file():
-        record.overrides = [str(item) for item in OmegaConf.load(overrides_file)]
-    record.metrics = read_json(path / "metrics.json")
+    run = RunLayout(path)
+    if run.hydra_overrides.is_file():
+        record.overrides = [str(item) for item in OmegaConf.load(run.hydra_overrides)]
+    record.metrics = read_json(run.metrics_json)
     return record
 
 
@@ -111,7 +124,7 @@ def _short(value: str) -> str:
 def study_front(folder: Path) -> Optional[tuple[str, set[str]]]:
     """An ``autoenc tune`` study's best trials (its best.json): the summary column that marks them (``best``,
     or ``pareto`` for a study of several objectives) and their run folders' names; None for a grid sweep."""
-    record = read_json(folder / "best.json")
+    record = read_json(StudyLayout(folder).best_json)
     if record.get("front") not in ("best", "pareto"):
         return None
     return str(record["front"]), {str(entry.get("run")) for entry in record.get("best", [])}
@@ -220,22 +233,23 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
     label_runs(records)
     front = study_front(paths[0]) if len(paths) == 1 else None
     rows = summary_rows(records, front)
-    write_csv(out_dir / "summary.csv", rows)
+    report = ReportLayout(out_dir)
+    write_csv(report.summary_csv, rows)
     finished = [r for r in records if r.status == "completed" and r.metrics.get("l0") is not None]
     if finished:
         # The runs share their data, so any run's PCA curve serves; the longest reaches the largest code.
         pca_curve = max((r.metrics.get("pca_val_mse_by_k") or [] for r in finished), key=len)
         figures.frontier(
-            out_dir / "figures" / "frontier.png",
+            report.frontier,
             [(r.label, r.metrics["l0"], r.metrics["val_mse"]) for r in finished],
             pca_curve,
             front=[index for index, r in enumerate(finished) if front and r.path.name in front[1]],
             front_label="Pareto front (the study's objectives)" if front and front[0] == "pareto" else "best trial",
         )
     dictionaries: list[tuple[str, Optional[Path]]] = [
-        (panel_title(r), r.path / "figures" / "dictionary.png") for r in records
+        (panel_title(r), RunLayout(r.path).figure(DICTIONARY_PNG)) for r in records
     ]
-    figures.image_panels(out_dir / "figures" / "dictionaries.png", dictionaries, "Decoder features per run")
+    figures.image_panels(report.dictionaries, dictionaries, "Decoder features per run")
     columns = table_columns(front)
     write_comparison_html(out_dir, rows, columns)
     write_gallery(out_dir, gallery_entries(records))

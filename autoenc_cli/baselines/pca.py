@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
@@ -76,3 +77,29 @@ def pca_baseline(
     if num_components < min(train[0].numel(), train.shape[0]):
         mse = pca.reconstruction_mse(val_inputs, val_targets)
     return PCABaseline(mse, pca.mse_by_components(val_inputs, val_targets))
+
+
+def run_pca_baseline(parts: Any, code_dim: int, shared: Optional[dict] = None) -> Optional[PCABaseline]:
+    """PCA with code_dim components on the validation inputs the run's autoencoder saw (corrupted when
+    denoising), and with every fewer number of components (the sweep's frontier plot draws that curve);
+    computed once per data, code size and validation inputs when ``shared`` keeps them (a stacked sweep)."""
+    if shared is None:
+        return _run_pca_baseline(parts, code_dim)
+    key = (id(parts.data.train.images), id(parts.data.val.images), code_dim)
+    if parts.noise.active:  # the corrupted validation inputs depend on the noise and the run's seed
+        key += (repr(parts.config.noise), parts.config.seed, parts.config.trainer.eval_batch_size)
+    if key not in shared:
+        shared[key] = _run_pca_baseline(parts, code_dim)
+    return shared[key]
+
+
+def _run_pca_baseline(parts: Any, code_dim: int) -> Optional[PCABaseline]:
+    from autoenc_cli.data.tensors import whole_split
+    from autoenc_cli.training.metrics import corrupted_inputs
+
+    whole_split(parts.data.train, "the PCA baseline")  # a memory-mapped split (data=vectors): skipped, with a note
+    val, noise = parts.data.val, parts.noise
+    inputs = val.images
+    if noise.active:
+        inputs = corrupted_inputs(val, parts.config.trainer.eval_batch_size, noise, parts.validation_noise_generator())
+    return pca_baseline(parts.data.train.images, inputs, code_dim, val.images)

@@ -13,6 +13,7 @@ import torch
 from omegaconf import MISSING, OmegaConf
 
 from autoenc_cli.errors import ConfigError, UserError
+from autoenc_cli.folder_layout import EVAL_JSON, RunLayout
 from autoenc_cli.output_paths import (
     FolderOutputs,
     check_file_out,
@@ -100,8 +101,7 @@ def _as_list_argument(argument: str, key: str) -> str:
 
 
 def compose_command(config_name: str, schema: type, argv: Sequence[str]) -> Any:
-    from hydra import compose, initialize_config_module
-
+    from autoenc_cli.compose import compose
     from autoenc_cli.registry import REGISTRY
     from autoenc_cli.schema.resolve import typed
 
@@ -112,8 +112,7 @@ def compose_command(config_name: str, schema: type, argv: Sequence[str]) -> Any:
         print(f"usage: {HELP[config_name]}\n\nOptions (KEY=VALUE), with their defaults:\n\n{options}")
         raise SystemExit(0)
     overrides = [_as_list_argument(argument, "probe.labels_per_class") for argument in argv]
-    with initialize_config_module(config_module="autoenc_cli.configs", version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides)
+    cfg = compose(config_name, overrides)
     plain = OmegaConf.to_container(cfg, resolve=True)
     data = plain.pop("data", None)
     if data is not None:  # what a data preset sets for training's model (data=vectors: a linear output)
@@ -157,7 +156,7 @@ def load_for_command(config: UseRunConfig) -> Any:
 def evaluate_run(config: EvalConfig) -> EvalReport:
     from autoenc_cli.baselines.pca import PCA
     from autoenc_cli.data.tensors import in_memory
-    from autoenc_cli.training.metrics import corrupted_inputs, evaluate, psnr
+    from autoenc_cli.training.metrics import corrupted_inputs, evaluate
 
     run = load_for_command(config)
     data = run.load_data(config.data)
@@ -187,7 +186,6 @@ def evaluate_run(config: EvalConfig) -> EvalReport:
         split=config.split,
         samples=len(split),
         inputs=f"corrupted (noise={run.config.noise.name})" if noise.active else "clean",
-        psnr=psnr(scores.mse),
         code_dim=model.code_dim,
         input_size=input_size,
         compression_ratio=input_size / model.code_dim,
@@ -267,9 +265,9 @@ def eval_main(argv: Sequence[str]) -> int:
 def eval_out(config: EvalConfig) -> Path:
     """Where eval writes: out=, checked by the shared rule, or (without out=) the run's own eval.json."""
     if config.out is None:
-        return Path(config.run) / "eval.json"
-    hint = " (without out=, eval writes the run's own eval.json)"
-    return check_file_out(out_path(config.out, "eval.json"), config.overwrite, "eval.json", hint)
+        return RunLayout(config.run).eval_json
+    hint = f" (without out=, eval writes the run's own {EVAL_JSON})"
+    return check_file_out(out_path(config.out, EVAL_JSON), config.overwrite, EVAL_JSON, hint)
 
 
 def encode_main(argv: Sequence[str]) -> int:

@@ -36,6 +36,17 @@ from autoenc_cli.data.files import checked_images
 from autoenc_cli.data.tensors import DataBundle
 from autoenc_cli.data.vectors import Normalisation, load_vectors, run_normalisation
 from autoenc_cli.errors import ConfigError, DataError, UserError
+from autoenc_cli.folder_layout import (
+    CHECKPOINT_SUFFIX,
+    CHECKPOINTS,
+    EXPORT_CONFIG,
+    EXPORT_TENSORS,
+    MULTIRUN_YAML,
+    STUDY_DB,
+    RunLayout,
+    StudyLayout,
+    checkpoint_file,
+)
 from autoenc_cli.losses import Objective
 from autoenc_cli.models.autoencoder import Autoencoder
 from autoenc_cli.noise.base import Noise
@@ -53,26 +64,27 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     """A checkpoint's name in the run's checkpoints/ (best, last, stage1, finetune, ...) or a .pt path."""
     if not run_dir.is_dir():
         raise UserError(f"run='{run_dir}' is not a run folder")
-    named = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    path = named if "/" not in checkpoint and not checkpoint.endswith(".pt") else Path(checkpoint)
-    if not path.is_file() and ((run_dir / "study.db").is_file() or (run_dir / "multirun.yaml").is_file()):
+    named = RunLayout(run_dir).checkpoint(checkpoint)
+    path = named if "/" not in checkpoint and not checkpoint.endswith(CHECKPOINT_SUFFIX) else Path(checkpoint)
+    study = StudyLayout(run_dir)  # a sweep folder's layout too
+    if not path.is_file() and (study.study_db.is_file() or study.multirun_yaml.is_file()):
         # A tune study or a grid sweep holds runs, one per trial or job (0/, 1/, ...): name one of them.
         from autoenc_cli.io import read_json
 
         jobs = sorted((p.name for p in run_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
-        if (run_dir / "study.db").is_file():
-            best = (read_json(run_dir / "best.json") or {}).get("best") or [{}]
+        if study.study_db.is_file():
+            best = (read_json(study.best_json) or {}).get("best") or [{}]
             example = best[0].get("run") or (jobs[0] if jobs else "<trial>")
-            what, which = "a tune study folder (study.db)", f"one of its trials, e.g. run={run_dir / example}"
+            what, which = f"a tune study folder ({STUDY_DB})", f"one of its trials, e.g. run={run_dir / example}"
         else:
             what, which = (
-                "a sweep folder (multirun.yaml)",
+                f"a sweep folder ({MULTIRUN_YAML})",
                 f"one of its jobs, e.g. run={run_dir / (jobs or ['<job>'])[0]}",
             )
         raise UserError(f"'{run_dir}' is {what}, not a run; give {which}")
     if not path.is_file():
         raise UserError(
-            f"no checkpoint at '{path}'; the run folder needs checkpoints/{checkpoint}.pt "
+            f"no checkpoint at '{path}'; the run folder needs {CHECKPOINTS}/{checkpoint_file(checkpoint)} "
             "(checkpoint=best|last|stage1|...|finetune|PATH)"
         )
     return path
@@ -307,11 +319,9 @@ def _enter_phase(model: Autoencoder, config: TrainConfig, phase_index: int) -> t
     return network, phases
 
 
-# ``autoenc export``: a folder with these two files; nothing pickled (tensors in safetensors, the rest JSON).
+# ``autoenc export``: a folder with two files (ExportLayout); nothing pickled (tensors in safetensors, the rest JSON).
 EXPORT_FORMAT = "autoenc-export"
 EXPORT_VERSION = 1
-EXPORT_CONFIG = "config.json"
-EXPORT_TENSORS = "model.safetensors"
 # config.json is a run config and, for a normalised vectors run, two numbers per feature: larger is not an
 # export. A run config is about a kilobyte; typing one of many more (thousands of layer specs) takes minutes.
 MAX_CONFIG_BYTES = 256 * 2**20
@@ -340,7 +350,7 @@ def is_export(folder: Path) -> bool:
     """Whether ``folder`` is (or claims to be) an exported model rather than a run folder."""
     folder = Path(folder)
     has_export_file = (folder / EXPORT_CONFIG).is_file() or (folder / EXPORT_TENSORS).is_file()
-    return folder.is_dir() and has_export_file and not (folder / "checkpoints").is_dir()
+    return folder.is_dir() and has_export_file and not RunLayout(folder).checkpoints.is_dir()
 
 
 def _refuse_constant(name: str) -> None:
@@ -356,7 +366,7 @@ def read_export_config(folder: Path) -> dict[str, Any]:
         raise UserError(f"'{folder}' holds {EXPORT_TENSORS} but no {EXPORT_CONFIG}: not a complete autoenc export")
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise UserError(
-            f"'{path}' is {path.stat().st_size:,} bytes; an autoenc export's config.json is at most "
+            f"'{path}' is {path.stat().st_size:,} bytes; an autoenc export's {EXPORT_CONFIG} is at most "
             f"{MAX_CONFIG_BYTES:,}: not an autoenc export"
         )
     try:
@@ -365,7 +375,9 @@ def read_export_config(folder: Path) -> dict[str, Any]:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"'{path}' is not readable JSON ({reason[:160]}): not a complete autoenc export") from None
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise UserError(f"'{path}' is not the config.json of an autoenc export (its format is not {EXPORT_FORMAT})")
+        raise UserError(
+            f"'{path}' is not the {EXPORT_CONFIG} of an autoenc export (its format is not {EXPORT_FORMAT})"
+        )
     version = meta.get("version")
     if version != EXPORT_VERSION:
         newer = isinstance(version, int) and version > EXPORT_VERSION
@@ -538,7 +550,7 @@ def check_header_fits(network: torch.nn.Module, header: dict[str, tuple[tuple[in
         want_shape, want_dtype = tuple(tensor.shape), SAFETENSORS_DTYPES.get(tensor.dtype, "?")
         if shape != want_shape or dtype != want_dtype:
             raise UserError(
-                f"'{path}' does not fit the model built from its config.json: {name} is {dtype} {list(shape)}, "
+                f"'{path}' does not fit the model built from its {EXPORT_CONFIG}: {name} is {dtype} {list(shape)}, "
                 f"the model's is {want_dtype} {list(want_shape)}"
             )
     missing = [names[0] for names in names_of.values() if not any(name in header for name in names)]
@@ -549,7 +561,7 @@ def check_header_fits(network: torch.nn.Module, header: dict[str, tuple[tuple[in
             for what, names in (("missing", missing), ("unexpected", unexpected))
             if names
         ]
-        raise UserError(f"'{path}' does not fit the model built from its config.json ({'; '.join(parts)})")
+        raise UserError(f"'{path}' does not fit the model built from its {EXPORT_CONFIG} ({'; '.join(parts)})")
 
 
 def load_tensors(network: torch.nn.Module, path: Path) -> None:
@@ -561,7 +573,7 @@ def load_tensors(network: torch.nn.Module, path: Path) -> None:
         missing, unexpected = load_model(network, str(path), strict=False, device="cpu")
     except Exception as error:  # noqa: BLE001 - any failure to read or copy is "does not fit", in one line
         raise UserError(
-            f"'{path}' cannot be loaded into the model built from its config.json ({_first_line(error)})"
+            f"'{path}' cannot be loaded into the model built from its {EXPORT_CONFIG} ({_first_line(error)})"
         ) from None
     if missing or unexpected:  # the header said otherwise: the file changed while it was read
         raise UserError(f"'{path}' changed while it was loaded; load it again")

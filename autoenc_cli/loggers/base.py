@@ -25,7 +25,8 @@ class LoggerConfig(GroupConfig):
 
     def check(self) -> None:
         """A tracker that is not installed fails with the config check, naming its extra."""
-        require(self.module, self.extra, f"logger={self.name}")
+        if self.module:  # a tracker written in plain Python needs nothing installed
+            require(self.module, self.extra, f"logger={self.name}")
 
 
 @dataclass
@@ -43,7 +44,18 @@ class RunContext:
 
 
 class Logger:
-    """One tracker. Steps are global optimizer steps, so a resumed run continues the same curves."""
+    """One tracker. Steps are global optimizer steps, so a resumed run continues the same curves.
+
+    A new tracker is one module in this package (its config dataclass, registered with its ``Logger``)
+    and one YAML preset in configs/logger/; what else autoenc needs to know of it, it declares here."""
+
+    # What it may write into a run folder before training starts (a folder of its own): a run stopped
+    # then is put back as it was, these removed with it.
+    run_folder_entries: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def finish_sweep(cls, sweep_dir: Path) -> None:
+        """After a sweep or tune study and its report: close what its jobs opened for the whole sweep."""
 
     def __init__(self, config: LoggerConfig, context: RunContext) -> None:
         self.config, self.context = config, context
@@ -81,3 +93,15 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Scalar]:
         else:  # None, lists, empty groups
             flat[dotted] = "null" if value is None else str(value)
     return flat
+
+
+def logger_classes() -> list[type[Logger]]:
+    """Every registered tracker's ``Logger`` class."""
+    from autoenc_cli.registry import REGISTRY
+
+    return [REGISTRY.entry("logger", name).component for name in REGISTRY.names("logger")]
+
+
+def run_folder_entries() -> frozenset[str]:
+    """What any tracker may write into a run folder before training starts."""
+    return frozenset(entry for logger in logger_classes() for entry in logger.run_folder_entries)

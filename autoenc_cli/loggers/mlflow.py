@@ -20,14 +20,18 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from autoenc_cli.errors import ConfigError, UserError
+from autoenc_cli.folder_layout import FIGURES, REPORT_HTML, SUMMARY_CSV, SweepLayout
 from autoenc_cli.io import read_json, write_json
 from autoenc_cli.loggers.base import Logger, LoggerConfig, RunContext
 from autoenc_cli.registry import register
 
+# Its files: in the output root (the default store, its artifacts), and in a sweep or study folder (the
+# record of the sweep's parent run); the lock serialises creating either, in whichever folder it is.
+MLFLOW_DB, MLARTIFACTS, SWEEP_RECORD, LOCK = "mlflow.db", "mlartifacts", "mlflow.json", ".mlflow.lock"
+
 # MLflow's limits: parameters per log_batch call, and a parameter value's length.
 PARAMS_PER_BATCH, PARAM_VALUE_LENGTH = 100, 6000
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
-SWEEP_RECORD = "mlflow.json"  # in a sweep folder: the parent run of its jobs
 
 
 @dataclass
@@ -72,7 +76,7 @@ def check_server_answers(uri: str) -> None:
 
 
 def default_tracking_uri(output_root: Path) -> str:
-    return f"sqlite:///{(output_root / 'mlflow.db').absolute()}"
+    return f"sqlite:///{(output_root / MLFLOW_DB).absolute()}"
 
 
 # Stores that keep artifacts where they are told (MLflow's default: ./mlruns of the working folder).
@@ -94,7 +98,7 @@ def default_artifact_location(tracking_uri: str, output_root: Path) -> Optional[
         database = make_url(tracking_uri).database  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
         if database and database != ":memory:" and not database.startswith("file:"):
             folder = Path(database).parent
-    return (folder / "mlartifacts").absolute().as_uri()
+    return (folder / MLARTIFACTS).absolute().as_uri()
 
 
 def open_client(tracking_uri: str) -> Any:
@@ -116,6 +120,11 @@ def open_client(tracking_uri: str) -> Any:
 
 @register(MLflowConfig)
 class MLflowLogger(Logger):
+    @classmethod
+    def finish_sweep(cls, sweep_dir: Path) -> None:
+        if (sweep_dir / SWEEP_RECORD).is_file():
+            finish_sweep_run(sweep_dir)
+
     def __init__(self, config: MLflowConfig, context: RunContext) -> None:
         super().__init__(config, context)
         self.tracking_uri = context.saved.get("tracking_uri") or config.tracking_uri
@@ -146,7 +155,7 @@ class MLflowLogger(Logger):
     def _lock_path(self) -> Path:
         where = self.context.sweep_dir or self.context.output_root
         where.mkdir(parents=True, exist_ok=True)
-        return where / ".mlflow.lock"
+        return where / LOCK  # the same name in a sweep folder and in the output root
 
     def _experiment_id(self) -> str:
         config: MLflowConfig = self.config  # type: ignore[assignment]
@@ -233,11 +242,12 @@ class MLflowLogger(Logger):
         self.run_id = None
 
 
-def finish_sweep(sweep_dir: Path) -> None:
+def finish_sweep_run(sweep_dir: Path) -> None:
     """Close a sweep's parent run, when its jobs logged to MLflow: the comparison (summary.csv, report.html,
     the sweep's figures) as its artifacts and the best completed job's val_mse as ``best/val_mse``."""
     import csv
 
+    sweep = SweepLayout(sweep_dir)
     record = read_json(sweep_dir / SWEEP_RECORD)
     if not record.get("run_id"):
         return
@@ -245,13 +255,13 @@ def finish_sweep(sweep_dir: Path) -> None:
 
     client, run_id = open_client(record["tracking_uri"]), record["run_id"]
     repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
-    for name in ("summary.csv", "report.html"):
+    for name in (SUMMARY_CSV, REPORT_HTML):
         if (sweep_dir / name).is_file():
             repository.log_artifact(str(sweep_dir / name))
-    for figure in sorted((sweep_dir / "figures").glob("*.png")):
-        repository.log_artifact(str(figure), artifact_path="figures")
-    if (sweep_dir / "summary.csv").is_file():
-        with open(sweep_dir / "summary.csv", newline="") as handle:
+    for figure in sorted(sweep.figures.glob("*.png")):
+        repository.log_artifact(str(figure), artifact_path=FIGURES)
+    if sweep.summary_csv.is_file():
+        with open(sweep.summary_csv, newline="") as handle:
             done = [row for row in csv.DictReader(handle) if row.get("status") == "completed" and row.get("val_mse")]
         if done:
             client.log_metric(run_id, "best/val_mse", min(float(row["val_mse"]) for row in done))

@@ -6,6 +6,7 @@ every logger that wants them; a logger that breaks during training stops with a 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any, Optional, Sequence
 import torch
 
 from autoenc_cli.errors import UserError
-from autoenc_cli.loggers.base import Logger, RunContext, flatten
+from autoenc_cli.folder_layout import DICTIONARY_PNG, FIGURES, LATENT_MAP_PNG, RECONSTRUCTIONS_PNG
+from autoenc_cli.loggers.base import Logger, RunContext, flatten, logger_classes
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.training.callbacks import Callback, EpochEnd, Failed, Interrupted, StepEnd
 from autoenc_cli.training.records import EpochRecord, RunSummary, as_dict
@@ -22,16 +24,16 @@ from autoenc_cli.training.records import EpochRecord, RunSummary, as_dict
 log = logging.getLogger("autoenc")
 
 # The figures logged while training (all of the run folder's figures are logged at the end).
-TRAINING_FIGURES = ("reconstructions.png", "dictionary.png", "latent_map.png")
-NOT_METRICS = {"stage", "epoch", "seconds", "lr", "train_loss", "l0_threshold"}
+TRAINING_FIGURES = (RECONSTRUCTIONS_PNG, DICTIONARY_PNG, LATENT_MAP_PNG)
 
 
 def epoch_metrics(record: EpochRecord) -> dict[str, float]:
     """An epoch's numbers as tracker tags: ``val/mse``, ``val/l0``, ``train/epoch_loss``, ``lr``, ``epoch``."""
     metrics = {"train/epoch_loss": record.train_loss, "lr": record.lr, "epoch": float(record.epoch)}
-    for name, value in as_dict(record).items():
-        if name not in NOT_METRICS and isinstance(value, (int, float)):
-            metrics[f"val/{name.removeprefix('val_')}"] = float(value)
+    for column in dataclasses.fields(record):
+        value, name = getattr(record, column.name), column.metadata.get("evaluation")
+        if name is not None and isinstance(value, (int, float)):
+            metrics[f"val/{name}"] = float(value)
     return metrics
 
 
@@ -143,7 +145,7 @@ class RunLoggers(Callback):
                     self.parts, event.network, Path(scratch), event.history, event.codes, only=TRAINING_FIGURES
                 )
                 written, _ = draw(drawings)
-            images = {f"figures/{path.stem}": path for path in written}
+            images = {f"{FIGURES}/{path.stem}": path for path in written}
             self._each("log_images", images, event.global_step, wanted=wanted)
 
     def on_interrupt(self, event: Optional[Interrupted]) -> None:
@@ -155,18 +157,17 @@ class RunLoggers(Callback):
     def finish(self, summary: RunSummary, figures: Sequence[Path], step: int) -> None:
         """The finished run: its final numbers and every figure of the run folder, then close."""
         self._each("log_metrics", summary_metrics(summary), step)
-        images = {f"figures/{Path(path).stem}": Path(path) for path in figures}
+        images = {f"{FIGURES}/{Path(path).stem}": Path(path) for path in figures}
         if images:
             self._each("log_images", images, step, final=True)
         self._each("finish", "completed")
 
 
 def finish_sweep(sweep_dir: Path) -> None:
-    """After a sweep or study: close what its jobs' loggers opened for the whole sweep (MLflow's parent run)."""
-    if (sweep_dir / "mlflow.json").is_file():
+    """After a sweep or study and its report: each tracker closes what its jobs opened for the whole sweep
+    (MLflow's parent run); a tracker failing here leaves a note, the sweep's results being written."""
+    for logger in logger_classes():
         try:
-            from autoenc_cli.loggers.mlflow import finish_sweep as finish_mlflow_sweep
-
-            finish_mlflow_sweep(sweep_dir)
+            logger.finish_sweep(sweep_dir)
         except Exception as error:  # noqa: BLE001 - the sweep's results are written; this is bookkeeping
-            log.warning("the MLflow parent run of %s was not closed: %s", sweep_dir, _first_line(error))
+            log.warning("%s did not finish its record of %s: %s", logger.__name__, sweep_dir, _first_line(error))

@@ -14,6 +14,8 @@ import numpy as np
 from autoenc_cli.loggers.base import Logger, LoggerConfig, RunContext
 from autoenc_cli.registry import register
 
+FOLDER = "tensorboard"  # in the run folder, unless logger.tensorboard.dir says otherwise
+
 # The validation metrics the HParams view shows beside each run's config.
 HPARAM_METRICS = ("val/loss", "val/mse", "val/fvu", "val/l0", "val/dead_fraction")
 
@@ -28,9 +30,11 @@ class TensorBoardConfig(LoggerConfig):
 
 @register(TensorBoardConfig)
 class TensorBoardLogger(Logger):
+    run_folder_entries = (FOLDER,)
+
     def __init__(self, config: TensorBoardConfig, context: RunContext) -> None:
         super().__init__(config, context)
-        self.dir = Path(config.dir) if config.dir else context.folder / "tensorboard"
+        self.dir = Path(config.dir) if config.dir else context.folder / FOLDER
         self.writer: Any = None
 
     def start(self) -> dict[str, Any]:

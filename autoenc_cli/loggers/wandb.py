@@ -44,6 +44,8 @@ class WandbConfig(LoggerConfig):
 
 @register(WandbConfig)
 class WandbLogger(Logger):
+    run_folder_entries = ("wandb",)  # W&B's own folder, in the run folder it is given
+
     def __init__(self, config: WandbConfig, context: RunContext) -> None:
         super().__init__(config, context)
         self.wandb = importlib.import_module("wandb")

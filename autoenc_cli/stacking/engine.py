@@ -25,7 +25,6 @@ caller trains them alone.
 
 from __future__ import annotations
 
-import time
 import traceback
 from contextlib import contextmanager
 from functools import partial
@@ -39,7 +38,6 @@ from autoenc_cli.data.tensors import epoch_order, in_memory
 from autoenc_cli.errors import TrainingInterrupted
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.sparsity.base import SparsityStack
-from autoenc_cli.training.callbacks import StepEnd
 from autoenc_cli.training.loop import Trainer
 
 
@@ -147,15 +145,15 @@ _ABSENT = object()
 class StackedEpoch:
     """Train one epoch of ``trainers`` (equal ``stack_signature``s) together.
 
-    ``run`` returns each member's error of the epoch (divergence, interruption), or None; every member
-    that did not fail has its epoch's mean loss in ``epoch_train_loss``. It raises ``StackingRefused``
+    ``run`` returns each member's outcome of the epoch: its mean training loss, or its error (divergence,
+    interruption), as ``Trainer.train_epoch`` returns or raises it. It raises ``StackingRefused``
     when building the stack or its first step fails: until that step's end only the stack's own tensors
     change, and ``undo`` puts back what the members had (their tensors, generators, host mirrors).
     """
 
-    def __init__(self, trainers: list[Trainer], stop_requested: Callable[[], Optional[str]]) -> None:
+    def __init__(self, trainers: list[Trainer]) -> None:
         # Members with equal optimizer settings next to each other: they step as one slice of the stack.
-        self.trainers, self.stop_requested = sorted(trainers, key=_settings), stop_requested
+        self.trainers = sorted(trainers, key=_settings)
         self.template = self.trainers[0].network  # the network the batched step runs, on every member's tensors
         self.step_module = StepLoss(self.trainers[0])
         self.errors: dict[int, BaseException] = {}
@@ -254,8 +252,7 @@ class StackedEpoch:
                 module._buffers[leaf] = stacked[index].clone()
 
     # -- the epoch --------------------------------------------------------------------------------------
-    def run(self) -> dict[Trainer, BaseException]:
-        started = time.perf_counter()
+    def run(self) -> dict[Trainer, float | BaseException]:
         trainers = self.trainers
         first = trainers[0]
         self.undo = []
@@ -278,17 +275,13 @@ class StackedEpoch:
                 raise StackingRefused(self._option_of(error), error) from error
             raise
         self._unstack()
+        outcomes: dict[Trainer, float | BaseException] = {}
         for index, trainer in enumerate(trainers):
-            if index in self.errors:
-                continue
             try:
-                trainer.epoch_train_loss = trainer._mean_loss()
+                outcomes[trainer] = self.errors.get(index) or trainer.end_train_epoch()
             except Exception as error:  # noqa: BLE001 - a member's divergence is its own
-                self.errors[index] = error
-                continue
-            trainer.step_in_epoch, trainer.running_loss = 0, torch.zeros((), device=trainer.parts.device)
-            trainer.epoch_train_seconds = time.perf_counter() - started  # each member's share is the whole stack's
-        return {trainers[index]: error for index, error in self.errors.items()}
+                outcomes[trainer] = error
+        return outcomes
 
     def _loss_function(self) -> Callable:
         names = list(self.parameters) + list(self.buffers)
@@ -306,6 +299,9 @@ class StackedEpoch:
         loss_of = self._loss_function()
         noisy = any(trainer.parts.noise.active for trainer in trainers)
         running = torch.stack([trainer.running_loss for trainer in trainers]).clone()
+        for index, trainer in enumerate(trainers):  # views: one add per step sums every member's loss
+            self.undo.append(partial(setattr, trainer, "running_loss", trainer.running_loss))
+            trainer.running_loss = running[index]
         count = orders.shape[1]
         for start in range(first.step_in_epoch * batch_size, count, batch_size):
             clean = images[orders[:, start : start + batch_size]]
@@ -323,34 +319,17 @@ class StackedEpoch:
                 trainer.network.after_step()
             self.undo = None  # a step done: from here on the members' counters and events move on
             running += totals.detach()
-            for trainer in trainers:
-                trainer.step_in_epoch += 1
-                trainer.global_step += 1
-                trainer.result.samples_seen += clean.shape[1]
-            self._report_steps(running)
-            signal = self.stop_requested()
-            if signal:
+            for index, trainer in enumerate(trainers):
+                try:
+                    trainer.count_step(clean.shape[1])
+                except Exception as error:  # noqa: BLE001 - its divergence or interruption; the others go on
+                    self.errors.setdefault(index, error)
+            if any(trainer.stop_requested for trainer in trainers):  # every member stops at this step
                 for index, trainer in enumerate(trainers):
-                    trainer.running_loss = running[index].clone()
-                    if index not in self.errors:
-                        self.errors[index] = TrainingInterrupted(f"{signal} {trainer._where()}")
-                return
+                    self.errors.setdefault(index, TrainingInterrupted(f"{trainer.stop_requested} {trainer.where}"))
+                break
         for index, trainer in enumerate(trainers):
             trainer.running_loss = running[index].clone()
-
-    def _report_steps(self, running: torch.Tensor) -> None:
-        """Each member's loss read-back every ``log_every`` of its steps: its progress event, and its
-        divergence (recorded; the others go on)."""
-        for index, trainer in enumerate(self.trainers):
-            if index in self.errors or trainer.step_in_epoch % trainer.parts.config.trainer.log_every:
-                continue
-            trainer.running_loss = running[index]
-            try:
-                loss = trainer._mean_loss()
-            except Exception as error:  # noqa: BLE001 - the member's own failure, as a separate run has it
-                self.errors[index] = error
-                continue
-            trainer._emit("on_step", StepEnd(trainer.step_in_epoch, loss, trainer.global_step))
 
     def _stack_optimizers(self) -> None:
         """One optimizer of the members' kind per run of consecutive members with equal settings (the

@@ -1,11 +1,12 @@
 """Fit several runs in one process, epoch by epoch, stacking those whose next epochs can share one model.
 
-Each run is an ordinary ``Trainer`` paused before each training epoch (``Trainer.epochs``). At every
-round the runs waiting for an epoch are partitioned by ``stack_signature`` (so a run that stops early, a
-greedy stage that ends, or a member that fails simply leaves its stack), each part of at most
-``max_members`` runs trains its epoch as one ``StackedEpoch``, and each run then validates, records and
-checkpoints on its own. A run that ``can_stack`` rules out, or whose stack the engine refused to run
-(``StackingRefused``), trains alone: its own epochs, as a sequential sweep trains them.
+Each run is an ordinary ``Trainer`` driven through its public parts (``begin``, ``next_epoch``, an
+epoch's training, ``end_epoch``, inside ``reporting_errors``). At every round the runs with an epoch to
+train are partitioned by ``stack_signature`` (so a run that stops early, a greedy stage that ends, or a
+member that fails simply leaves its stack), each part of at most ``max_members`` runs trains its epoch
+as one ``StackedEpoch``, and each run then validates, records and checkpoints on its own. A run that
+``can_stack`` rules out, or whose stack the engine refused to run (``StackingRefused``), trains alone:
+its own epochs, as a sequential sweep trains them.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import math
 import os
 import string
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Optional
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -32,7 +34,6 @@ class Member:
     stack: Optional[str] = None  # the first stack it trained in ("alone" when it trained on its own)
     stacked: bool = False  # whether it has trained an epoch in a stack
     refused: Optional[str] = None  # why the engine refused its stack: it trains alone from then on
-    epochs: Optional[Generator] = field(default=None, repr=False)
 
 
 def member_bytes(trainer: Trainer) -> int:
@@ -89,29 +90,34 @@ class StackedFit:
         self.labels = iter(string.ascii_uppercase)
 
     def run(self) -> None:
-        waiting = []
-        for member in self.members:
-            member.epochs = member.trainer.epochs(member.resume)
-            if self._advance(member):
-                waiting.append(member)
+        waiting = [
+            member for member in self.members if self._step(member, partial(Trainer.begin, resume=member.resume))
+        ]
         while waiting:
             ready: list[Member] = []
             for group in self._partition(waiting):
-                self._train_epoch(group)
-                ready.extend(member for member in group if self._advance(member, member.error))
+                outcomes = self._train_epoch(group)
+                ready.extend(member for member in group if self._end_epoch(member, *outcomes[member]))
             waiting = [member for member in self.members if member in ready]
 
-    def _advance(self, member: Member, error: Optional[BaseException] = None) -> bool:
-        """Resume the member's fit up to its next epoch; False once it has ended (done or failed)."""
+    def _end_epoch(self, member: Member, outcome: float | BaseException, seconds: float) -> bool:
+        """Validate, record and checkpoint the member's epoch (or report its error); whether it goes on."""
+
+        def end(trainer: Trainer) -> None:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            trainer.end_epoch(outcome, seconds)
+
+        return self._step(member, end)
+
+    def _step(self, member: Member, action: Callable[[Trainer], None]) -> bool:
+        """``action`` on the member's trainer, then whether it has another epoch to train; an error ends
+        its fit (told to its callbacks) and is kept as its outcome."""
+        trainer = member.trainer
         try:
-            if error is not None:
-                member.error = None
-                member.epochs.throw(error)
-            else:
-                next(member.epochs)
-            return True
-        except StopIteration:
-            return False
+            with trainer.reporting_errors():
+                action(trainer)
+                return trainer.next_epoch()
         except Exception as failure:  # noqa: BLE001 - the member's outcome, reported by the launcher
             member.error = failure
             return False
@@ -148,30 +154,33 @@ class StackedFit:
             lines.append(f"stack {label}: {numbers} as one model ({len(part)} members, {_phase(part[0])})")
         self.announce("stacked training: " + "; ".join(lines))
 
-    def _train_epoch(self, group: list[Member]) -> None:
+    def _train_epoch(self, group: list[Member]) -> dict[Member, tuple[float | BaseException, float]]:
+        """Each member's outcome of one epoch (its mean loss or its error) and the seconds it took (a
+        stack's members each took the whole stack's)."""
         if len(group) == 1:
-            self._train_alone(group[0])
-            return
+            return {group[0]: self._train_alone(group[0])}
+        started = time.perf_counter()
         trainers = [member.trainer for member in group]
         try:
-            errors = StackedEpoch(trainers, lambda: trainers[0].stop_requested).run()
+            outcomes = StackedEpoch(trainers).run()
         except StackingRefused as refusal:
-            self._fall_back(group, str(refusal))
-            return
+            return self._fall_back(group, str(refusal))
         except Exception as error:  # noqa: BLE001 - the stack's own failure fails each of its jobs, saying why
-            errors = dict.fromkeys(trainers, error)
+            outcomes = dict.fromkeys(trainers, error)
+        seconds = time.perf_counter() - started
         for member in group:
-            member.error, member.stacked = errors.get(member.trainer), True
+            member.stacked = True
+        return {member: (outcomes[member.trainer], seconds) for member in group}
 
-    def _train_alone(self, member: Member) -> None:
-        trainer, started = member.trainer, time.perf_counter()
+    def _train_alone(self, member: Member) -> tuple[float | BaseException, float]:
+        started = time.perf_counter()
         try:
-            trainer.epoch_train_loss = trainer.train_epoch()
-        except Exception as error:  # noqa: BLE001 - thrown into the member's fit, as if it raised there
-            member.error = error
-        trainer.epoch_train_seconds = time.perf_counter() - started
+            outcome: float | BaseException = member.trainer.train_epoch()
+        except Exception as error:  # noqa: BLE001 - reported by the member's fit, as if it raised there
+            outcome = error
+        return outcome, time.perf_counter() - started
 
-    def _fall_back(self, group: list[Member], reason: str) -> None:
+    def _fall_back(self, group: list[Member], reason: str) -> dict[Member, tuple[float | BaseException, float]]:
         """The engine refused this stack (and changed nothing of its members): they train alone, this
         epoch and every later one, as a sequential sweep trains them; one line says which and why."""
         self.announce(f"stacked training: {' '.join(f'#{member.number}' for member in group)} train alone: {reason}")
@@ -181,4 +190,4 @@ class StackedFit:
         for member in group:
             member.refused = reason
             member.stack = member.stack if member.stacked else "alone"
-            self._train_alone(member)
+        return {member: self._train_alone(member) for member in group}

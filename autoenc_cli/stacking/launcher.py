@@ -8,9 +8,7 @@ baselines, which are the same for the same data and code size.
 
 from __future__ import annotations
 
-import logging
-import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -20,41 +18,28 @@ from omegaconf import DictConfig, open_dict
 
 from autoenc_cli.artifacts.console import ProgressBars, console
 from autoenc_cli.artifacts.figure_workers import FigureWorkers
-from autoenc_cli.artifacts.run_folder import RunFolder
 from autoenc_cli.build import build_parts
+from autoenc_cli.job import Job, TrainersStop, ending, logging_into, stop_on_signals
 from autoenc_cli.stacking.fit import Member, StackedFit
 from autoenc_cli.training.checkpoint import data_fingerprint
 from autoenc_cli.training.records import as_dict
 
 
-def prepare_job(cfg: DictConfig) -> Any:
-    """The task each job runs under Hydra: everything before training (None: it failed, and says so)."""
-    from autoenc_cli.train import PreparedJob, job_outcome
-
-    prepared = PreparedJob.of(cfg)
-    with job_outcome(prepared.folder, prepared.multirun):
-        prepared.prepare()
-        return prepared
-    return None
-
-
 @contextmanager
-def logging_into(folder: RunFolder) -> Iterator[None]:
-    """Log records go to the job's own train.log (Hydra points the log file at the last job it set up)."""
-    root = logging.getLogger()
-    files = [handler for handler in root.handlers if isinstance(handler, logging.FileHandler)]
-    own = logging.FileHandler(folder.path / "train.log")
-    own.setFormatter(files[0].formatter if files else None)
-    for handler in files:
-        root.removeHandler(handler)
-    root.addHandler(own)
-    try:
+def in_job(job: Job) -> Iterator[None]:
+    """A step of a job's life: logged into its train.log, and ended as ``ending`` ends a sweep's job (a
+    failure recorded and swallowed: the block is left, and the code after it runs)."""
+    with logging_into(job.folder), ending(job):
         yield
-    finally:
-        root.removeHandler(own)
-        own.close()
-        for handler in files:
-            root.addHandler(handler)
+
+
+def start_job(cfg: DictConfig) -> Any:
+    """The task each job runs under Hydra: its start (None: it failed, and says so)."""
+    job = Job.of_hydra(cfg)
+    with ending(job):
+        job.start()
+        return job
+    return None
 
 
 class SharedInputs:
@@ -97,53 +82,41 @@ class StackedSweep:
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from autoenc_cli.train import job_outcome, open_run, stop_on_signals
-
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        jobs = [self._prepare(initial_job_idx + index, overrides) for index, overrides in enumerate(job_overrides)]
-        shared, members, runs = SharedInputs(), [], {}
-        for number, (returned, prepared) in enumerate(jobs, start=initial_job_idx):
-            if prepared is None or prepared.config is None:
-                returned.return_value = prepared.complete if prepared is not None else None
-                continue
-            started = time.perf_counter()
-            with logging_into(prepared.folder), job_outcome(prepared.folder, True):
-                parts = shared.build_parts(prepared.config)
-                run = open_run(
-                    parts, prepared.config_yaml, prepared.folder, prepared.resume, prepared.run_id, (),
-                    prepared.sweep_dir, started, shared.fingerprint,
-                )  # fmt: skip
-                runs[number] = run
-                members.append(Member(run.trainer, prepared.resume, number))
+        started = [self._start(initial_job_idx + index, overrides) for index, overrides in enumerate(job_overrides)]
+        jobs = {number: job for number, (_, job) in enumerate(started, initial_job_idx) if job is not None}
+        shared = SharedInputs()
+        members = [self._open(number, job, shared) for number, job in jobs.items() if job.config is not None]
+        members = [member for member in members if member is not None]
         if members:
-            self._fit(members, runs, stop_on_signals)
+            self._fit(members, jobs)
         # Every member's results are started (its figures drawing in a worker), then each is finished; an
         # interruption is recorded for every job before it stops the sweep.
-        by_number = {member.number: member for member in members}
-        closing = [(number, returned, prepared) for number, (returned, prepared) in enumerate(jobs, initial_job_idx)]
-        closing = [job for job in closing if job[0] in by_number]
-        figure_workers, finishing, aborted = FigureWorkers(), {}, None
-        for number, _, prepared in closing:
+        workers, finishing, aborted = FigureWorkers(), {}, None
+        for member in members:
             try:
-                finishing[number] = self._start_closing(
-                    runs[number], by_number[number], prepared, shared, figure_workers
-                )
+                finish = self._results(member, jobs[member.number], shared, workers)
             except BaseException as error:  # noqa: BLE001 - re-raised below, once every job is recorded
                 aborted = aborted or error
-        for number, returned, prepared in closing:
-            if number not in finishing:
                 continue
-            try:
-                returned.return_value = self._finish_closing(finishing[number], prepared)
-            except BaseException as error:  # noqa: BLE001 - re-raised below, once every job is recorded
-                aborted = aborted or error
+            if finish is not None:  # None: it failed, and its folder says so
+                finishing[member.number] = finish
+        for number, (returned, job) in enumerate(started, initial_job_idx):
+            if job is not None:
+                returned.return_value = job.complete if job.config is None else None  # complete before: its metrics
+            if number in finishing:
+                try:
+                    with in_job(job):
+                        returned.return_value = as_dict(finishing[number]())
+                except BaseException as error:  # noqa: BLE001 - re-raised below, once every job is recorded
+                    aborted = aborted or error
         if aborted is not None:
             raise self._for_the_sweep(aborted)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return [returned for returned, _ in jobs]
+        return [returned for returned, _ in started]
 
     def _for_the_sweep(self, aborted: BaseException) -> BaseException:
         """An interruption stopped every job at once: the way on is the sweep's resume, not one job's."""
@@ -161,7 +134,8 @@ class StackedSweep:
             )
         )
 
-    def _prepare(self, number: int, overrides: Sequence[str]) -> tuple[JobReturn, Any]:
+    def _start(self, number: int, overrides: Sequence[str]) -> tuple[JobReturn, Any]:
+        """The job's folder and record as Hydra's basic launcher makes them, and its start."""
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = number
@@ -169,37 +143,34 @@ class StackedSweep:
         console.print(f"[bold]#{number}[/] {' '.join(filter_overrides(overrides))}", soft_wrap=True)
         returned = run_job(
             hydra_context=self.hydra_context,
-            task_function=prepare_job,
+            task_function=start_job,
             config=sweep_config,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
-        prepared = returned.return_value if returned.status == JobStatus.COMPLETED else None
-        return returned, prepared
+        return returned, returned.return_value if returned.status == JobStatus.COMPLETED else None
 
-    def _fit(self, members: list[Member], runs: dict[int, Any], stop_on_signals: Any) -> None:
-        longest = max(members, key=lambda member: runs[member.number].total_epochs)
+    def _open(self, number: int, job: Job, shared: SharedInputs) -> Optional[Member]:
+        """A started job's trainer, built on the data the sweep's jobs share (None: it failed)."""
+        with in_job(job):
+            job.open(shared.build_parts(job.config), shared.fingerprint)
+            return Member(job.trainer, job.resume, number)
+        return None
+
+    def _fit(self, members: list[Member], jobs: dict[int, Job]) -> None:
+        longest = max(members, key=lambda member: jobs[member.number].total_epochs)
         done = longest.resume["epoch"] if longest.resume else 0
-        with ProgressBars(runs[longest.number].total_epochs, completed=done) as bars, ExitStack() as stack:
+        with ProgressBars(jobs[longest.number].total_epochs, completed=done) as bars:
             longest.trainer.callbacks.insert(0, bars)
-            stack.enter_context(stop_on_signals(*(member.trainer for member in members)))
-            announce = lambda line: console.print(line, soft_wrap=True)  # noqa: E731
-            StackedFit(members, self.max_members, self.memory_fraction, announce).run()
+            with stop_on_signals(TrainersStop(*(member.trainer for member in members))):
+                announce = lambda line: console.print(line, soft_wrap=True)  # noqa: E731
+                StackedFit(members, self.max_members, self.memory_fraction, announce).run()
 
-    def _start_closing(
-        self, run: Any, member: Member, prepared: Any, shared: SharedInputs, figure_workers: FigureWorkers
+    def _results(
+        self, member: Member, job: Job, shared: SharedInputs, workers: FigureWorkers
     ) -> Optional[Callable[[], Any]]:
-        from autoenc_cli.train import job_outcome, start_closing
-
-        with logging_into(prepared.folder), job_outcome(prepared.folder, True):
+        with in_job(job):
             if member.error is not None:
                 raise member.error
-            return start_closing(run, run.trainer.result, shared.baselines, member.stack, figure_workers)
-        return None  # it failed, and job_outcome recorded it
-
-    def _finish_closing(self, finish: Optional[Callable[[], Any]], prepared: Any) -> Optional[dict[str, Any]]:
-        from autoenc_cli.train import job_outcome
-
-        with logging_into(prepared.folder), job_outcome(prepared.folder, True):
-            return as_dict(finish()) if finish is not None else None
-        return None
+            return job.results(member.trainer.result, shared.baselines, member.stack, workers)
+        return None  # it failed, and ending(job) recorded it

@@ -13,6 +13,7 @@ import torch
 
 from autoenc_cli.data.tensors import DataBundle
 from autoenc_cli.errors import UserError
+from autoenc_cli.folder_layout import RunLayout
 from autoenc_cli.io import atomic_write_bytes, read_json
 
 FORMAT = "autoenc-checkpoint"
@@ -96,7 +97,7 @@ def check_checkpoint_belongs(state: dict[str, Any], path: Path, run_dir: Path, c
     """Refuse a checkpoint written by another run than the one in ``run_dir``, or whose config no longer
     describes the model that wrote it (``config``: the checkpoint's own typed config)."""
     fingerprint = state.get("fingerprint") or {}
-    run_id = read_json(run_dir / "run.json").get("run_id")
+    run_id = read_json(RunLayout(run_dir).run_json).get("run_id")
     if run_id is not None and fingerprint.get("run_id") != run_id:
         raise UserError(
             f"checkpoint '{path}' was not written by the run in '{run_dir}' (run id "

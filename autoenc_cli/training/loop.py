@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
@@ -12,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from autoenc_cli.data.tensors import iterate_batches
 from autoenc_cli.errors import TrainingDiverged, TrainingInterrupted, UserError
+from autoenc_cli.folder_layout import LAST_CHECKPOINT
 from autoenc_cli.models.autoencoder import Autoencoder
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.schedules import LearningRatePolicy, Phase
@@ -60,62 +62,87 @@ class Trainer:
         self.running_loss = torch.zeros((), device=parts.device)
         self.epoch_batch_state = self.batch_generator.get_state()
         self.stop_requested: Optional[str] = None  # set by a signal handler: stop after the current step
+        self._resume: Optional[dict[str, Any]] = None  # what ``begin`` continues from
+        self._next_phase, self._entered, self._finished = 0, 0, False  # phases to start, set up, all done
+        self._epoch_started = 0.0
         self.result = FitResult()
-        self.epoch_train_loss = float("nan")  # the mean training loss of the epoch just trained
-        self.epoch_train_seconds = 0.0  # and the time it took (a stacked epoch: the stack's time)
         self.autocast_dtype = AUTOCAST_DTYPES[config.trainer.precision]
         self.scaler = torch.amp.GradScaler(parts.device.type, enabled=config.trainer.precision == "fp16")
 
     def fit(self, resume: Optional[dict[str, Any]] = None) -> FitResult:
         """Run every phase; with ``resume`` (a ``state_dict()``), continue exactly where it was taken."""
-        epochs = self.epochs(resume)
-        for _ in epochs:
-            started = time.perf_counter()
-            try:
-                self.epoch_train_loss = self.train_epoch()
-            except BaseException as error:  # the fit's handlers report it (interrupted, failed), then re-raise
-                epochs.throw(error)
-            self.epoch_train_seconds = time.perf_counter() - started
+        with self.reporting_errors():
+            self.begin(resume)
+            while self.next_epoch():
+                started = time.perf_counter()
+                train_loss = self.train_epoch()
+                self.end_epoch(train_loss, time.perf_counter() - started)
         return self.result
 
-    def epochs(self, resume: Optional[dict[str, Any]] = None) -> Iterator["Trainer"]:
-        """``fit``, paused before each training epoch: the caller trains it (``train_epoch``, or a stacked
-        epoch of several trainers; see ``autoenc_cli.stacking``), sets ``epoch_train_loss`` and
-        ``epoch_train_seconds`` and resumes the generator, which validates, records and checkpoints. An
-        error of the epoch is ``throw``n in."""
-        phases, start = self.parts.phases, resume["phase_index"] if resume else 0
+    # ``fit`` in its parts, public for a driver that trains the epochs itself (``autoenc_cli.stacking``
+    # trains one epoch of several trainers as one model): begin, then while next_epoch(): train the epoch,
+    # end_epoch(its mean loss, its seconds); inside reporting_errors().
+
+    @contextmanager
+    def reporting_errors(self) -> Iterator[None]:
+        """An error of the fit is told to the callbacks (interrupted, failed), then raised on."""
         try:
-            if resume:
-                self._restore_progress(resume)
-            for index, phase in enumerate(phases):
-                network, parameters = phase.enter(self.parts.model)  # earlier phases replay their set-up
-                if index < start:
-                    continue
-                self._start_phase(index, phase, network, parameters, resume if index == start else None)
-                while self.epoch_in_phase < phase.epochs and not self.policy.should_stop():
-                    started = time.perf_counter()
-                    yield self
-                    train_loss, train_seconds = self.epoch_train_loss, self.epoch_train_seconds
-                    val, codes = self.validate()
-                    self.policy.step(val.loss)
-                    self.epoch_in_phase += 1
-                    self._record(phase, train_loss, val, codes, train_seconds, time.perf_counter() - started)
-                self._emit("on_phase_end", PhaseEnd(phase.name, index, len(phases), self.state_dict))
+            yield
         except TrainingInterrupted as interruption:
             where = str(interruption)
             self._emit("on_interrupt", Interrupted(self.stop_requested, where, self.result.history, self.state_dict))
             raise
-        except GeneratorExit:  # the caller dropped the paused fit (it is ending for another reason)
-            raise
         except KeyboardInterrupt:  # a second Ctrl-C stopped it mid-step: the last checkpoint is what remains
-            where = f"at once by a second {self.stop_requested or 'SIGINT'} {self._where()}"
+            where = f"at once by a second {self.stop_requested or 'SIGINT'} {self.where}"
             self._emit("on_interrupt", Interrupted(self.stop_requested or "SIGINT", where, self.result.history, None))
             raise
         except BaseException as error:
             self._emit("on_failure", Failed(error))
             raise
-        if self.result.final_codes is None:  # resumed with nothing left to train: measure the codes now
-            self.result.final_codes = self.validate()[1]
+
+    def begin(self, resume: Optional[dict[str, Any]] = None) -> None:
+        """Set up to train from the start, or from ``resume`` (its position, histories and random streams)."""
+        self._resume, self._entered, self._finished = resume, 0, False
+        self._next_phase = resume["phase_index"] if resume else 0
+        if resume:
+            self._restore_progress(resume)
+
+    def next_epoch(self) -> bool:
+        """Whether an epoch is to train next: moves on to the next phase when this one is done (its last
+        epoch trained, or its policy stopped it early); False when every phase is."""
+        while not self._finished:
+            phase = self.parts.phases[self.phase_index]
+            if self.policy is not None and self.epoch_in_phase < phase.epochs and not self.policy.should_stop():
+                self._epoch_started = time.perf_counter()
+                return True
+            if self.policy is not None:
+                self._emit(
+                    "on_phase_end", PhaseEnd(phase.name, self.phase_index, len(self.parts.phases), self.state_dict)
+                )
+            self._enter_next_phase()
+        return False
+
+    def _enter_next_phase(self) -> None:
+        phases, index = self.parts.phases, self._next_phase
+        if index >= len(phases):
+            self._finished = True
+            if self.result.final_codes is None:  # resumed with nothing left to train: measure the codes now
+                self.result.final_codes = self.validate()[1]
+            return
+        while self._entered <= index:  # a resumed run's earlier phases replay their set-up
+            network, parameters = phases[self._entered].enter(self.parts.model)
+            self._entered += 1
+        resume = self._resume if self._resume and index == self._resume["phase_index"] else None
+        self._start_phase(index, phases[index], network, parameters, resume)
+        self._next_phase = index + 1
+
+    def end_epoch(self, train_loss: float, train_seconds: float) -> None:
+        """After an epoch's training: validate, step the learning-rate policy, record and checkpoint."""
+        phase = self.parts.phases[self.phase_index]
+        val, codes = self.validate()
+        self.policy.step(val.loss)
+        self.epoch_in_phase += 1
+        self._record(phase, train_loss, val, codes, train_seconds, time.perf_counter() - self._epoch_started)
 
     def _start_phase(
         self, index: int, phase: Phase, network: Autoencoder, parameters: list, resume: Optional[dict[str, Any]]
@@ -160,7 +187,6 @@ class Trainer:
     def train_epoch(self) -> float:
         """One epoch (or the rest of one, after a mid-epoch resume); returns the mean training loss."""
         parts, optimizer, scaler = self.parts, self.optimizer, self.scaler
-        log_every = parts.config.trainer.log_every
         self.network.train()
         self.epoch_batch_state = self.batch_generator.get_state()  # replays this epoch's order on resume
         batches = iterate_batches(
@@ -176,38 +202,50 @@ class Trainer:
             scaler.step(optimizer)
             scaler.update()
             self.network.after_step()
+            self.count_step(clean.shape[0], loss)
+        return self.end_train_epoch()
+
+    def count_step(self, samples: int, loss: Optional[torch.Tensor] = None) -> None:
+        """A training step done (by this loop or by a driver that steps for it): its loss added to the
+        epoch's running sum (``None``: the driver added it), the counters moved on, the loss read back and
+        reported every ``log_every`` steps, and a requested stop raised as ``TrainingInterrupted``."""
+        if loss is not None:
             self.running_loss += loss.detach()
-            self.step_in_epoch += 1
-            self.global_step += 1
-            self.result.samples_seen += clean.shape[0]
-            if self.step_in_epoch % log_every == 0:
-                self._emit("on_step", StepEnd(self.step_in_epoch, self._mean_loss(), self.global_step))
-            if self.stop_requested:
-                raise TrainingInterrupted(f"{self.stop_requested} {self._where()}")
-        if parts.world.is_distributed:  # report the global mean, not rank 0's shard (one sync per epoch)
+        self.step_in_epoch += 1
+        self.global_step += 1
+        self.result.samples_seen += samples
+        if self.step_in_epoch % self.parts.config.trainer.log_every == 0:
+            self._emit("on_step", StepEnd(self.step_in_epoch, self.mean_loss(), self.global_step))
+        if self.stop_requested:
+            raise TrainingInterrupted(f"{self.stop_requested} {self.where}")
+
+    def end_train_epoch(self) -> float:
+        """The epoch's mean training loss (over every rank), checked finite; the running sum starts again."""
+        if self.parts.world.is_distributed:  # report the global mean, not rank 0's shard (one sync per epoch)
             torch.distributed.all_reduce(self.running_loss)
-            self.running_loss /= parts.world.size
-        mean = self._mean_loss()
-        self.step_in_epoch, self.running_loss = 0, torch.zeros((), device=parts.device)
+            self.running_loss /= self.parts.world.size
+        mean = self.mean_loss()
+        self.step_in_epoch, self.running_loss = 0, torch.zeros((), device=self.parts.device)
         return mean
 
-    def _mean_loss(self) -> float:
+    def mean_loss(self) -> float:
         """Read the running loss back from the device (the only per-step sync) and check it is finite."""
         mean = (self.running_loss / max(self.step_in_epoch, 1)).item()
         if not math.isfinite(mean):
             history = self.result.history
             kept = (
-                f"checkpoints/last.pt keeps the last good epoch ({history[-1].epoch})"
+                f"{LAST_CHECKPOINT} keeps the last good epoch ({history[-1].epoch})"
                 if history
                 else "no epoch had finished, so no checkpoint was written"
             )
             raise TrainingDiverged(
-                f"the training loss became {mean} {self._where()}; {kept} and the run is marked failed; "
+                f"the training loss became {mean} {self.where}; {kept} and the run is marked failed; "
                 "try a lower optimizer.lr"
             )
         return mean
 
-    def _where(self) -> str:
+    @property
+    def where(self) -> str:
         return f"in epoch {len(self.result.history) + 1}, by step {self.step_in_epoch}"
 
     def validate(self) -> tuple[Evaluation, CodeStatistics]:

@@ -125,6 +125,7 @@ def evaluate(
         penalty=penalty / samples,
         mse=squared_error / pixels,
         squared_error_per_image=squared_error / samples,
+        psnr=psnr(squared_error / pixels),
         fvu=fvu,
         explained_variance=1 - fvu if fvu is not None else None,
         cosine_similarity=cosine_sum / samples,

@@ -11,10 +11,24 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from autoenc_cli.folder_layout import BEST_CHECKPOINT, EVAL_JSON, HISTORY_CSV, METRICS_JSON, REPORT_HTML
 
-def metric(doc: str, default: Any = None, summary: bool = False) -> Any:
-    """A record field with its description (shown in reports) and whether sweep summaries list it."""
-    return field(default=default, metadata={"doc": doc, "summary": summary})
+
+def metric(
+    doc: str,
+    default: Any = None,
+    summary: bool = False,
+    kept: Optional[str] = None,
+    recorded_as: Optional[str] = None,
+) -> Any:
+    """A record field with its description (shown in reports) and whether sweep summaries list it.
+
+    A metric is declared once, as a field of ``Evaluation``; the records take it from there (``evaluated``
+    below). ``kept``: what a run keeps of it, ``"epoch"`` (every epoch's in history.csv and the last in
+    metrics.json) or ``"run"`` (metrics.json only); ``recorded_as``: its name there, ``val_<name>`` unless
+    given."""
+    metadata = {"doc": doc, "summary": summary, "kept": kept, "recorded_as": recorded_as}
+    return field(default=default, metadata=metadata)
 
 
 def as_dict(record: Any) -> dict[str, Any]:
@@ -24,11 +38,11 @@ def as_dict(record: Any) -> dict[str, Any]:
 
 def carried(source: Any, record_class: type, **given: Any) -> Any:
     """A ``record_class`` with ``given`` values, the rest taken from ``source``'s fields of the same name
-    (a ``val_`` field also from the unprefixed one: an evaluation of the validation split)."""
+    (or, for a field taken from an ``Evaluation``, of the name it has there)."""
     available = {f.name for f in dataclasses.fields(source)}
     values = dict(given)
     for target in dataclasses.fields(record_class):
-        for name in (target.name, target.name.removeprefix("val_")):
+        for name in (target.name, target.metadata.get("evaluation")):
             if target.name not in values and name in available:
                 values[target.name] = getattr(source, name)
     return record_class(**values)
@@ -40,138 +54,180 @@ def descriptions(record_class: type) -> dict[str, str]:
 
 @dataclass
 class Evaluation:
-    """One pass over a split (means per sample unless stated)."""
+    """One pass over a split (means per sample unless stated): each metric's one declaration, in the order
+    a run's records list them."""
 
-    loss: float = metric("reconstruction loss + sparsity penalty")
+    loss: float = metric("reconstruction loss + sparsity penalty", summary=True, kept="epoch")
     reconstruction_loss: float = metric("the loss group's reconstruction term")
-    penalty: float = metric("the sparsity penalty (0 without one)")
-    mse: float = metric("mean squared error per pixel against the clean input")
+    mse: float = metric("mean squared error per pixel against the clean input", summary=True, kept="epoch")
     squared_error_per_image: float = metric("squared error summed over an image's pixels (Hinton & Salakhutdinov)")
+    psnr: float = metric("PSNR (dB) of the reconstruction against the clean input (from mse)", kept="run")
     fvu: Optional[float] = metric(
         "fraction of variance unexplained: squared error over the clean input's squared deviation from its mean "
-        "on the split, both summed over samples and values (0 perfect, 1 no better than the mean input)"
-    )
-    explained_variance: Optional[float] = metric("1 - fvu")
-    cosine_similarity: float = metric("mean cosine similarity of a clean input and its reconstruction")
-    l0: float = metric("mean number of active code units per sample (|code| > l0_threshold)")
-    l0_threshold: float = metric("the |code| above which a unit counts as active (trainer.active_threshold)")
-    dead_fraction: float = metric("fraction of code units never active on the split")
-    dense_fraction: float = metric("fraction of code units active on more than half of the samples")
-    mean_activation: float = metric("mean |code| per unit and sample")
-    psnr_noisy: Optional[float] = metric("denoising: PSNR (dB) of the corrupted input against the clean one")
-    psnr_denoised: Optional[float] = metric("denoising: PSNR (dB) of the reconstruction against the clean input")
-
-
-@dataclass
-class EpochRecord:
-    """One row of history.csv."""
-
-    stage: str = metric("the schedule's phase (train, stage1, ..., finetune)")
-    epoch: int = metric("epoch number across all phases, from 1")
-    train_loss: float = metric("mean training loss over the epoch's steps")
-    val_loss: float = metric("validation loss")
-    val_mse: float = metric("validation MSE per pixel")
-    val_fvu: Optional[float] = metric("validation fraction of variance unexplained")
-    val_explained_variance: Optional[float] = metric("validation explained variance (1 - fvu)")
-    val_cosine_similarity: Optional[float] = metric("validation mean cosine similarity of input and reconstruction")
-    val_penalty: float = metric("validation sparsity penalty")
-    l0: float = metric("validation l0")
-    dead_fraction: float = metric("validation dead fraction")
-    dense_fraction: float = metric("validation dense fraction")
-    mean_activation: float = metric("validation mean |code|")
-    val_psnr_noisy: Optional[float] = metric("denoising: PSNR of the corrupted validation input")
-    val_psnr_denoised: Optional[float] = metric("denoising: PSNR of the validation reconstruction")
-    lr: float = metric("learning rate at the end of the epoch")
-    seconds: float = metric("wall time of the epoch, validation included")
-
-    @classmethod
-    def of(cls, stage: str, epoch: int, train_loss: float, val: Evaluation, lr: float, seconds: float) -> "EpochRecord":
-        return carried(val, cls, stage=stage, epoch=epoch, train_loss=train_loss, lr=lr, seconds=seconds)
-
-
-@dataclass
-class RunSummary:
-    """metrics.json: how a run ended and, when it completed, its final numbers."""
-
-    status: str = metric("completed, interrupted, failed, or pruned (a tune trial stopped early)", summary=True)
-    error: Optional[str] = metric("why the run failed")
-    stopped: Optional[str] = metric("where an interrupted run stopped, or after which epoch a tune trial was pruned")
-    signal: Optional[str] = metric("the signal that interrupted the run")
-    train_loss: Optional[float] = metric("final epoch's mean training loss")
-    val_loss: Optional[float] = metric("final validation loss", summary=True)
-    val_mse: Optional[float] = metric("final validation MSE per pixel", summary=True)
-    val_psnr: Optional[float] = metric("final validation PSNR (dB)")
-    val_fvu: Optional[float] = metric(
-        "final validation fraction of variance unexplained (squared error over variance about the mean)", summary=True
-    )
-    val_explained_variance: Optional[float] = metric("final validation explained variance (1 - fvu)", summary=True)
-    val_cosine_similarity: Optional[float] = metric("final validation cosine similarity of input and reconstruction")
-    val_penalty: Optional[float] = metric("final validation sparsity penalty", summary=True)
-    l0: Optional[float] = metric("mean active code units (|code| > l0_threshold) per validation sample", summary=True)
-    l0_threshold: Optional[float] = metric("the |code| above which a unit counts as active (trainer.active_threshold)")
-    dead_fraction: Optional[float] = metric("code units never active on the validation split", summary=True)
-    dense_fraction: Optional[float] = metric("code units active on more than half of it", summary=True)
-    mean_activation: Optional[float] = metric("mean |code| per unit and sample")
-    val_psnr_noisy: Optional[float] = metric("denoising: PSNR of the corrupted validation input")
-    val_psnr_denoised: Optional[float] = metric("denoising: PSNR of the validation reconstruction")
-    best_val_loss: Optional[float] = metric("best validation loss of the final phase")
-    best_epoch: Optional[int] = metric("epoch of the best validation loss (checkpoints/best.pt)")
-    epochs: Optional[int] = metric("epochs trained, all phases", summary=True)
-    code_dim: Optional[int] = metric("code units", summary=True)
-    num_parameters: Optional[int] = metric("distinct trainable parameters (a tied weight counts once)")
-    train_seconds: Optional[float] = metric("time spent in training steps", summary=True)
-    samples_per_second: Optional[float] = metric("training throughput")
-    device: Optional[str] = metric("where it trained")
-    seed: Optional[int] = metric("the run's seed")
-    pca_val_mse: Optional[float] = metric(
-        "validation MSE of PCA with code_dim components on the same split and inputs (corrupted for denoising)",
+        "on the split, both summed over samples and values (0 perfect, 1 no better than the mean input)",
         summary=True,
+        kept="epoch",
     )
-    pca_val_mse_by_k: Optional[list[float]] = metric(
-        "PCA's validation MSE per pixel with k components, as pca_val_mse; entry i is k = i + 1, up to code_dim"
+    explained_variance: Optional[float] = metric("1 - fvu", summary=True, kept="epoch")
+    cosine_similarity: float = metric("mean cosine similarity of a clean input and its reconstruction", kept="epoch")
+    penalty: float = metric("the sparsity penalty (0 without one)", summary=True, kept="epoch")
+    # The code's statistics keep their names in a run's records: l0, not val_l0.
+    l0: float = metric(
+        "mean number of active code units per sample (|code| > l0_threshold)",
+        summary=True,
+        kept="epoch",
+        recorded_as="l0",
     )
-    wall_seconds: Optional[float] = metric("wall time of the whole run, figures included")
-    stack: Optional[str] = metric(
-        "hydra/launcher=stacked: the first stack the run trained in (its label and jobs), or alone", summary=True
+    l0_threshold: float = metric(
+        "the |code| above which a unit counts as active (trainer.active_threshold)",
+        kept="run",
+        recorded_as="l0_threshold",
     )
-    figures: Optional[list[str]] = metric("the figures this run wrote (report.html shows these and no others)")
-    notes: Optional[list[str]] = metric("extras that were skipped, and why")
+    dead_fraction: float = metric(
+        "fraction of code units never active on the split", summary=True, kept="epoch", recorded_as="dead_fraction"
+    )
+    dense_fraction: float = metric(
+        "fraction of code units active on more than half of the samples",
+        summary=True,
+        kept="epoch",
+        recorded_as="dense_fraction",
+    )
+    mean_activation: float = metric("mean |code| per unit and sample", kept="epoch", recorded_as="mean_activation")
+    psnr_noisy: Optional[float] = metric(
+        "denoising: PSNR (dB) of the corrupted input against the clean one", kept="epoch"
+    )
+    psnr_denoised: Optional[float] = metric(
+        "denoising: PSNR (dB) of the reconstruction against the clean input", kept="epoch"
+    )
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RunSummary":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
 
+EVALUATION_FIELDS = {f.name: f for f in dataclasses.fields(Evaluation)}
+
+
+def evaluated(*names: str, recorded: bool = True) -> list[tuple[str, Any, Any]]:
+    """Fields of a record class taken from ``Evaluation``: the metrics ``names``, with their declaration's
+    description, named as a run's records name them (``recorded``: val_mse, l0) or as Evaluation does."""
+    fields = []
+    for name in names:
+        declared = EVALUATION_FIELDS[name]
+        column = (declared.metadata["recorded_as"] or f"val_{name}") if recorded else name
+        metadata = {**declared.metadata, "evaluation": name, "summary": declared.metadata["summary"] and recorded}
+        fields.append((column, Optional[float], field(default=None, metadata=metadata)))
+    return fields
+
+
+def own(name: str, kind: Any, doc: str, summary: bool = False) -> tuple[str, Any, Any]:
+    """A record class's own field (not a metric of an ``Evaluation``)."""
+    return (name, Optional[kind], metric(doc, summary=summary))
+
+
+# What a run keeps of each validation: every epoch's (history.csv), and its last (metrics.json).
+EPOCH_METRICS = tuple(name for name, f in EVALUATION_FIELDS.items() if f.metadata["kept"] == "epoch")
+RUN_METRICS = tuple(name for name, f in EVALUATION_FIELDS.items() if f.metadata["kept"] in ("epoch", "run"))
+
+
+def record_class(name: str, doc: str, fields: list, **methods: Any) -> type:
+    """A record dataclass made of ``own`` and ``evaluated`` fields (every field defaults to None: absent)."""
+    return dataclasses.make_dataclass(name, fields, namespace={"__doc__": doc, "__module__": __name__, **methods})
+
+
+def _epoch_of(cls: type, stage: str, epoch: int, train_loss: float, val: Evaluation, lr: float, seconds: float) -> Any:
+    return carried(val, cls, stage=stage, epoch=epoch, train_loss=train_loss, lr=lr, seconds=seconds)
+
+
+EpochRecord = record_class(
+    "EpochRecord",
+    f"One row of {HISTORY_CSV}: an epoch, and its validation.",
+    [
+        own("stage", str, "the schedule's phase (train, stage1, ..., finetune)"),
+        own("epoch", int, "epoch number across all phases, from 1"),
+        own("train_loss", float, "mean training loss over the epoch's steps"),
+        *evaluated(*EPOCH_METRICS),
+        own("lr", float, "learning rate at the end of the epoch"),
+        own("seconds", float, "wall time of the epoch, validation included"),
+    ],
+    of=classmethod(_epoch_of),
+)
+
+
+def _summary_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{key: value for key, value in values.items() if key in known})
+
+
+RunSummary = record_class(
+    "RunSummary",
+    f"{METRICS_JSON}: how a run ended and, when it completed, its final numbers (its last epoch's validation).",
+    [
+        own("status", str, "completed, interrupted, failed, or pruned (a tune trial stopped early)", summary=True),
+        own("error", str, "why the run failed"),
+        own("stopped", str, "where an interrupted run stopped, or after which epoch a tune trial was pruned"),
+        own("signal", str, "the signal that interrupted the run"),
+        own("train_loss", float, "final epoch's mean training loss"),
+        *evaluated(*RUN_METRICS),
+        own("best_val_loss", float, "best validation loss of the final phase"),
+        own("best_epoch", int, f"epoch of the best validation loss ({BEST_CHECKPOINT})"),
+        own("epochs", int, "epochs trained, all phases", summary=True),
+        own("code_dim", int, "code units", summary=True),
+        own("num_parameters", int, "distinct trainable parameters (a tied weight counts once)"),
+        own("train_seconds", float, "time spent in training steps", summary=True),
+        own("samples_per_second", float, "training throughput"),
+        own("device", str, "where it trained"),
+        own("seed", int, "the run's seed"),
+        own(
+            "pca_val_mse",
+            float,
+            "validation MSE of PCA with code_dim components on the same split and inputs (corrupted for denoising)",
+            summary=True,
+        ),
+        own(
+            "pca_val_mse_by_k",
+            list[float],
+            "PCA's validation MSE per pixel with k components, as pca_val_mse; entry i is k = i + 1, up to code_dim",
+        ),
+        own("wall_seconds", float, "wall time of the whole run, figures included"),
+        own(
+            "stack",
+            str,
+            "hydra/launcher=stacked: the first stack the run trained in (its label and jobs), or alone",
+            summary=True,
+        ),
+        own("figures", list[str], f"the figures this run wrote ({REPORT_HTML} shows these and no others)"),
+        own("notes", list[str], "extras that were skipped, and why"),
+    ],
+    from_dict=classmethod(_summary_from_dict),
+)
 
 SUMMARY_METRICS = tuple(f.name for f in dataclasses.fields(RunSummary) if f.metadata["summary"] and f.name != "status")
 
-
-@dataclass
-class EvalReport:
-    """eval.json: a trained run scored on one split, against PCA with as many components."""
-
-    run: str = metric("the run folder")
-    checkpoint: str = metric("the checkpoint scored")
-    data: str = metric("the data set")
-    split: str = metric("the split scored")
-    samples: int = metric("images in the split")
-    inputs: str = metric("what the autoencoder and the PCA baseline both saw: clean or corrupted inputs")
-    mse: float = metric("MSE per pixel")
-    squared_error_per_image: float = metric("squared error summed over an image's pixels")
-    psnr: float = metric("PSNR (dB)")
-    fvu: Optional[float] = metric("fraction of variance unexplained (squared error over variance about the mean)")
-    explained_variance: Optional[float] = metric("explained variance (1 - fvu)")
-    cosine_similarity: float = metric("mean cosine similarity of a clean input and its reconstruction")
-    l0: float = metric("mean active code units per sample (|code| > l0_threshold)")
-    l0_threshold: float = metric("the |code| above which a unit counts as active (the run's trainer.active_threshold)")
-    dead_fraction: float = metric("code units never active on the split")
-    dense_fraction: float = metric("code units active on more than half of the split")
-    code_dim: int = metric("code units")
-    input_size: int = metric("values per input")
-    compression_ratio: float = metric("input values per code value")
-    psnr_noisy: Optional[float] = metric("denoising: PSNR of the corrupted input")
-    psnr_denoised: Optional[float] = metric("denoising: PSNR of the reconstruction")
-    pca_mse: Optional[float] = metric("MSE per pixel of PCA with code_dim components, fitted on the train split")
-    pca_squared_error_per_image: Optional[float] = metric("PCA's squared error per image")
-    ae_pca_mse_ratio: Optional[float] = metric("the autoencoder's MSE over PCA's (below 1: better than PCA)")
-    probe: Optional[dict[str, Any]] = metric("semi-supervised probe accuracies")
+EvalReport = record_class(
+    "EvalReport",
+    f"{EVAL_JSON}: a trained run scored on one split, against PCA with as many components.",
+    [
+        own("run", str, "the run folder"),
+        own("checkpoint", str, "the checkpoint scored"),
+        own("data", str, "the data set"),
+        own("split", str, "the split scored"),
+        own("samples", int, "images in the split"),
+        own("inputs", str, "what the autoencoder and the PCA baseline both saw: clean or corrupted inputs"),
+        *evaluated("mse", "squared_error_per_image", "psnr", recorded=False),
+        *evaluated(
+            "fvu",
+            "explained_variance",
+            "cosine_similarity",
+            "l0",
+            "l0_threshold",
+            "dead_fraction",
+            "dense_fraction",
+            recorded=False,
+        ),
+        own("code_dim", int, "code units"),
+        own("input_size", int, "values per input"),
+        own("compression_ratio", float, "input values per code value"),
+        *evaluated("psnr_noisy", "psnr_denoised", recorded=False),
+        own("pca_mse", float, "MSE per pixel of PCA with code_dim components, fitted on the train split"),
+        own("pca_squared_error_per_image", float, "PCA's squared error per image"),
+        own("ae_pca_mse_ratio", float, "the autoencoder's MSE over PCA's (below 1: better than PCA)"),
+        own("probe", dict[str, Any], "semi-supervised probe accuracies"),
+    ],
+)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from autoenc_cli.errors import TrainingInterrupted, UserAbort, UserError
+from autoenc_cli.folder_layout import METRICS_JSON, SUMMARY_CSV, StudyLayout
 
 
 def main(argv: Sequence[str]) -> int:
@@ -40,11 +39,11 @@ def tune(argv: list[str]) -> int:
     from autoenc_cli.artifacts.console import console
     from autoenc_cli.artifacts.run_folder import refuse_unless_new
     from autoenc_cli.folder_lock import claim_folder
+    from autoenc_cli.job import stop_on_signals
     from autoenc_cli.tuning import study as studies
     from autoenc_cli.tuning.command import check_resume, parse_arguments, plan_study, tune_key
-    from autoenc_cli.tuning.compose import Composer
     from autoenc_cli.tuning.results import finish
-    from autoenc_cli.tuning.trials import StudyRun, run_workers
+    from autoenc_cli.tuning.trials import StudyRun, StudyStop, run_workers
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # autoenc prints each trial's outcome itself
     arguments = parse_arguments(argv)
@@ -54,12 +53,11 @@ def tune(argv: list[str]) -> int:
         record = studies.read_record(study_dir)
         if arguments.sweep_dir not in (None, arguments.resume):
             raise UserError(f"resume={arguments.resume} continues in that folder; drop hydra.sweep.dir")
-    with Composer() as composer:
-        if record is not None:  # the resume rule first: every argument given agrees with the recorded command
-            check_resume(composer, arguments, record["arguments"], arguments.resume)
-            # then the recorded command, with any new budget
-            arguments = parse_arguments([*record["arguments"], *arguments.resumable(), f"resume={study_dir}"])
-        plan = plan_study(composer, arguments)
+    if record is not None:  # the resume rule first: every argument given agrees with the recorded command
+        check_resume(arguments, record["arguments"], arguments.resume)
+        # then the recorded command, with any new budget
+        arguments = parse_arguments([*record["arguments"], *arguments.resumable(), f"resume={study_dir}"])
+    plan = plan_study(arguments)
     if record is not None:
         if record["study"] != plan.identity():
             raise UserError(
@@ -119,21 +117,19 @@ def tune(argv: list[str]) -> int:
         soft_wrap=True,
     )
     deadline = time.monotonic() + settings.timeout if settings.timeout else None
-    with Composer() as composer:
-        run = StudyRun(
-            study=study,
-            study_dir=study_dir,
-            base=plan.arguments.base,
-            params=plan.params,
-            objectives=objectives,
-            prune_on=plan.prune_on,
-            warmup_epochs=settings.warmup_epochs,
-            trials=settings.trials,
-            deadline=deadline,
-            composer=composer,
-        )
-        with torch_threads(settings.n_jobs, plan.threads), stop_on_signals(run) as stopped_by:
-            run_workers(run, settings.n_jobs)
+    run = StudyRun(
+        study=study,
+        study_dir=study_dir,
+        base=plan.arguments.base,
+        params=plan.params,
+        objectives=objectives,
+        prune_on=plan.prune_on,
+        warmup_epochs=settings.warmup_epochs,
+        trials=settings.trials,
+        deadline=deadline,
+    )
+    with torch_threads(settings.n_jobs, plan.threads), stop_on_signals(StudyStop(run)) as stopped_by:
+        run_workers(run, settings.n_jobs)
     record = finish(study, study_dir, objectives, plan.params)
     resume_hint = f"autoenc tune resume={study_dir}"
     if stopped_by:
@@ -148,12 +144,12 @@ def tune(argv: list[str]) -> int:
         counts = record["trials"]
         raise UserError(
             f"none of the study's {counts['total']} trials completed ({counts.get('pruned', 0)} pruned, "
-            f"{counts.get('fail', 0)} failed); see {study_dir / 'summary.csv'}"
+            f"{counts.get('fail', 0)} failed); see {StudyLayout(study_dir).summary_csv}"
         )
     if run.failed:  # as a sweep with a failed job: the report is written, the command exits non-zero
         raise UserError(
             f"{len(run.failed)} of the {run.started} trials run failed: {', '.join(run.failed)}; their errors are "
-            f"in each trial's metrics.json (summary.csv lists every trial); a failed trial is not run again "
+            f"in each trial's {METRICS_JSON} ({SUMMARY_CSV} lists every trial); a failed trial is not run again "
             f"(more trials: {resume_hint} tune.trials=N)"
         )
     console.print(f"more trials: {resume_hint} tune.trials=N (also from another terminal)", soft_wrap=True)
@@ -173,29 +169,3 @@ def torch_threads(n_jobs: int, configured: object) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-@contextmanager
-def stop_on_signals(run: object) -> Iterator[list[str]]:
-    """Ctrl-C or SIGTERM stops the study: running trials stop after their current step (checkpoint saved,
-    params queued again) and no new trial starts; a second one stops at once."""
-    from autoenc_cli.artifacts.console import console
-
-    stopped_by: list[str] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield stopped_by
-        return
-
-    def request_stop(signum: int, frame: object) -> None:
-        if stopped_by:
-            raise KeyboardInterrupt
-        stopped_by.append(signal.Signals(signum).name)
-        run.stop.set()  # type: ignore[attr-defined]
-        console.print("[yellow]stopping the study[/] after the running trials' current step (again: stop at once)")
-
-    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stopped_by
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -9,19 +9,21 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
+from autoenc_cli.compose import compose, run_config
+from autoenc_cli.error_report import one_line_or_none
 from autoenc_cli.errors import UserError
-from autoenc_cli.tuning.compose import Composer, one_line
+from autoenc_cli.folder_layout import STUDY_DB
 from autoenc_cli.tuning.search_space import Param, check_corners, parse_params
 from autoenc_cli.tuning.settings import RESUMABLE, Objective, TuneConfig, parse_objectives, pruning_metric
 
-USAGE = """usage: autoenc tune [TRAIN OVERRIDES] tune.params='{KEY: SPEC, ...}' [tune.KEY=VALUE] [resume=SWEEP_DIR]
+USAGE = f"""usage: autoenc tune [TRAIN OVERRIDES] tune.params='{{KEY: SPEC, ...}}' [tune.KEY=VALUE] [resume=SWEEP_DIR]
 
 Search hyperparameters with Optuna: each trial is an ordinary `autoenc train` run (the same overrides), with
-the searched keys sampled; the study (study.db), the trials' run folders and the report go to a sweep folder.
+the searched keys sampled; the study ({STUDY_DB}), the trials' run folders and the report go to a sweep folder.
 
-  autoenc tune model=sparse_fc sparsity=topk 'tune.params={k: int(4, 64, log), optimizer.lr: float(1e-4, 1e-2, log)}'
-  autoenc tune model=sparse_fc sparsity=topk 'tune.params={k: int(4, 64, log)}' 'tune.objectives=[val_mse,l0]'
-  autoenc tune 'tune.params={model.encoder: choice([{width: 256}], [{width: 512}, {width: 256}])}'
+  autoenc tune model=sparse_fc sparsity=topk 'tune.params={{k: int(4, 64, log), optimizer.lr: float(1e-4, 1e-2, log)}}'
+  autoenc tune model=sparse_fc sparsity=topk 'tune.params={{k: int(4, 64, log)}}' 'tune.objectives=[val_mse,l0]'
+  autoenc tune 'tune.params={{model.encoder: choice([{{width: 256}}], [{{width: 512}}, {{width: 256}}])}}'
   autoenc tune resume=outputs/sweeps/<study> tune.trials=40     (continue, or work on it from another terminal)
 
 SPEC: int(LOW, HIGH[, log][, step=N]) | float(LOW, HIGH[, log][, step=X]) | choice(A, B, ...);
@@ -84,7 +86,7 @@ def parse_arguments(argv: list[str]) -> Arguments:
     try:
         parsed = OverridesParser.create().parse_overrides(arguments.base)
     except Exception as error:  # noqa: BLE001 - a malformed override is one line
-        raise UserError(one_line(error) or str(error)) from None
+        raise UserError(one_line_or_none(error) or str(error)) from None
     for override in parsed:
         if override.is_sweep_override():
             raise UserError(
@@ -129,18 +131,18 @@ class Plan:
         return [*self.arguments.base, *tune, f"tune.params={{{space}}}"]
 
 
-def tune_settings(composer: Composer, arguments: list[str]) -> TuneConfig:
+def tune_settings(arguments: list[str]) -> TuneConfig:
     from autoenc_cli.schema.fields import check_tree, with_prefix
     from autoenc_cli.schema.resolve import typed
 
-    plain = OmegaConf.to_container(composer.compose("tune", arguments).tune, resolve=True)
+    plain = OmegaConf.to_container(compose("tune", arguments).tune, resolve=True)
     assert isinstance(plain, dict)
     settings = typed(TuneConfig, plain, "tune")
     with_prefix("tune", lambda: check_tree(settings))
     return settings
 
 
-def check_resume(composer: Composer, arguments: Arguments, recorded_argv: list[str], study_dir: str) -> None:
+def check_resume(arguments: Arguments, recorded_argv: list[str], study_dir: str) -> None:
     """resume=STUDY with more arguments: each one given must agree with the command that started the study
     (only tune.trials, tune.n_jobs and tune.timeout may change). Checked before anything is composed from the
     new command, so a change is named as such, not as the error the changed command alone would give."""
@@ -161,8 +163,8 @@ def check_resume(composer: Composer, arguments: Arguments, recorded_argv: list[s
                 got.append(f"tune.params.{key}={spec}")
     changed = [argument for argument in arguments.tune if tune_key(argument) not in RESUMABLE]
     if changed:
-        mine_settings = dataclasses.asdict(tune_settings(composer, arguments.tune))
-        their_settings = dataclasses.asdict(tune_settings(composer, recorded.tune))
+        mine_settings = dataclasses.asdict(tune_settings(arguments.tune))
+        their_settings = dataclasses.asdict(tune_settings(recorded.tune))
         got += [
             argument
             for argument in changed
@@ -183,26 +185,23 @@ def texts(value: Optional[str], per_key: dict[str, str]) -> Optional[dict[str, s
         return None
 
 
-def plan_study(composer: Composer, arguments: Arguments) -> Plan:
+def plan_study(arguments: Arguments) -> Plan:
     """Every check before the first trial: the settings, the objectives, the search space's keys, and both
     ends of every range through the whole config check."""
-    from autoenc_cli.schema.check import check_shorthands
-
-    settings = tune_settings(composer, arguments.tune)
+    settings = tune_settings(arguments.tune)
     objectives = parse_objectives(settings.objectives)
     params = parse_params(arguments.params, arguments.param_keys)
     base = arguments.base
-    check_shorthands(base)  # a key given twice is named as such, not as the first range end it spoils
-    cfg = composer.compose("train", base)
+    cfg = compose("train", base)  # a key given twice is named as such, not as the first range end it spoils
     given = {override.partition("=")[0].lstrip("+~") for override in base}
     for key, param in params.items():
         if key in given:
             raise UserError(f"tune.params.{key}: {key} is also fixed by an override ({key}=...); give only one")
         try:
-            composer.compose("train", [*base, param.override(param.corners()[0])])
+            compose("train", [*base, param.override(param.corners()[0])])
         except UserError as error:
             raise UserError(f"tune.params.{key}: {error}") from None
-    check_corners(params, base, composer.check)
+    check_corners(params, base, run_config)
     pruner_given = any(tune_key(argument) == "pruner" for argument in arguments.tune)
     plan = Plan(
         arguments,

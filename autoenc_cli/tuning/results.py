@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from autoenc_cli.artifacts.console import console
+from autoenc_cli.folder_layout import StudyLayout
 from autoenc_cli.io import write_json
 from autoenc_cli.tuning.search_space import Param
 from autoenc_cli.tuning.settings import Objective
-from autoenc_cli.tuning.study import BEST_FILE
 
 
 def front(study: Any, objectives: list[Objective]) -> list[Any]:
@@ -42,7 +42,7 @@ def write_best(study: Any, study_dir: Path, objectives: list[Objective], params:
         "front": "pareto" if len(objectives) > 1 else "best",  # the summary.csv column that marks them
         "best": best,
     }
-    write_json(study_dir / BEST_FILE, record)
+    write_json(StudyLayout(study_dir).best_json, record)
     return record
 
 
@@ -55,7 +55,7 @@ def finish(study: Any, study_dir: Path, objectives: list[Objective], params: dic
     if any(path.is_dir() and path.name.isdigit() for path in study_dir.iterdir()):
         _, table = write_report([study_dir], study_dir)
         console.print(table)
-        console.print(f"study summary: [bold]{study_dir / 'summary.csv'}[/]", soft_wrap=True)
+        console.print(f"study summary: [bold]{StudyLayout(study_dir).summary_csv}[/]", soft_wrap=True)
     finish_sweep(study_dir)  # after the report: the trials' MLflow parent run keeps it
     counts = record["trials"]
     states = {"complete": "complete", "pruned": "pruned", "fail": "failed", "running": "running"}

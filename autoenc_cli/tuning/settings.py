@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from autoenc_cli.errors import ConfigError, UserError
+from autoenc_cli.folder_layout import METRICS_JSON
 from autoenc_cli.schema import choice, number
 from autoenc_cli.training.records import EpochRecord, RunSummary
 
@@ -84,7 +85,8 @@ def parse_objectives(names: list[str]) -> list[Objective]:
             raise UserError(f"tune.objectives: '{text}': write NAME to minimise it or maximize:NAME")
         if name not in numeric_metrics():
             raise UserError(
-                f"tune.objectives: '{name}' is not a metric of metrics.json; choose from {', '.join(numeric_metrics())}"
+                f"tune.objectives: '{name}' is not a metric of {METRICS_JSON}; choose from "
+                f"{', '.join(numeric_metrics())}"
             )
         objectives.append(Objective(name, PREFIXES[prefix] if colon else "minimize"))
     if not objectives:

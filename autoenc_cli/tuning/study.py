@@ -10,16 +10,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from autoenc_cli.errors import UserError
+from autoenc_cli.folder_layout import STUDY_DB, TUNE_JSON, StudyLayout
 from autoenc_cli.io import read_json, write_json
 from autoenc_cli.tuning.settings import Objective, TuneConfig
 
-STUDY_FILE = "study.db"
-RECORD_FILE = "tune.json"  # the command that started the study (resume must repeat it)
-BEST_FILE = "best.json"
-
 
 def storage_url(study_dir: Path) -> str:
-    return f"sqlite:///{(study_dir / STUDY_FILE).absolute()}"
+    return f"sqlite:///{StudyLayout(study_dir).study_db.absolute()}"
 
 
 def storage(study_dir: Path) -> Any:
@@ -79,8 +76,8 @@ def open_study(study_dir: Path, name: str, objectives: list[Objective], pruner: 
     directions = [objective.direction for objective in objectives]
     if new:
         return optuna.create_study(storage=storage(study_dir), study_name=name, directions=directions, pruner=pruner)
-    if not (study_dir / STUDY_FILE).is_file():
-        raise UserError(f"resume={study_dir}: the folder holds no study ({STUDY_FILE}); give a tune study folder")
+    if not StudyLayout(study_dir).study_db.is_file():
+        raise UserError(f"resume={study_dir}: the folder holds no study ({STUDY_DB}); give a tune study folder")
     study = optuna.load_study(storage=storage(study_dir), study_name=name, pruner=pruner)
     if [direction.name.lower() for direction in study.directions] != directions:
         raise UserError(f"resume={study_dir}: the study's objectives differ from tune.objectives")
@@ -141,11 +138,11 @@ def recover_stale(study: Any, study_dir: Path) -> list[int]:
 
 
 def read_record(study_dir: Path) -> dict[str, Any]:
-    record = read_json(study_dir / RECORD_FILE)
+    record = read_json(StudyLayout(study_dir).tune_json)  # the command that started it: a resume must repeat it
     if not record:
-        raise UserError(f"resume={study_dir}: the folder holds no tune study ({RECORD_FILE}); give a study folder")
+        raise UserError(f"resume={study_dir}: the folder holds no tune study ({TUNE_JSON}); give a study folder")
     return record
 
 
 def write_record(study_dir: Path, record: dict[str, Any]) -> None:
-    write_json(study_dir / RECORD_FILE, record)
+    write_json(StudyLayout(study_dir).tune_json, record)

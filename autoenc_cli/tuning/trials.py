@@ -7,19 +7,16 @@ import logging
 import math
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
-
-from omegaconf import OmegaConf
+from typing import Any, Optional
 
 from autoenc_cli.artifacts.console import console
 from autoenc_cli.artifacts.run_folder import RunFolder
-from autoenc_cli.errors import TrainingInterrupted, UserError
+from autoenc_cli.errors import RunPruned, TrainingInterrupted
+from autoenc_cli.job import TRIAL, Job, StopRequest, thread_logging_into
 from autoenc_cli.training.callbacks import Callback, EpochEnd, PhaseStart, StepEnd
-from autoenc_cli.training.records import EpochRecord, RunSummary, carried
-from autoenc_cli.tuning.compose import Composer
+from autoenc_cli.training.records import EpochRecord
 from autoenc_cli.tuning.search_space import Param
 from autoenc_cli.tuning.settings import Objective
 from autoenc_cli.tuning.study import owner, trials_used
@@ -40,7 +37,6 @@ class StudyRun:
     warmup_epochs: int
     trials: int
     deadline: Optional[float]
-    composer: Composer
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     errors: list[BaseException] = field(default_factory=list)
@@ -48,9 +44,25 @@ class StudyRun:
     failed: list[str] = field(default_factory=list)  # "NUMBER (overrides)" of the trials that failed here
 
 
+class StudyStop(StopRequest):
+    """Ctrl-C or SIGTERM stops the study: running trials stop after their current step (checkpoint saved,
+    params queued again) and no new trial starts; a second one stops at once."""
+
+    def __init__(self, run: StudyRun) -> None:
+        self.run = run
+
+    def request(self, signal_name: str) -> None:
+        self.run.stop.set()
+        console.print("[yellow]stopping the study[/] after the running trials' current step (again: stop at once)")
+
+    def requested(self) -> bool:
+        return False  # the study is stopped once, by the signal received first (a worker's error stops it too)
+
+
 class TrialReporter(Callback):
     """Reports the objective after every epoch (``trial.report``) and stops the run when the pruner says
-    so (``TrialPruned``) or when the study is asked to stop (Ctrl-C: the run is interrupted, checkpoint saved).
+    so (``RunPruned``: the trial is recorded as pruned) or when the study is asked to stop (Ctrl-C: the run
+    is interrupted, checkpoint saved).
     No trial is pruned before ``warmup_epochs`` nor after its last epoch (nothing left to save: it completes)."""
 
     def __init__(self, trial: Any, metric: Optional[str], warmup_epochs: int, stop: threading.Event) -> None:
@@ -71,15 +83,13 @@ class TrialReporter(Callback):
         return self.last.epoch if self.last else 0
 
     def on_epoch_end(self, event: EpochEnd) -> None:
-        import optuna
-
         self.last = record = event.record
         value = getattr(record, self.metric) if self.metric else None
         if value is not None and math.isfinite(value):
             self.trial.report(value, record.epoch)
             last = self.final_epoch is not None and record.epoch >= self.final_epoch
             if record.epoch > self.warmup_epochs and not last and self.trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {record.epoch} ({self.metric} {value:.6g})")
+                raise RunPruned(f"pruned after epoch {record.epoch} ({self.metric} {value:.6g})")
         if self.stop.is_set():
             raise TrainingInterrupted(f"the study stopped after epoch {record.epoch}")
 
@@ -91,76 +101,36 @@ class Outcome:
     message: str = ""
 
 
-def write_hydra_record(folder: RunFolder, overrides: list[str], cfg: Any) -> None:
-    """.hydra/ as a grid sweep's job has it: the config and the overrides that made it."""
-    hydra_dir = folder.path / ".hydra"
-    hydra_dir.mkdir(parents=True, exist_ok=True)
-    if cfg is not None:
-        OmegaConf.save(cfg, hydra_dir / "config.yaml")
-    OmegaConf.save(OmegaConf.create(list(overrides)), hydra_dir / "overrides.yaml")
-
-
-@contextmanager
-def trial_log(folder: RunFolder) -> Iterator[None]:
-    """train.log in the run folder, as Hydra writes one, with this thread's records only."""
-    handler = logging.FileHandler(folder.path / "train.log")
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    thread = threading.get_ident()
-    handler.addFilter(lambda record: record.thread == thread)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-
-
 def sampled_overrides(run: StudyRun, trial: Any) -> list[str]:
     return [run.params[key].override(value) for key, value in trial.params.items()]
 
 
 def run_trial(run: StudyRun, trial: Any) -> Outcome:
-    import optuna
-
-    from autoenc_cli.train import optional, train
+    """The trial as a job of the study (``autoenc_cli.job``), in its own run folder, with its train.log."""
 
     sampled = sampled_overrides(run, trial)
     overrides = [*run.base, *sampled]
     folder = RunFolder(run.study_dir / str(trial.number))
-    folder.path.mkdir(parents=True, exist_ok=True)
     console.rule(f"trial {trial.number}: {' '.join(sampled)}")
-    try:
-        config, config_yaml, cfg = run.composer.train_config(overrides)
-    except UserError as error:
-        write_hydra_record(folder, overrides, None)
-        folder.write_metrics(RunSummary(status="failed", error=f"config check: {error}"))
-        optional("report.html", lambda: write_report_page(folder))
-        return Outcome("failed", message=f"config check: {error}")
-    write_hydra_record(folder, overrides, cfg)
-    identity = folder.start(config_yaml)
+    folder.write_hydra_record(overrides)  # what the trial is, whatever becomes of it
     reporter = TrialReporter(trial, run.prune_on, run.warmup_epochs, run.stop)
-    with trial_log(folder):
+    job = Job(
+        folder,
+        lambda: trial_config(folder, overrides),
+        overrides,
+        part_of=TRIAL,
+        sweep_dir=run.study_dir,
+        callbacks=[reporter],
+    )
+    with thread_logging_into(folder):
         try:
-            summary = train(config, config_yaml, folder, None, identity["run_id"], [reporter], run.study_dir)
-        except optuna.TrialPruned as pruned:
-            summary = RunSummary(status="pruned", stopped=str(pruned), epochs=reporter.epochs)
-            if reporter.last is not None:  # the metrics of the epoch it was pruned after
-                summary = carried(
-                    reporter.last, RunSummary, status="pruned", stopped=str(pruned), epochs=reporter.epochs
-                )
-            folder.write_metrics(summary)
-            optional("report.html", lambda: write_report_page(folder))
+            summary = job.run()
+        except RunPruned as pruned:
             return Outcome("pruned", message=str(pruned))
         except TrainingInterrupted as interrupted:
             return Outcome("interrupted", message=str(interrupted))
-        except Exception as error:  # noqa: BLE001 - a failed trial is recorded and the study goes on
-            if not isinstance(error, UserError):
-                log.exception("trial %d failed", trial.number)
-            message = f"{type(error).__name__}: {error}"
-            folder.write_metrics(RunSummary(status="failed", error=message))
-            optional("report.html", lambda: write_report_page(folder))
-            return Outcome("failed", message=message)
+    if summary is None:  # failed: metrics.json says why
+        return Outcome("failed", message=folder.read_metrics().get("error", ""))
     values = [getattr(summary, objective.name) for objective in run.objectives]
     if any(value is None or not math.isfinite(value) for value in values):
         missing = [o.name for o, v in zip(run.objectives, values) if v is None or not math.isfinite(v)]
@@ -168,10 +138,13 @@ def run_trial(run: StudyRun, trial: Any) -> Outcome:
     return Outcome("complete", values=[float(value) for value in values])
 
 
-def write_report_page(folder: RunFolder) -> None:
-    from autoenc_cli.artifacts.html_report import write_html_report
+def trial_config(folder: RunFolder, overrides: list[str]) -> Any:
+    """The trial's config, as ``autoenc train OVERRIDES`` composes it, kept in its .hydra/ record."""
+    from autoenc_cli.compose import compose, with_absolute_paths
 
-    write_html_report(folder.path)
+    cfg = with_absolute_paths(compose("train", overrides))
+    folder.write_hydra_record(overrides, cfg)
+    return cfg
 
 
 def tell(run: StudyRun, trial: Any, outcome: Outcome) -> None:

@@ -10,7 +10,7 @@
 - Loggers: whole fits with each experiment tracker against the same fit with none (figures off, so this is
   the cost of logging the loss every log_every steps and the metrics every epoch); ``--loggers`` runs only this.
 
-    python -m autoenc_cli.bench [--repeats 5] [--epochs 3] [--device auto] [--out bench.md] [--loggers]
+    python -m benchmarks core [--repeats 5] [--epochs 3] [--device auto] [--out bench.md] [--loggers]
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from autoenc_cli.build import build_model, build_parts
-from autoenc_cli.schema.resolve import resolve
+from autoenc_cli.compose import run_config
 from autoenc_cli.sparsity.hard import Lifetime, LifetimeConfig, TopK, TopKConfig
 from autoenc_cli.training.loop import Trainer
 from autoenc_cli.training.parts import RunParts
@@ -39,14 +40,7 @@ CASES: dict[str, list[str]] = {
     "fc + gaussian noise 0.5": ["noise=gaussian"],
 }
 LOOPS = ("autoenc", "bare", "naive")
-
-
-def compose(overrides: Sequence[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    with initialize_config_module(config_module="autoenc_cli.configs", version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides))
+REPOSITORY = Path(__file__).resolve().parents[1]  # where `python -m benchmarks` finds this package
 
 
 def bare_loop(parts: RunParts, epochs: int) -> Callable[[], int]:
@@ -150,7 +144,7 @@ LOOP_BUILDERS = {"autoenc": autoenc_loop, "bare": bare_loop, "naive": naive_loop
 
 
 def build_loop(name: str, overrides: Sequence[str], device: str, epochs: int) -> tuple[Callable[[], int], RunParts]:
-    parts = build_parts(resolve(compose([*overrides, f"trainer.device={device}"])))
+    parts = build_parts(run_config([*overrides, f"trainer.device={device}"]))
     return LOOP_BUILDERS[name](parts, epochs), parts
 
 
@@ -200,8 +194,8 @@ def peak_memory(case: str, loop_name: str, device: str) -> float:
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "autoenc_cli.bench", "--memory-of", case, loop_name, "--device", device]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    command = [sys.executable, "-m", "benchmarks", "core", "--memory-of", case, loop_name, "--device", device]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPOSITORY).stdout
     return float(output.strip().splitlines()[-1])
 
 
@@ -306,21 +300,18 @@ def noise_rows(repeats: int) -> list[str]:
     return rows
 
 
-# Each tracker alone and all three, figures off: the per-step and per-epoch logging cost.
-LOGGER_CASES = {
-    "none": [],
-    "tensorboard": ["tensorboard"],
-    "mlflow": ["mlflow"],
-    "wandb": ["wandb"],
-    "all three": ["tensorboard", "mlflow", "wandb"],
-}
+def logger_cases() -> dict[str, list[str]]:
+    """None, each registered tracker alone, and all of them, figures off: the per-step and per-epoch cost."""
+    from autoenc_cli.registry import REGISTRY
+
+    trackers = [name for name in REGISTRY.names("logger") if name != "none"]
+    return {"none": [], **{name: [name] for name in trackers}, f"all {len(trackers)}": trackers}
 
 
 def logged_fit_seconds(loggers: Sequence[str], root: str, device: str, epochs: int) -> tuple[float, int]:
     """Seconds of one fit of the default model with ``loggers`` (started and finished outside the timing)
     and the optimizer steps it took."""
     import uuid
-    from pathlib import Path
 
     from autoenc_cli.loggers.run_loggers import RunLoggers
     from autoenc_cli.training.records import RunSummary
@@ -329,7 +320,7 @@ def logged_fit_seconds(loggers: Sequence[str], root: str, device: str, epochs: i
     overrides += [f"logger.{name}.figures_every=0" for name in loggers]
     overrides += [f"trainer.device={device}", f"trainer.epochs={epochs}", "trainer.figures=false"]
     overrides.append(f"output_root={root}")
-    parts = build_parts(resolve(compose(overrides)))
+    parts = build_parts(run_config(overrides))
     folder = Path(root) / uuid.uuid4().hex
     folder.mkdir()
     run_loggers = RunLoggers.build(parts, folder, folder.name, None, None)
@@ -346,10 +337,11 @@ def logger_rows(device: str, epochs: int, repeats: int) -> list[str]:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="autoenc-bench-") as root:
-        seconds: dict[str, list[float]] = {name: [] for name in LOGGER_CASES}
+        cases = logger_cases()
+        seconds: dict[str, list[float]] = {name: [] for name in cases}
         steps = 0
         for repeat in range(repeats + 1):  # interleaved; the first round warms up
-            for name, loggers in LOGGER_CASES.items():
+            for name, loggers in cases.items():
                 elapsed, steps = logged_fit_seconds(loggers, root, device, epochs)
                 if repeat:
                     seconds[name].append(elapsed)
@@ -369,7 +361,7 @@ def timed(action: Callable[[], None]) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks core", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="auto")

@@ -8,7 +8,7 @@
 - Training steps: the jobs' epochs in one process, one stacked epoch against each job's own epoch in turn
   (validation excluded), interleaved, median of repeats.
 
-    python -m autoenc_cli.stacking.bench [--repeats 3] [--device auto] [--k 4 8 16 32] [--lr 3e-4 1e-3]
+    python -m benchmarks stacking [--repeats 3] [--device auto] [--k 4 8 16 32] [--lr 3e-4 1e-3]
 """
 
 from __future__ import annotations
@@ -100,21 +100,20 @@ def end_to_end(arguments: list[str], one_job: list[str], repeats: int) -> list[s
 
 def training_steps(arguments: list[str], repeats: int) -> list[str]:
     """Median seconds of one training epoch of every job: stacked, and each job's own epoch in turn."""
-    from autoenc_cli.bench import compose
     from autoenc_cli.build import build_parts
-    from autoenc_cli.schema.resolve import resolve
+    from autoenc_cli.compose import run_config, sweep_jobs
     from autoenc_cli.stacking.engine import StackedEpoch
-    from autoenc_cli.sweeps import sweep_jobs
     from autoenc_cli.training.loop import Trainer
 
     def trainers() -> list[Trainer]:
         built, data = [], None
         for overrides in jobs:
-            parts = build_parts(resolve(compose(overrides)), data)
+            parts = build_parts(run_config(overrides), data)
             data = parts.data
             built.append(Trainer(parts))
         for trainer in built:
-            next(trainer.epochs())  # set up the first phase (optimizer, policy)
+            trainer.begin()
+            trainer.next_epoch()  # set up the first phase (optimizer, policy)
         return built
 
     jobs = sweep_jobs(arguments)
@@ -126,7 +125,7 @@ def training_steps(arguments: list[str], repeats: int) -> list[str]:
             trainer.train_epoch()
         separate_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        StackedEpoch(stacked, lambda: None).run()
+        StackedEpoch(stacked).run()
         stacked_seconds = time.perf_counter() - started
         if repeat:
             seconds["separate"].append(separate_seconds)
@@ -145,7 +144,7 @@ def training_steps(arguments: list[str], repeats: int) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m autoenc_cli.stacking.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks stacking", description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32])

@@ -7,7 +7,7 @@ Each sweep runs in fresh processes (``autoenc train -m ...``, with and without `
 figures and PCA baselines off: they do not touch the numbers compared). The table has one row per job
 and a last line with the largest differences; the sweeps take minutes each on two CPU cores.
 
-    python -m autoenc_cli.stacking.spread [--seeds 0 1] [--sweeps topk kl fc adamw] [--device auto] [--out FILE]
+    python -m benchmarks spread [--seeds 0 1] [--sweeps topk kl fc adamw] [--device auto] [--out FILE]
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from autoenc_cli.stacking.bench import run_sweep
+from benchmarks.stacking import run_sweep
 
-# Four kinds of sweep: the README's top-k sweep (top-k's discrete choices amplify any last-bit
-# difference), a penalty weight and target sweep, plain fc models of two code sizes (two stacks), AdamW.
+# Four kinds of sweep: the stacked top-k sweep of docs/stacking.md (top-k's discrete choices amplify any
+# last-bit difference), a penalty weight and target sweep, plain fc models of two code sizes (two stacks), AdamW.
 SWEEPS = {
     "topk": ["model=sparse_fc", "sparsity=topk", "k=4,8,16,32", "optimizer.lr=3e-4,1e-3"],
     "kl": ["model.code_activation=sigmoid", "sparsity=kl", "lam=0.03,0.1,0.3", "sparsity.kl.rho=0.05,0.1"],
@@ -95,7 +95,7 @@ def table(pairs: list[JobPair]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m autoenc_cli.stacking.spread", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks spread", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--sweeps", nargs="+", choices=sorted(SWEEPS), default=list(SWEEPS))
     parser.add_argument("--device", default="auto")
