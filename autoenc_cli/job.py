@@ -102,11 +102,10 @@ class Job:
         with ending(self):
             if not self.start():
                 return RunSummary.from_dict(self.complete or {})
-            parts = build_parts(self.config)
-            if not parts.world.is_main:  # under torchrun only rank 0 shows progress and writes files
-                Trainer(parts).fit(self.resume)
+            self.open()
+            if not self.parts.world.is_main:
+                self.trainer.fit(self.resume)
                 return RunSummary(status="completed")
-            self.open(parts)
             return self.results(self.fit())()
         return None
 
@@ -128,12 +127,18 @@ class Job:
         return True
 
     def open(
-        self, parts: Optional[RunParts] = None, data_fingerprint_of: Callable[[Any], str] = data_fingerprint
+        self,
+        build: Optional[Callable[[Any], RunParts]] = None,
+        data_fingerprint_of: Callable[[Any], str] = data_fingerprint,
     ) -> None:
-        """Build the run (or take ``parts`` built for it), check a resumed checkpoint's data, announce it,
-        start its loggers and set up its trainer with the folder's writer."""
+        """Build the run (``build``: as a stacked sweep builds its jobs, on the data they share), check a
+        resumed checkpoint's data, announce it, start its loggers and set up its trainer with the folder's
+        writer."""
         self.started = time.perf_counter()
-        self.parts = parts = parts or build_parts(self.config)
+        self.parts = parts = (build or build_parts)(self.config)
+        if not parts.world.is_main:  # under torchrun only rank 0 shows progress and writes files
+            self.trainer = Trainer(parts)
+            return
         fingerprint = {
             "run_id": self.run_id,
             "model": model_fingerprint(self.config, parts.data.input_shape),

@@ -91,7 +91,7 @@ class StackedFit:
 
     def run(self) -> None:
         waiting = [
-            member for member in self.members if self._step(member, partial(Trainer.begin, resume=member.resume))
+            member for member in self.members if self._advance(member, partial(Trainer.begin, resume=member.resume))
         ]
         while waiting:
             ready: list[Member] = []
@@ -108,9 +108,9 @@ class StackedFit:
                 raise outcome
             trainer.end_epoch(outcome, seconds)
 
-        return self._step(member, end)
+        return self._advance(member, end)
 
-    def _step(self, member: Member, action: Callable[[Trainer], None]) -> bool:
+    def _advance(self, member: Member, action: Callable[[Trainer], None]) -> bool:
         """``action`` on the member's trainer, then whether it has another epoch to train; an error ends
         its fit (told to its callbacks) and is kept as its outcome."""
         trainer = member.trainer

@@ -153,7 +153,7 @@ class StackedSweep:
     def _open(self, number: int, job: Job, shared: SharedInputs) -> Optional[Member]:
         """A started job's trainer, built on the data the sweep's jobs share (None: it failed)."""
         with in_job(job):
-            job.open(shared.build_parts(job.config), shared.fingerprint)
+            job.open(shared.build_parts, shared.fingerprint)
             return Member(job.trainer, job.resume, number)
         return None
 
