@@ -38,7 +38,7 @@ from autoenc_cli.output_paths import (
 
 @dataclass
 class ExportConfig(UseRunConfig):
-    out: str = MISSING
+    out: str = MISSING  # the export folder: new, empty, or an earlier export (with overwrite=true)
     overwrite: bool = False  # replace an earlier export in out; otherwise it is refused
 
 

@@ -26,10 +26,10 @@ class OptimizerConfig(GroupConfig):
 class AdamConfig(OptimizerConfig):
     elementwise_update: ClassVar[bool] = True
     name: str = "adam"
-    lr: float = number(1e-3, gt=0)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = number(1e-8, gt=0)
-    weight_decay: float = number(0.0, ge=0)
+    lr: float = number(1e-3, gt=0)  # learning rate (the schedule changes it from here)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # decay of the gradient's moments
+    eps: float = number(1e-8, gt=0)  # added to the update's denominator, for stability
+    weight_decay: float = number(0.0, ge=0)  # L2 penalty added to the gradient
 
     def check(self) -> None:
         if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
@@ -42,17 +42,17 @@ class AdamWConfig(AdamConfig):
     each step, apart from the gradient's adaptive scaling, which regularises where Adam's L2 term does not."""
 
     name: str = "adamw"
-    weight_decay: float = number(1e-2, ge=0)
+    weight_decay: float = number(1e-2, ge=0)  # decoupled weight decay (AdamW)
 
 
 @dataclass
 class SGDConfig(OptimizerConfig):
     elementwise_update: ClassVar[bool] = True
     name: str = "sgd"
-    lr: float = number(0.1, gt=0)
-    momentum: float = number(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = number(0.0, ge=0)
+    lr: float = number(0.1, gt=0)  # learning rate (the schedule changes it from here)
+    momentum: float = number(0.9, ge=0, lt=1)  # of the update
+    nesterov: bool = False  # Nesterov momentum
+    weight_decay: float = number(0.0, ge=0)  # L2 penalty added to the gradient
 
     def check(self) -> None:
         if self.nesterov and self.momentum == 0:

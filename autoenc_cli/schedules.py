@@ -27,7 +27,7 @@ class ScheduleConfig(GroupConfig):
     """The learning-rate policy every schedule restarts in each of its phases."""
 
     group: ClassVar[str] = "schedule"
-    policy: str = choice("plateau", POLICIES)
+    policy: str = choice("plateau", POLICIES)  # how the learning rate changes over a phase's epochs
     factor: float = number(0.1, gt=0, lt=1)  # plateau: multiply the rate by this
     patience: int = number(10, ge=0)  # plateau: epochs without improvement before reducing
     stop_lr: float = number(1e-5, ge=0)  # plateau: end the phase once the rate falls below this
@@ -106,7 +106,7 @@ def standard_phases(config: StandardScheduleConfig, trainer: TrainerConfig, mode
 @dataclass
 class GreedyScheduleConfig(ScheduleConfig):
     name: str = "greedy"
-    epochs_per_stage: int = number(10, ge=1)
+    epochs_per_stage: int = number(10, ge=1)  # epochs of each layer-wise stage (then the fine-tuning)
     stage_epochs: Optional[list[int]] = None  # one entry per encoder layer; overrides epochs_per_stage
     untie: bool = True  # fine-tune with untied decoder weights (needs model.tied=true)
 

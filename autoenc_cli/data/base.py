@@ -14,7 +14,7 @@ from autoenc_cli.schema import GroupConfig, number
 @dataclass
 class DataConfig(GroupConfig):
     group: ClassVar[str] = "data"
-    batch_size: int = number(32, ge=1)
+    batch_size: int = number(32, ge=1)  # training samples per step
     val_fraction: float = number(0.2, gt=0, lt=1)  # held out from the training source, seeded
     split_seed: int = number(0, ge=0)  # fixed apart from the run seed so seeds share one split
     limit: Optional[int] = number(None, ge=2)  # keep only this many samples (smoke runs)

@@ -23,10 +23,10 @@ from autoenc_cli.schema import number
 class TorchvisionConfig(DataConfig):
     dataset: ClassVar[str] = "?"  # the torchvision.datasets class
     shape: ClassVar[tuple[int, ...]] = ()
-    root: str = "data"
-    download: bool = False
-    batch_size: int = number(128, ge=1)
-    val_fraction: float = number(0.1, gt=0, lt=1)
+    root: str = "data"  # the folder torchvision reads the data set from (its raw files)
+    download: bool = False  # let torchvision download it into root (needs the internet)
+    batch_size: int = number(128, ge=1)  # training samples per step
+    val_fraction: float = number(0.1, gt=0, lt=1)  # held out from the training source, seeded
 
     def input_shape(self) -> tuple[int, ...]:
         return self.shape

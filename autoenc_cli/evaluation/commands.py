@@ -39,12 +39,13 @@ HELP = {
 
 @dataclass
 class ProbeConfig:
+    # labelled training samples per class the probes learn from (all: every label)
     labels_per_class: list[str] = field(default_factory=lambda: ["10", "100", "all"])
-    model: str = choice("logistic", ("logistic", "mlp"))
-    finetune: bool = False
-    steps: int = number(100, ge=1)
-    l2: float = number(1e-4, ge=0)
-    seed: int = number(0, ge=0)
+    model: str = choice("logistic", ("logistic", "mlp"))  # the classifier trained on the codes
+    finetune: bool = False  # also train the encoder with the classifier (semi-supervised fine-tuning)
+    steps: int = number(100, ge=1)  # optimisation steps of the classifier (L-BFGS iterations for logistic)
+    l2: float = number(1e-4, ge=0)  # L2 penalty on the classifier's weights
+    seed: int = number(0, ge=0)  # which labelled samples each class contributes
 
     def counts(self) -> list[Optional[int]]:
         """Labels per class as numbers; None for ``all``."""
@@ -61,33 +62,33 @@ class ProbeConfig:
 
 @dataclass
 class UseRunConfig:
-    run: str = MISSING
-    checkpoint: str = "best"
-    device: str = "auto"
-    batch_size: int = number(1024, ge=1)
+    run: str = MISSING  # the run folder (or a sweep job's, or an export folder)
+    checkpoint: str = "best"  # best, last, a stage name (stage1, finetune) or a .pt path
+    device: str = "auto"  # auto (a GPU when there is one), cpu, cuda or cuda:N
+    batch_size: int = number(1024, ge=1)  # samples per batch
     threads: Optional[int] = number(None, ge=1)  # CPU threads for torch, as trainer.threads; null: torch's default
-    data: Any = None
+    data: Any = None  # data=OPTION: another data set of the same shape; null: the run's own
 
 
 @dataclass
 class EvalConfig(UseRunConfig):
-    split: str = choice("val", ("val", "test", "train"))
-    out: Optional[str] = None
+    split: str = choice("val", ("val", "test", "train"))  # the split scored
+    out: Optional[str] = None  # a file for eval.json's contents; null: RUN_DIR's own eval.json
     overwrite: bool = False  # replace an existing out file; otherwise it is refused
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # semi-supervised probes on the codes
 
 
 @dataclass
 class EncodeConfig(UseRunConfig):
-    out: str = MISSING
-    split: str = choice("val", ("train", "val", "test", "all"))
+    out: str = MISSING  # the .npz the codes (and labels) are written to
+    split: str = choice("val", ("train", "val", "test", "all"))  # the split encoded (all: every split)
     overwrite: bool = False  # replace an existing out file; otherwise it is refused
 
 
 @dataclass
 class ReconstructConfig(UseRunConfig):
-    input: str = MISSING
-    out: str = MISSING
+    input: str = MISSING  # a .npz of images, or a folder of PNGs
+    out: str = MISSING  # a .npz, or a folder for PNGs
     overwrite: bool = False  # replace an existing out file, or earlier PNGs in the out folder
 
 

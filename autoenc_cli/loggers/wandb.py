@@ -35,11 +35,11 @@ class WandbConfig(LoggerConfig):
     module: ClassVar[str] = "wandb"
     extra: ClassVar[str] = "wandb"
     name: str = "wandb"
-    project: str = "autoenc"
+    project: str = "autoenc"  # the W&B project the runs are logged to
     entity: Optional[str] = None  # the W&B user or team; null: the logged-in default
     mode: str = choice("offline", ("offline", "online", "disabled"))  # offline: written locally, synced later
     run_group: Optional[str] = None  # W&B's group; null: a sweep's folder name for its jobs, none for a single run
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # W&B tags of every run, e.g. [baseline, topk]
 
 
 @register(WandbConfig)

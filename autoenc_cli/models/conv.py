@@ -25,12 +25,12 @@ from autoenc_cli.schema.check import ModelFacts
 class ConvBlockSpec:
     """``num_layers`` convolutions with ``channels`` outputs each, every one followed by ``activation``."""
 
-    channels: int = number(8, ge=1)
-    num_layers: int = number(1, ge=1)
-    kernel: int = number(3, ge=1)
-    stride: int = number(1, ge=1)
-    padding: int = number(0, ge=0)
-    activation: str = "leaky_relu"
+    channels: int = number(8, ge=1)  # output channels of each conv layer of the block
+    num_layers: int = number(1, ge=1)  # conv layers in the block, all alike
+    kernel: int = number(3, ge=1)  # square kernel size
+    stride: int = number(1, ge=1)  # step of the kernel
+    padding: int = number(0, ge=0)  # zero padding on each side
+    activation: str = "leaky_relu"  # after each conv layer (relu, leaky_relu, sigmoid, tanh, ...)
 
     def check(self) -> None:
         check_activation("activation", self.activation)
@@ -42,7 +42,7 @@ class ConvEncoderConfig(ModelConfig):
     encoder: list[ConvBlockSpec] = field(default_factory=lambda: [ConvBlockSpec(channels=8, num_layers=4, kernel=6)])
     pool: int = number(2, ge=1)  # max-pooling kernel and stride after the conv stack; 1 = none
     code_activation: str = "leaky_relu"  # activation of the last conv layer, whose pooled output is the code
-    output_activation: str = "sigmoid"
+    output_activation: str = "sigmoid"  # of the decoder's output: sigmoid for pixels in [0, 1]
 
     def check(self) -> None:
         check_activation("code_activation", self.code_activation)

@@ -28,10 +28,10 @@ from autoenc_cli.schema.check import ModelFacts
 @dataclass
 class FCModelConfig(ModelConfig):
     name: str = "fc"
-    code_dim: int = number(64, ge=1)
+    code_dim: int = number(64, ge=1)  # code units (the latent size)
     # Hidden layers between input and code, input side first; the code layer itself is added.
     encoder: list[LayerSpec] = field(default_factory=list)
-    code_activation: str = "leaky_relu"
+    code_activation: str = "leaky_relu"  # of the code layer (relu for sparse codes, linear, sigmoid, ...)
     # null mirrors the encoder; a list gives every decoder layer, code side first. The last one is the
     # output layer: its width must be the data's input size (or null) and its activation is the output's.
     decoder: Optional[list[LayerSpec]] = None
@@ -87,7 +87,7 @@ class SparseFCModelConfig(FCModelConfig):
     """784-64-784 with a ReLU code, so inactive units are exactly zero: the base of sparse autoencoders."""
 
     name: str = "sparse_fc"
-    code_activation: str = "relu"
+    code_activation: str = "relu"  # of the code layer: relu, so inactive units are exactly 0
     pre_bias: bool = True
     decoder_init: str = choice("transpose", ("random", "transpose"))
 

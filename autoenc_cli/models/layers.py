@@ -44,9 +44,9 @@ class LayerSpec:
     In an explicit decoder the last layer's ``width`` may be left null: it is the data's input size.
     """
 
-    width: Optional[int] = number(None, ge=1)
-    num_layers: int = number(1, ge=1)
-    activation: str = "leaky_relu"
+    width: Optional[int] = number(None, ge=1)  # units of each layer; null: the layer's natural size
+    num_layers: int = number(1, ge=1)  # layers of this width, all alike
+    activation: str = "leaky_relu"  # after each layer (relu, leaky_relu, sigmoid, tanh, linear, ...)
 
     def check(self) -> None:
         check_activation("activation", self.activation)

@@ -45,8 +45,8 @@ class PixelNoiseConfig(NoiseConfig):
 @dataclass
 class GaussianConfig(NoiseConfig):
     name: str = "gaussian"
-    mean: float = 0.0
-    variance: float = number(0.5, ge=0)
+    mean: float = 0.0  # of the Gaussian noise added to every pixel
+    variance: float = number(0.5, ge=0)  # of the Gaussian noise (its standard deviation squared)
     clip: bool = False  # clip the noisy input to [0, 1]
 
 
@@ -67,7 +67,7 @@ class GaussianNoise(Corruption):
 class MaskConfig(PixelNoiseConfig):
     name: str = "mask"
     rate: float = number(0.5, ge=0, le=1)  # fraction of pixels per image set to value
-    value: float = 0.0
+    value: float = 0.0  # what a masked pixel is set to
 
 
 @register(MaskConfig)

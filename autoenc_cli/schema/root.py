@@ -41,12 +41,12 @@ class GroupConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = number(20, ge=1)
-    device: str = "auto"
+    epochs: int = number(20, ge=1)  # training epochs (of each phase a multi-phase schedule has)
+    device: str = "auto"  # auto (a GPU when there is one), cpu, cuda or cuda:N
     log_every: int = number(10, ge=1)  # steps between loss read-backs (and progress-bar updates)
-    eval_batch_size: int = number(1024, ge=1)
+    eval_batch_size: int = number(1024, ge=1)  # samples per validation batch (no gradients: larger is faster)
     deterministic: bool = False  # torch.use_deterministic_algorithms; CPU runs are reproducible anyway
-    figures: bool = True
+    figures: bool = True  # draw the run's figures at its end (and for loggers while it trains)
     pca_baseline: bool = True  # fit PCA with code_dim components on the train split for comparison
     precision: str = choice("fp32", ("fp32", "bf16", "fp16"))  # autocast dtype; fp16 adds a gradient scaler
     compile: bool = False  # torch.compile the model for training
