@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("autoenc_cli.evaluation.commands:reconstruct_main", "reconstruct (denoise) your images with a run"),
     "tune": ("autoenc_cli.tuning:main", "search hyperparameters with Optuna (pruning, SQLite study, resume)"),
     "report": ("autoenc_cli.report:main", "compare finished runs: a sweep folder or run folders"),
+    "harvest": (
+        "autoenc_cli.harvest:main",
+        "capture a language model's activations into a cache for data=activations",
+    ),
     "export": ("autoenc_cli.export:main", f"write a run's model as {EXPORT_TENSORS} + {EXPORT_CONFIG} to share"),
 }
 
@@ -49,6 +53,8 @@ Examples:
   autoenc train 'logger=[tensorboard,mlflow]'
   autoenc tune model=sparse_fc sparsity=topk 'tune.params={{k: int(4,64,log), optimizer.lr: float(1e-4,1e-2,log)}}'
   autoenc export run=outputs/runs/<run> out=my_model
+  autoenc harvest lm=smollm2 'lm.hooks=[model.layers.15]' text=stdlib tokens=2_000_000 out=acts
+  autoenc train experiment=lm_sae data.path=acts k=32
 """
 
 
@@ -74,7 +80,7 @@ def version() -> str:
 
 
 RUN_COMMANDS = ("eval", "encode", "reconstruct", "export")  # they take run=RUN_DIR
-PATH_KEYS = {"path", "root", "run", "input", "out", "resume", "output_root", "checkpoint", "dir"}  # take a path
+PATH_KEYS = {"path", "root", "run", "input", "out", "resume", "output_root", "checkpoint", "dir", "text"}  # take a path
 
 
 def bare_argument_problem(command: str, args: Sequence[str]) -> Optional[str]:
@@ -84,7 +90,7 @@ def bare_argument_problem(command: str, args: Sequence[str]) -> Optional[str]:
     import shlex
     from pathlib import Path
 
-    if command not in ("train", "tune", *RUN_COMMANDS):
+    if command not in ("train", "tune", "harvest", *RUN_COMMANDS):
         return None
     previous: Optional[str] = None
     position = 0
@@ -140,7 +146,7 @@ PLAIN_VALUE = re.compile(r"[A-Za-z0-9_\-/\\+.$%*@?|: ]*")
 def quoted_paths(command: str, args: Sequence[str]) -> list[str]:
     """Paths (``data.path=``, ``output_root=``, ...) passed to Hydra as quoted strings when its grammar
     would not read them as typed: ``data.path=données.npz``, ``output_root='runs (new)'``."""
-    if command not in ("train", "tune", *RUN_COMMANDS):
+    if command not in ("train", "tune", "harvest", *RUN_COMMANDS):
         return list(args)
     return [_quoted_path(argument) for argument in args]
 

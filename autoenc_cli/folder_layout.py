@@ -24,7 +24,7 @@ A comparison report (``autoenc report``; a sweep and a study write theirs into t
     REPORT_DIR/
       summary.csv           one row per run
       report.html           the comparison page
-      figures/              frontier.png, dictionaries.png
+      figures/              frontier.png, dictionaries.png, loss_recovered.png (runs on an activation cache)
       gallery.html          the runs with a gallery.caption, when there are any
       gallery/              copies of their panels (*.png)
 
@@ -48,6 +48,15 @@ An export folder (``autoenc export``)::
     OUT/
       model.safetensors     the network's tensors
       config.json           everything needed to rebuild the network
+
+An activation cache (``autoenc harvest``; ``data=activations`` trains on it)::
+
+    CACHE_DIR/
+      manifest.json         what the cache holds (model and its fingerprint, hooks, widths, dtype, context
+                            size, text and its hash, seed) and its finished shards; written last, atomically
+      heldout_tokens.npy    (contexts, context size) token ids of held-out text, never in a shard: loss recovered
+      <hook>/               one folder per hook, named by its module path (model.layers.15)
+        shard_00000.npy     (rows, width) activations, one row per token, rows shuffled within the shard
 
 The output root (``output_root``), for logger=mlflow with its default store::
 
@@ -93,6 +102,7 @@ STAGES_PNG = "stages.png"
 # A report, sweep and study folder.
 SUMMARY_CSV = "summary.csv"
 FRONTIER_PNG = "frontier.png"
+LOSS_RECOVERED_PNG = "loss_recovered.png"
 DICTIONARIES_PNG = "dictionaries.png"
 GALLERY_HTML = "gallery.html"
 GALLERY = "gallery"
@@ -104,6 +114,11 @@ BEST_JSON = "best.json"
 # An export folder.
 EXPORT_TENSORS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
+
+# An activation cache
+CACHE_MANIFEST = "manifest.json"
+CACHE_HELDOUT = "heldout_tokens.npy"
+CACHE_SHARD_PREFIX = "shard_"
 
 
 def checkpoint_file(name: str) -> str:
@@ -117,6 +132,7 @@ BEST_CHECKPOINT = f"{CHECKPOINTS}/{checkpoint_file(BEST)}"
 HYDRA_CONFIG = f"{HYDRA}/{CONFIG_YAML}"
 HYDRA_OVERRIDES = f"{HYDRA}/{OVERRIDES_YAML}"
 FRONTIER = f"{FIGURES}/{FRONTIER_PNG}"
+LOSS_RECOVERED = f"{FIGURES}/{LOSS_RECOVERED_PNG}"
 DICTIONARIES = f"{FIGURES}/{DICTIONARIES_PNG}"
 
 # What only a run writes: a folder holding any of these is a run's, and a new run never writes into it.
@@ -124,7 +140,7 @@ RUN_FILES = (RUN_JSON, METRICS_JSON, HISTORY_CSV, CHECKPOINTS)
 # What a run folder holds before training starts: a run stopped then leaves nothing worth keeping.
 NOTHING_STARTED = frozenset({HYDRA, TRAIN_LOG, RUN_JSON})  # and the trackers' run_folder_entries
 # What ``autoenc report`` writes into its folder (besides gallery/*.png).
-REPORT_FILES = (SUMMARY_CSV, REPORT_HTML, GALLERY_HTML, FRONTIER, DICTIONARIES)
+REPORT_FILES = (SUMMARY_CSV, REPORT_HTML, GALLERY_HTML, FRONTIER, LOSS_RECOVERED, DICTIONARIES)
 
 
 def resumed_record(stamp: str) -> str:
@@ -169,6 +185,7 @@ class ReportLayout(_Folder):
     report_html = property(lambda self: self.root / REPORT_HTML)
     figures = property(lambda self: self.root / FIGURES)
     frontier = property(lambda self: self.root / FRONTIER)
+    loss_recovered = property(lambda self: self.root / LOSS_RECOVERED)
     dictionaries = property(lambda self: self.root / DICTIONARIES)
     gallery_html = property(lambda self: self.root / GALLERY_HTML)
     gallery = property(lambda self: self.root / GALLERY)
@@ -182,6 +199,17 @@ class StudyLayout(SweepLayout):
     study_db = property(lambda self: self.root / STUDY_DB)
     tune_json = property(lambda self: self.root / TUNE_JSON)
     best_json = property(lambda self: self.root / BEST_JSON)
+
+
+class CacheLayout(_Folder):
+    manifest = property(lambda self: self.root / CACHE_MANIFEST)
+    heldout_tokens = property(lambda self: self.root / CACHE_HELDOUT)
+
+    def hook(self, hook: str) -> Path:
+        return self.root / hook
+
+    def shard(self, hook: str, index: int) -> Path:
+        return self.root / hook / f"{CACHE_SHARD_PREFIX}{index:05d}.npy"
 
 
 class ExportLayout(_Folder):

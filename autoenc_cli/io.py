@@ -8,7 +8,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 
 def atomic_write_bytes(path: Path, payload: bytes, replace: bool = True) -> None:
@@ -18,12 +18,23 @@ def atomic_write_bytes(path: Path, payload: bytes, replace: bool = True) -> None
     ``replace=False`` the file is published with a hard link, which fails (``FileExistsError``) rather
     than replace a file that another process put there in the meantime.
     """
+    atomic_write(path, lambda handle: handle.write(payload), replace)
+
+
+def staged_name(path: Path) -> Path:
+    """Where ``atomic_write`` stages ``path`` before publishing it: ``.NAME.PID.tmp`` beside it."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any], replace: bool = True) -> None:
+    """``atomic_write_bytes`` for a writer that streams into the file (``np.save``): nothing is built whole
+    in memory first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = staged_name(path)
     try:
         with open(temporary, "wb") as handle:
-            handle.write(payload)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         if replace:

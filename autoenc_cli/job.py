@@ -18,7 +18,7 @@ import shutil
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -36,6 +36,7 @@ from autoenc_cli.build import build_parts
 from autoenc_cli.compose import run_config, with_absolute_paths
 from autoenc_cli.errors import DataError, RunPruned, TrainingInterrupted, UserAbort, UserError
 from autoenc_cli.folder_lock import held, put_back, remove_if_nothing_started
+from autoenc_cli.lm.run_scoring import LossRecovered, RunSAE, held_out, with_score
 from autoenc_cli.loggers.base import run_folder_entries
 from autoenc_cli.loggers.run_loggers import RunLoggers
 from autoenc_cli.resume import RESUME_OVERRIDABLE, resume_point
@@ -174,13 +175,16 @@ class Job:
         pca_baselines: Optional[dict] = None,
         stack: Optional[str] = None,
         workers: Optional[FigureWorkers] = None,
+        lm_scores: Optional[LossRecovered] = None,
     ) -> Callable[[], RunSummary]:
         """The end of a finished fit, in two halves so several runs' figures can draw at once: this call
         writes metrics.json (the run is complete from here on) and the PCA baseline and starts the figures
-        (in ``workers``); the call it returns waits for them, then writes the notes, the report and the
-        loggers' last records. ``pca_baselines`` keeps baselines for other runs on the same data (a stacked
-        sweep's) and ``stack`` names the stack the run trained in. A figure or the report failing never
-        un-completes a run; a Ctrl-C now waits for the results (a second one stops at once)."""
+        (in ``workers``) and, for a run on an activation cache, scores it on the language model (loss
+        recovered) while they draw; the call it returns waits for them, then writes the notes, the report and
+        the loggers' last records. ``pca_baselines`` keeps baselines for other runs on the same data and
+        ``lm_scores`` the language model and its SAE-free passes for other runs on the same cache (a stacked
+        sweep's); ``stack`` names the stack the run trained in. A figure, the report or the scoring failing
+        never un-completes a run; a Ctrl-C now waits for the results (a second one stops at once)."""
         folder, parts, trainer = self.folder, self.parts, self.trainer
         with self.writing_results():
             summary = self.summary(result, stack)
@@ -196,6 +200,10 @@ class Job:
                     parts, trainer.network, folder.layout.figures, result.history, result.final_codes
                 )
                 drawing = (workers or FigureWorkers(in_process=True)).submit(drawings)
+            scores = lm_scores if lm_scores is not None else LossRecovered()
+            sae = optional("loss recovered", lambda: self.scored_sae(scores))
+            if sae is not None:
+                with_score(summary, optional("loss recovered", lambda: scores.score(sae)))
 
         def finish() -> RunSummary:
             with self.writing_results():
@@ -218,6 +226,22 @@ class Job:
             return summary
 
         return finish
+
+    def scored_sae(self, scores: LossRecovered) -> Optional[RunSAE]:
+        """The run's network as the SAE that loss recovered splices into the language model its activation
+        cache came from; None for a run on other data, or with data.heldout_tokens=0."""
+        heldout = held_out(self.config.data, self.parts.device)
+        if heldout is None:
+            return None
+        data, fingerprint = self.config.data, self.parts.data.fingerprint
+        normalisation = lambda: scores.normalisation(data, fingerprint)  # noqa: E731
+        return RunSAE(str(self.folder.path), heldout, self.trainer.network, normalisation)
+
+    def expect_score(self, scores: LossRecovered) -> None:
+        """Tell ``scores`` that this run will ask for its loss recovered (a stacked sweep scores its jobs'
+        SAEs together). A failure here is left to the run's own results, which say why."""
+        with suppress(Exception):
+            scores.expect(self.scored_sae(scores))
 
     def summary(self, result: FitResult, stack: Optional[str]) -> RunSummary:
         last, parts = result.history[-1], self.parts

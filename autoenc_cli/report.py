@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from autoenc_cli.folder_layout import DICTIONARIES, FRONTIER, SUMMARY_CSV, ReportLayout
+from autoenc_cli.folder_layout import DICTIONARIES, FRONTIER, LOSS_RECOVERED, SUMMARY_CSV, ReportLayout
 
 
 def holding_sweep(paths: Sequence[Path]) -> Optional[Path]:
@@ -25,8 +25,8 @@ def holding_sweep(paths: Sequence[Path]) -> Optional[Path]:
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="autoenc report",
-        description=f"Compare finished runs: writes {SUMMARY_CSV}, {FRONTIER} (val_mse vs l0) and "
-        f"{DICTIONARIES}, and prints a table.",
+        description=f"Compare finished runs: writes {SUMMARY_CSV}, {FRONTIER} (val_mse vs l0), {LOSS_RECOVERED} "
+        f"(loss recovered vs l0, for runs on an activation cache) and {DICTIONARIES}, and prints a table.",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep folder, or run folders")
     parser.add_argument(
@@ -50,9 +50,7 @@ def main(argv: Sequence[str]) -> int:
     check_folder_out(out, args.overwrite, REPORT_OUTPUTS, own=own)
     _, table = write_report(args.paths, out)
     console.print(table)
-    console.print(
-        f"report: [bold]{out}[/] ({SUMMARY_CSV}, {FRONTIER}, {DICTIONARIES})", soft_wrap=True
-    )
+    console.print(f"report: [bold]{out}[/] ({SUMMARY_CSV}, {FRONTIER}, {DICTIONARIES})", soft_wrap=True)
     gallery = ReportLayout(out).gallery_html
     if gallery.is_file():
         console.print(f"gallery: [bold]{gallery}[/]", soft_wrap=True)

@@ -329,3 +329,62 @@ def test_untrusted_exports(how, export_source, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert_one_line_error(code, err)
     assert code == 2 and UNTRUSTED[how] in err and not (tmp_path / "codes.npz").exists(), err
+
+
+# data=activations (issue 27): a cache that is not one, not finished, damaged, or asked for a hook it lacks.
+def activation_cache_mistakes(root: Path) -> list[tuple[list[str], str]]:
+    from autoenc_cli.data.activation_cache import read_manifest, write_manifest
+    from autoenc_cli.folder_layout import CacheLayout
+
+    from conftest import write_activation_cache
+
+    rows = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float16)
+    caches = {name: root / name for name in ("good", "two", "unfinished", "truncated", "reshaped", "nan", "bare")}
+    write_activation_cache(caches["good"], {"h.0": [rows[:20], rows[20:]]})
+    write_activation_cache(caches["two"], {"h.0": [rows], "h.1": [rows]})
+    write_activation_cache(caches["unfinished"], {"h.0": [rows]})
+    unfinished = read_manifest(caches["unfinished"])
+    unfinished.shards = []
+    write_manifest(caches["unfinished"], unfinished)
+    write_activation_cache(caches["truncated"], {"h.0": [rows[:20], rows[20:]]})
+    shard = CacheLayout(caches["truncated"]).shard("h.0", 1)
+    shard.write_bytes(shard.read_bytes()[:-30])
+    write_activation_cache(caches["reshaped"], {"h.0": [rows[:20], rows[20:]]})
+    np.save(CacheLayout(caches["reshaped"]).shard("h.0", 1), rows[20:, :4])
+    write_activation_cache(caches["nan"], {"h.0": [rows[:20], rows[20:]]})
+    nan = rows[20:].copy()
+    nan[13, 2] = np.nan  # row 33 of the cache
+    np.save(CacheLayout(caches["nan"]).shard("h.0", 1), nan)
+    caches["bare"].mkdir()
+    (root / "notes.txt").write_text("not a cache")
+    activations = ["data=activations", "model=sparse_fc"]
+    path = lambda name: f"data.path={caches.get(name, root / name)}"  # noqa: E731
+    return [
+        ([*activations, path("missing")], "is not a folder; give the out= folder of an autoenc harvest"),
+        ([*activations, path("notes.txt")], "is not a folder; give the out= folder of an autoenc harvest"),
+        ([*activations, path("bare")], "is not an activation cache (it has no manifest.json); write one with"),
+        ([*activations, path("unfinished")], "the activation cache holds no finished shard yet"),
+        ([*activations, path("good"), "data.hook=h.9"], "data.hook=h.9 is not in the activation cache"),
+        ([*activations, path("two")], "holds 2 hooks; name one with data.hook=HOOK (h.0, h.1)"),
+        ([*activations, path("good"), "data.hook="], "data.hook='' is not allowed: a hook's module path"),
+        ([*activations, path("truncated")], "shard_00001.npy' cannot be read (mmap length is greater than file size)"),
+        ([*activations, path("reshaped")], "holds (20, 4) float16, but the manifest lists (20, 8) float16"),
+        ([*activations, path("nan")], "NaN or infinite values in 1 of 38 vectors read (first: row 33)"),
+        (
+            ["data=vectors", path("good")],
+            "is an activation cache (autoenc harvest wrote it), not a .npy or .npz; train on it with data=activations",
+        ),
+        (["data=activations", path("good"), "model=conv"], "needs images of shape C x H x W; the data gives (8,)"),
+        ([*activations, path("good"), "loss=bce"], "binary cross-entropy needs targets in [0, 1]"),
+    ]
+
+
+def test_activation_cache_mistakes(tmp_path, monkeypatch, capsys):
+    cases = activation_cache_mistakes(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for overrides, expected in cases:
+        code = run_main(["train", "trainer.epochs=1", *overrides])
+        err = capsys.readouterr().err
+        assert_one_line_error(code, err)
+        assert code == 2 and expected in err, (overrides, err)
+    assert not (tmp_path / "outputs").exists()

@@ -13,13 +13,14 @@ from autoenc_cli.registry import REGISTRY, Registry
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.schema.root import GROUPS, STACKED_GROUPS, TrainConfig, TrainerConfig
 
-from conftest import SAMPLE_NPZ, SAMPLE_VECTORS, compose_config
+from conftest import SAMPLE_CACHE, SAMPLE_NPZ, SAMPLE_VECTORS, compose_config
 
 # Options with a mandatory value (``???``) and what the tests fill in.
 REQUIRED = {
     "npz": [f"data.path={SAMPLE_NPZ}"],
     "vectors": [f"data.path={SAMPLE_VECTORS}"],
     "image_folder": ["data.path=images"],
+    "activations": [f"data.path={SAMPLE_CACHE}"],
     "greedy": ["model.tied=true"],  # untying (the greedy default) needs tied weights
 }
 
@@ -174,9 +175,13 @@ TUTORIAL_SPARSE = {
 }
 
 
+# Presets whose data option needs a file: given a small one.
+PRESET_DATA = {"lm_sae": [f"data.path={SAMPLE_CACHE}"]}
+
+
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_preset_resolves(experiment):
-    run = resolve(compose_config([f"experiment={experiment}"]))
+    run = resolve(compose_config([f"experiment={experiment}", *PRESET_DATA.get(experiment, [])]))
     name = experiment.removeprefix("tutorial_")  # tutorial_topk_16 builds on sparse_topk_16
     sparse = TUTORIAL_SPARSE.get(name if name.startswith("sparse_") else f"sparse_{name}")
     if experiment.startswith("tutorial_"):  # the gallery's presets: the tutorial's batch size, a caption each
@@ -190,6 +195,10 @@ def test_every_experiment_preset_resolves(experiment):
         assert run.model.name == "fc" and (run.data.limit, run.trainer.epochs) == (400, 2)
     elif experiment.startswith("deep_fc") or experiment == "hinton2006":
         assert run.model.name == "fc" and run.schedule.name == "greedy" and run.model.tied
+    elif experiment == "lm_sae":  # Gao et al. 2024's top-k recipe on a language model's activation cache
+        assert (run.model.name, run.model.code_dim, run.model.output_activation) == ("sparse_fc", 4096, "linear")
+        assert run.model.unit_norm_decoder and run.data.name == "activations" and run.sparsity["topk"].k == 32
+        assert (run.sparsity["topk"].aux_k, run.data.normalize, run.trainer.epochs) == (256, "unit_mean_square", 1)
 
 
 def test_a_new_option_is_one_module_in_its_group_package(tmp_path, monkeypatch):

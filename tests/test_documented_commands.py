@@ -8,8 +8,14 @@ Each runs in this process (``autoenc_cli.cli.main``) in a fresh folder, cheaply:
 - placeholders (``outputs/runs/<run>``, ``RUN_DIR``, ``my_images.npz``, ``acts.npy``, ``my_configs``, ...) stand
   for tiny fixtures made once for the module (each test gets its own copy of a run, sweep or study folder);
 - outputs it names (``out=my_model``, ``codes.npz``, ``denoised/``) are new paths in that fresh folder;
+- a language model (``docs/language-models.md``): ``lm=smollm2`` (harvest's default) stands for a tiny random
+  Llama of two blocks (tests/conftest.py), its hooks mapped onto them (``model.layers.15`` -> ``model.layers.1``),
+  Python's texts (``text=stdlib|pydoc``) for a few hundred tokens of text, and ``data.path=`` of a training on
+  activations (``data=activations``, ``experiment=lm_sae``) for a cache harvested from them once, with held-out
+  text to score loss recovered on;
 - training is shrunk to its smallest (``SMALLEST``: one epoch of 64 digits, no figures unless a gallery shows
-  them; greedy stages of one epoch; two trials; probes of 5 steps); a value the command gives for one of those
+  them; greedy stages of one epoch; two trials; probes of 5 steps; loss recovered on 32 held-out tokens), and a
+  harvest too (``HARVEST_SMALLEST``: 200 tokens in contexts of 16); a value the command gives for one of those
   keys is replaced, not repeated (autoenc refuses a key given twice);
 - a synopsis (``usage: autoenc eval run=RUN_DIR [split=val|test] ...``) runs in its shortest form: optional
   ``[...]`` parts left out, the first of ``A|B``.
@@ -43,7 +49,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # The README, then the docs site's pages (a command shown in several is named by the first).
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # Every help text (autoenc --help, then each command's).
-HELP_ARGUMENTS = [(), ("train",), ("tune",), ("eval",), ("encode",), ("reconstruct",), ("export",), ("report",)]
+HELP_ARGUMENTS = [
+    (),
+    ("train",),
+    ("tune",),
+    ("eval",),
+    ("encode",),
+    ("reconstruct",),
+    ("export",),
+    ("report",),
+    ("harvest",),
+]
 
 # The smallest training a command can stand for: the key and the value it gets (replacing the command's own).
 SMALLEST = {
@@ -56,6 +72,12 @@ GREEDY_SMALLEST = {"schedule.epochs_per_stage": "1"}  # with schedule=greedy (a 
 TUNE_SMALLEST = {"tune.trials": "2"}
 EVAL_SMALLEST = {"probe.steps": "5"}  # L-BFGS iterations of each probe
 STUDY_TRIALS = 2  # the study fixture's trials; `tune resume=` asks for one more
+# A harvest from the tiny language model's text (about 300 tokens): 14 contexts of 16 tokens cached (210 rows),
+# the 2 before them held out (the model's context is at most 64 tokens).
+HARVEST_SMALLEST = {"tokens": "200", "heldout_tokens": "32", "lm.context_size": "16"}
+ACTIVATIONS_SMALLEST = {"data.heldout_tokens": "32"}  # loss recovered on the tiny cache's held-out text
+TINY_LM_BLOCKS = 2  # conftest's tiny language models
+SHIPPED_TEXTS = ("stdlib", "pydoc")  # text= values that are Python's own texts (millions of tokens)
 
 # Commands that cannot run here, with the reason; each is tested as far as it can be (below).
 CANNOT_RUN = {
@@ -206,6 +228,23 @@ def documented_search_space() -> str:
     return block
 
 
+@dataclass(frozen=True)
+class LanguageFixtures:
+    model: Path  # the tiny Llama folder that lm=smollm2 stands for
+    text: Path  # the tiny text folder that text=stdlib|pydoc stands for
+    cache: Path  # a cache harvested from them (`autoenc harvest out=DIR`, stood in): data.path= of data=activations
+
+
+@pytest.fixture(scope="module")
+def language_fixtures(tiny_lm_folders, tiny_text_folder, tmp_path_factory) -> LanguageFixtures:
+    """Made when a command first needs it (test_a_documented_command_runs asks for it by name), so the
+    commands without a language model do not wait for one."""
+    root = tmp_path_factory.mktemp("documented_lm")
+    language = LanguageFixtures(tiny_lm_folders["llama"], tiny_text_folder, root / "cache")
+    train_in(root, cheap(on_the_tiny_language_model(["harvest", f"out={language.cache}"], lambda: language)))
+    return language
+
+
 StandIns = dict[str, Callable[[], object]]
 
 
@@ -248,6 +287,66 @@ def substituted(words: list[str], stand_ins: StandIns) -> list[str]:
     return result
 
 
+def given_values(words: list[str]) -> dict[str, str]:
+    return dict(word.partition("=")[::2] for word in words if "=" in word)
+
+
+def on_the_tiny_language_model(words: list[str], language: Callable[[], LanguageFixtures]) -> list[str]:
+    """A harvest of SmolLM2 as one of the tiny Llama, and a training on activations on its cache."""
+    if words[0] == "harvest":
+        return harvest_of_the_tiny_model(words, language)
+    if words[0] in ("train", "tune") and picks(given_values(words), "data", "activations"):
+        return training_on_the_tiny_cache(words, language)
+    return words
+
+
+def harvest_default(key: str) -> str:
+    """What ``autoenc harvest`` uses when the command leaves ``key`` out (configs/harvest.yaml)."""
+    config = yaml.safe_load((ROOT / "configs" / "harvest.yaml").read_text())
+    defaults = {
+        group: option for entry in config["defaults"] if isinstance(entry, dict) for group, option in entry.items()
+    }
+    return str({**defaults, **config}[key])
+
+
+def harvest_of_the_tiny_model(words: list[str], language: Callable[[], LanguageFixtures]) -> list[str]:
+    """lm=smollm2 (given or by default) -> the tiny Llama (lm=hf lm.name=FOLDER), its hooks on the tiny blocks,
+    SmolLM2's separator (lm.bos_token, no word of the tiny vocabulary) left to the tiny tokenizer's BOS token;
+    text=stdlib|pydoc (given or by default) -> the tiny text."""
+    values = given_values(words)
+    if values.get("lm", harvest_default("lm")) != "smollm2":
+        return words
+    stand_ins = {"lm": "hf", "lm.name": str(language().model)}
+    if "lm.hooks" in values:
+        stand_ins["lm.hooks"] = on_the_tiny_blocks(values["lm.hooks"])
+    if values.get("text", harvest_default("text")) in SHIPPED_TEXTS:
+        stand_ins["text"] = str(language().text)
+    return with_values([word for word in words if word.partition("=")[0] != "lm.bos_token"], stand_ins)
+
+
+def training_on_the_tiny_cache(words: list[str], language: Callable[[], LanguageFixtures]) -> list[str]:
+    """data.path= (a cache folder) -> the tiny cache, data.hook= -> its hook; a command without data.path= is
+    left to fail, as it would for its reader."""
+    values = given_values(words)
+    if "data.path" not in values:
+        return words
+    stand_ins = {"data.path": str(language().cache)}
+    if "data.hook" in values:
+        stand_ins["data.hook"] = on_the_tiny_blocks(values["data.hook"])
+    return with_values(words, stand_ins)
+
+
+BLOCK = re.compile(r"\b(model\.layers\.)(\d+)\b")
+
+
+def on_the_tiny_blocks(hooks: str) -> str:
+    """SmolLM2's blocks (``model.layers.N``) in ``hooks`` mapped onto the tiny model's, the deepest onto its last
+    and each shallower one onto the block before (at least the first): 15 -> 1; 5 and 15 -> 0 and 1."""
+    named = sorted({int(block) for _, block in BLOCK.findall(hooks)}, reverse=True)
+    tiny = {block: max(TINY_LM_BLOCKS - 1 - rank, 0) for rank, block in enumerate(named)}
+    return BLOCK.sub(lambda match: f"{match.group(1)}{tiny[int(match.group(2))]}", hooks)
+
+
 # --- making a command cheap ------------------------------------------------------------------------------------
 
 
@@ -263,10 +362,15 @@ def presets(values: dict[str, str]) -> list[dict]:
     return [preset(name) for name in names if fnmatch.fnmatch(name, pattern.group(1) if pattern else experiment)]
 
 
+def picks(values: dict[str, str], group: str, option: str) -> bool:
+    """Whether a command picks ``option`` of config ``group``: ``group=option``, or a preset that does."""
+    if group in values:
+        return values[group] == option
+    return any({f"override /{group}": option} in (found.get("defaults") or []) for found in presets(values))
+
+
 def trains_greedy(values: dict[str, str]) -> bool:
-    if "schedule" in values:
-        return values["schedule"] == "greedy"
-    return any({"override /schedule": "greedy"} in (found.get("defaults") or []) for found in presets(values))
+    return picks(values, "schedule", "greedy")
 
 
 def draws_a_gallery(values: dict[str, str]) -> bool:
@@ -288,14 +392,20 @@ def with_values(words: list[str], values: dict[str, str]) -> list[str]:
 
 def cheap(words: list[str]) -> list[str]:
     """The command at its smallest size (``words`` starts with the subcommand)."""
-    command, values = words[0], dict(word.partition("=")[::2] for word in words if "=" in word)
+    command, values = words[0], given_values(words)
     if command == "eval":
         return with_values(words, EVAL_SMALLEST)
+    if command == "harvest":
+        return with_values(words, HARVEST_SMALLEST)
     if command not in ("train", "tune") or "--cfg" in words:
         return words
     if "resume" in values:  # a resume repeats what it continues: only the budget of a study may grow
         return with_values(words, {"tune.trials": str(STUDY_TRIALS + 1)}) if command == "tune" else words
-    smallest = {**SMALLEST, **(GREEDY_SMALLEST if trains_greedy(values) else {})}
+    smallest = {
+        **SMALLEST,
+        **(GREEDY_SMALLEST if trains_greedy(values) else {}),
+        **(ACTIVATIONS_SMALLEST if picks(values, "data", "activations") else {}),
+    }
     if draws_a_gallery(values):
         del smallest["trainer.figures"]
     return with_values(words, {**smallest, **(TUNE_SMALLEST if command == "tune" else {})})
@@ -310,7 +420,7 @@ def test_the_documents_show_commands_of_every_kind():
     assert "README.md" in where and {help_where(arguments) for arguments in HELP_ARGUMENTS} <= where
     assert {"docs/tune.md", "docs/loggers.md", "docs/export.md"} <= where, where  # the docs site's pages too
     subcommands = {shlex.split(command.text)[1] for command in COMMANDS}
-    assert {"train", "tune", "eval", "encode", "reconstruct", "export", "report", "<command>"} <= subcommands
+    assert {"train", "tune", "eval", "encode", "reconstruct", "export", "report", "harvest", "<command>"} <= subcommands
     assert len(RUNNABLE) >= 40, len(RUNNABLE)
     stale = set(map(normal_form, CANNOT_RUN)) - {command.text for command in COMMANDS}
     assert not stale, f"CANNOT_RUN lists commands no document shows any more: {stale}"
@@ -323,9 +433,10 @@ def test_every_help_text_answers():
 
 
 @pytest.mark.parametrize("command", RUNNABLE, ids=[command.text for command in RUNNABLE])
-def test_a_documented_command_runs(command, fixtures, tmp_path, monkeypatch, capsys):
+def test_a_documented_command_runs(command, fixtures, request, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     words = substituted(shlex.split(command.text)[1:], placeholders(fixtures, tmp_path))
+    words = on_the_tiny_language_model(words, lambda: request.getfixturevalue("language_fixtures"))
     unresolved = [word for word in words if re.search(r"<\w+>", word)]
     assert not unresolved, f"{command.where}: give {unresolved} a stand-in in placeholders()"
     argv = cheap(words)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -207,11 +208,34 @@ def code_density(path: Path, firing_frequency: torch.Tensor) -> Path:
 MAX_NAMED_POINTS = 8
 
 
-def non_dominated(points: Sequence[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
-    """The points (label, l0, mse) that no other point beats on both l0 and MSE, in order of l0."""
+@dataclass(frozen=True)
+class Fidelity:
+    """What a frontier plot measures against l0: the y axis, and which way is better."""
+
+    label: str
+    title: str
+    higher_is_better: bool = False
+    log_scale: bool = True  # when every value is positive
+
+
+VAL_MSE = Fidelity("validation MSE per pixel", "Sparsity-fidelity frontier")
+LOSS_RECOVERED = Fidelity(
+    "loss recovered on held-out text (1: the model's own loss)",
+    "Sparsity-fidelity frontier on the language model",
+    higher_is_better=True,
+    log_scale=False,
+)
+
+
+def non_dominated(
+    points: Sequence[tuple[str, float, float]], higher_is_better: bool = False
+) -> list[tuple[str, float, float]]:
+    """The points (label, l0, y) that no other point beats on both l0 and y (lower y is better unless
+    ``higher_is_better``), in order of l0."""
+    sign = -1 if higher_is_better else 1
     kept: list[tuple[str, float, float]] = []
-    for point in sorted(points, key=lambda point: (point[1], point[2])):
-        if not kept or point[2] < kept[-1][2]:
+    for point in sorted(points, key=lambda point: (point[1], sign * point[2])):
+        if not kept or sign * point[2] < sign * kept[-1][2]:
             kept.append(point)
     return kept
 
@@ -222,30 +246,33 @@ def frontier(
     pca_mse_by_k: Optional[Sequence[float]] = None,
     front: Sequence[int] = (),
     front_label: str = "Pareto front",
+    fidelity: Fidelity = VAL_MSE,
 ) -> Path:
-    """val_mse against l0 across runs: the sparsity-fidelity trade-off; with ``pca_mse_by_k`` (entry i:
-    PCA with i + 1 components) PCA's MSE against its number of components, the linear reference.
+    """``fidelity`` (val_mse unless given) against l0 across runs: the sparsity-fidelity trade-off; with
+    ``pca_mse_by_k`` (entry i: PCA with i + 1 components) PCA's MSE against its number of components, the
+    linear reference.
 
     ``front`` (indices into ``points``: an ``autoenc tune`` study's Pareto front or best trial) is drawn
-    highlighted, joined by a step line where it is a trade-off curve in this plane (MSE falling as l0 grows).
-    A study's scattered trials are not joined; a grid sweep's runs are, in order of l0."""
+    highlighted, joined by a step line where it is a trade-off curve in this plane (fidelity improving as l0
+    grows). A study's scattered trials are not joined; a grid sweep's runs are, in order of l0."""
     figure, ax = plt.subplots(figsize=(6.5, 4.5))
-    marked = sorted((points[index] for index in set(front)), key=lambda point: (point[1], point[2]))
+    sign = -1 if fidelity.higher_is_better else 1
+    marked = sorted((points[index] for index in set(front)), key=lambda point: (point[1], sign * point[2]))
     ordered = sorted(points, key=lambda point: point[1])
-    envelope = non_dominated(ordered)
-    if not marked and len(envelope) > 1:  # the runs no other run beats on both l0 and MSE: the measured frontier
+    envelope = non_dominated(ordered, fidelity.higher_is_better)
+    if not marked and len(envelope) > 1:  # the runs no other run beats on both l0 and y: the measured frontier
         ax.plot([point[1] for point in envelope], [point[2] for point in envelope], color="lightgrey", zorder=1)
     ax.scatter([point[1] for point in ordered], [point[2] for point in ordered], zorder=2, label="runs (l0)")
     if marked:
         xs, ys = [point[1] for point in marked], [point[2] for point in marked]
-        if len(marked) > 1 and all(later <= earlier for earlier, later in zip(ys, ys[1:])):
+        if len(marked) > 1 and all(sign * later <= sign * earlier for earlier, later in zip(ys, ys[1:])):
             ax.step(xs, ys, where="post", color="tab:red", linewidth=1.2, zorder=3)
         ax.scatter(xs, ys, s=90, facecolors="none", edgecolors="tab:red", linewidths=1.8, zorder=4, label=front_label)
     # Every run named while they fit; beyond that only the frontier's and the marked ones, which matter.
     named = ordered if len(ordered) <= MAX_NAMED_POINTS else [p for p in ordered if p in envelope or p in marked]
-    for label, l0, mse in named:
-        ax.annotate(label, (l0, mse), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    values = [mse for _, _, mse in ordered]
+    for label, l0, value in named:
+        ax.annotate(label, (l0, value), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    values = [value for _, _, value in ordered]
     if pca_mse_by_k:
         # Up to a little past the densest run, so a long curve does not squeeze the runs into a corner.
         shown = list(pca_mse_by_k[: max(math.ceil(1.5 * max(point[1] for point in ordered)), 2)])
@@ -253,11 +280,11 @@ def frontier(
         values += shown
     if pca_mse_by_k or marked:
         ax.legend(fontsize=8)
-    if values and all(value > 0 for value in values):
+    if fidelity.log_scale and values and all(value > 0 for value in values):
         ax.set_yscale("log")
-    ax.set_xlabel("l0 (mean active code units per validation sample); k for PCA")
-    ax.set_ylabel("validation MSE per pixel")
-    ax.set_title("Sparsity-fidelity frontier")
+    ax.set_xlabel("l0 (mean active code units per validation sample)" + ("; k for PCA" if pca_mse_by_k else ""))
+    ax.set_ylabel(fidelity.label)
+    ax.set_title(fidelity.title)
     ax.grid(alpha=0.3)
     return _save(figure, path)
 

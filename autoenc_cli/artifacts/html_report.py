@@ -11,6 +11,7 @@ from autoenc_cli.folder_layout import (
     DICTIONARIES_PNG,
     FRONTIER_PNG,
     HYDRA_CONFIG,
+    LOSS_RECOVERED_PNG,
     REPORT_HTML,
     RUN_JSON,
     ReportLayout,
@@ -118,6 +119,7 @@ def write_comparison_html(out_dir: Path, rows: list[dict[str, Any]], columns: tu
     report = ReportLayout(out_dir)
     for figure, caption in (
         (FRONTIER_PNG, "Validation MSE against l0: the sparsity-fidelity trade-off."),
+        (LOSS_RECOVERED_PNG, "Loss recovered on held-out text against l0: the trade-off as the model sees it."),
         (DICTIONARIES_PNG, "Each run's decoder features."),
     ):
         link = relative_link(report.figures / figure, out_dir)

@@ -183,14 +183,30 @@ TABLE_COLUMNS = (
 
 
 # Short headers keep the console table whole in an 80-column log; summary.csv keeps the full names.
-SHORT_HEADERS = {"val_fvu": "fvu", "dead_fraction": "dead", "dense_fraction": "dense", "pca_val_mse_at_l0": "pca@l0"}
+SHORT_HEADERS = {
+    "val_fvu": "fvu",
+    "dead_fraction": "dead",
+    "dense_fraction": "dense",
+    "pca_val_mse_at_l0": "pca@l0",
+    "loss_recovered": "loss rec",
+    "lm_kl": "kl",
+}
 # Fractions to 3 significant digits (the rest to 4), for the same reason.
 FRACTION_COLUMNS = ("val_fvu", "dead_fraction", "dense_fraction")
 
 
-def table_columns(front: Optional[tuple[str, set[str]]]) -> tuple[str, ...]:
-    """TABLE_COLUMNS, with a study's best or pareto column after the status."""
-    return TABLE_COLUMNS if front is None else (*TABLE_COLUMNS[:3], front[0], *TABLE_COLUMNS[3:])
+# Runs on a language model's activations (data=activations) are also judged by the model: these columns
+# follow the others when any run has them.
+LM_COLUMNS = ("loss_recovered", "lm_kl")
+
+
+def table_columns(front: Optional[tuple[str, set[str]]], rows: Sequence[dict[str, Any]] = ()) -> tuple[str, ...]:
+    """TABLE_COLUMNS, with a study's best or pareto column after the status, and LM_COLUMNS when any row
+    has a loss recovered."""
+    columns = TABLE_COLUMNS if front is None else (*TABLE_COLUMNS[:3], front[0], *TABLE_COLUMNS[3:])
+    if any(row.get("loss_recovered") is not None for row in rows):
+        columns = (*columns, *LM_COLUMNS)
+    return columns
 
 
 def summary_table(rows: Sequence[dict[str, Any]], title: str, columns: Sequence[str] = TABLE_COLUMNS) -> Table:
@@ -246,11 +262,20 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
             front=[index for index, r in enumerate(finished) if front and r.path.name in front[1]],
             front_label="Pareto front (the study's objectives)" if front and front[0] == "pareto" else "best trial",
         )
+    scored = [r for r in finished if r.metrics.get("loss_recovered") is not None]
+    if scored:  # runs on a language model's activations: fidelity as the model sees it
+        figures.frontier(
+            report.loss_recovered,
+            [(r.label, r.metrics["l0"], r.metrics["loss_recovered"]) for r in scored],
+            front=[index for index, r in enumerate(scored) if front and r.path.name in front[1]],
+            front_label="Pareto front (the study's objectives)" if front and front[0] == "pareto" else "best trial",
+            fidelity=figures.LOSS_RECOVERED,
+        )
     dictionaries: list[tuple[str, Optional[Path]]] = [
         (panel_title(r), RunLayout(r.path).figure(DICTIONARY_PNG)) for r in records
     ]
     figures.image_panels(report.dictionaries, dictionaries, "Decoder features per run")
-    columns = table_columns(front)
+    columns = table_columns(front, rows)
     write_comparison_html(out_dir, rows, columns)
     write_gallery(out_dir, gallery_entries(records))
     return rows, summary_table(rows, f"{len(records)} runs in {out_dir}", columns)

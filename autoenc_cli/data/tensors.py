@@ -19,8 +19,8 @@ class MappedRows:
     Code that needs the whole split as one tensor (PCA) asks ``in_memory`` first.
 
     A read gathers its rows from the array in ascending row order (one fancy-index: the page cache and
-    read-ahead see a forward scan), puts them back in the order asked for, converts them to float32,
-    moves them to ``device`` and normalises them there: ``(x - shift) / divisor``.
+    read-ahead see a forward scan), puts them back in the order asked for, moves them to ``device`` in the
+    array's own float type, and converts them to float32 and normalises them there: ``(x - shift) / divisor``.
     """
 
     dtype = torch.float32
@@ -52,15 +52,22 @@ class MappedRows:
         rows = self.index[key]
         return self.read(rows) if np.ndim(rows) else self.read(rows[None])[0]
 
+    def gather(self, rows: np.ndarray) -> torch.Tensor:
+        """Rows of the array on the CPU in the order given, still in the array's own float type (float16 rows
+        are put back in order, and moved to a GPU, at half the bytes; torch widens them faster than numpy)."""
+        ascending = np.argsort(rows)  # not stable: a row asked for twice reads the same values either way
+        values = np.asarray(self.array[rows[ascending]])  # a fresh array: fancy indexing copies
+        if not values.dtype.isnative:  # e.g. big-endian floats from another machine: torch reads native only
+            values = values.astype(values.dtype.newbyteorder("="))
+        if not np.all(ascending[1:] > ascending[:-1]):  # not already in file order (a sequential pass)
+            ordered = np.empty_like(values)
+            ordered[ascending] = values
+            values = ordered
+        return torch.from_numpy(values)
+
     def read_raw(self, rows: np.ndarray) -> torch.Tensor:
         """Float32 rows of the array on the CPU, in the order given, not normalised."""
-        ascending = np.argsort(rows, kind="stable")
-        values = torch.from_numpy(np.asarray(self.array[rows[ascending]], dtype=np.float32))
-        if np.all(ascending[1:] > ascending[:-1]):  # already in file order (a sequential pass)
-            return values
-        ordered = torch.empty_like(values)
-        ordered[torch.from_numpy(ascending)] = values
-        return ordered
+        return self.gather(rows).float()
 
     def normalise(self, values: torch.Tensor) -> torch.Tensor:
         """``(values - shift) / divisor`` in place (values is a fresh tensor of the caller's)."""
@@ -72,7 +79,7 @@ class MappedRows:
 
     def read(self, rows: np.ndarray) -> torch.Tensor:
         """Rows of the array on the split's device, normalised."""
-        return self.normalise(self.read_raw(rows).to(self.device))
+        return self.normalise(self.gather(rows).to(self.device).float())
 
     def to(self, device: torch.device) -> "MappedRows":
         return MappedRows(self.array, self.index, device, self.shift, self.divisor)

@@ -7,6 +7,10 @@ than memory trains. Normalisation statistics come from the training split (a see
 ``stats_rows`` rows), and are derived again, identically, wherever the run's data is loaded; a run's
 statistics (``Normalisation``) are what ``autoenc export`` stores in config.json, so an exported model
 normalises new raw vectors as its run did without the run's data.
+
+All of this is ``RowsConfig``'s, shared by every data option of N x D rows: an option only says where its
+rows and their header come from (``rows_header``, ``open_rows``); ``data=activations`` reads an activation
+cache's shards this way (``autoenc_cli.data.activations``).
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Optional
+from typing import IO, TYPE_CHECKING, Any, Optional, Protocol
 
 import numpy as np
 import torch
 from omegaconf import MISSING
 
+from autoenc_cli.data.activation_cache import is_cache
 from autoenc_cli.data.base import DataConfig
 from autoenc_cli.data.files import _bytes, available_memory
 from autoenc_cli.data.tensors import DataBundle, MappedRows, Split, fraction_split
@@ -43,11 +48,32 @@ CHUNK_BYTES = 16 * 2**20  # rows are read this many bytes at a time for statisti
 FINGERPRINT_ROWS = 1024  # rows spread evenly over the file whose bytes go into the data fingerprint
 
 
+class RowsHeader(Protocol):
+    """What a data option says about its N x D rows before any value is read (``VectorsHeader``: a file's
+    array; the activation cache's header: its manifest)."""
+
+    shape: tuple[int, int]
+    dtype: np.dtype
+
+    @property
+    def source(self) -> str:  # how messages name the rows: data.path='acts.npz' (array 'acts')
+        ...
+
+    @property
+    def mappable(self) -> bool:  # False: the rows are decompressed whole before any is read
+        ...
+
+    @property
+    def described(self) -> dict[str, Any]:  # what the data fingerprint hashes besides the sampled rows
+        ...
+
+
 @dataclass
-class VectorsConfig(DataConfig):
-    name: str = "vectors"
-    path: str = MISSING  # a .npy holding an N x D float array, or a .npz holding one
-    member: Optional[str] = None  # the array's name in a .npz; null: the archive's only array
+class RowsConfig(DataConfig):
+    """What the data options of N x D float rows share (data=vectors: a file's array; data=activations: an
+    activation cache's shards): normalisation, memory-mapping, the split, the fingerprint and the checks.
+    Where the rows and their header come from (``rows_header``, ``open_rows``) is all an option defines."""
+
     # none | standardize (per feature: mean 0, std 1) | unit_mean_square (one scale: mean squared norm D);
     # the statistics come from the training split
     normalize: str = choice("none", NORMALIZATIONS)
@@ -55,13 +81,17 @@ class VectorsConfig(DataConfig):
     # auto: whole into memory when it fits in half the free memory, else read per batch from a memory map
     load: str = choice("auto", LOADS)
 
-    def check(self) -> None:
-        if self.member == "":
-            raise ConfigError("member", "", "the name of an array in the .npz, or null for its only array")
+    def rows_header(self) -> RowsHeader:
+        """The rows' header, refusing what cannot train; no values are read."""
+        raise NotImplementedError
+
+    def open_rows(self, header: RowsHeader) -> Any:
+        """The rows ``header`` describes as a read-only (N, D) array (a memory map where it can be one)."""
+        raise NotImplementedError
 
     def input_shape(self) -> tuple[int, ...]:
-        """(D,) from the array's header, after every refusal the header allows; no values are read."""
-        header = read_header(Path(self.path), self.member)
+        """(D,) from the rows' header, after every refusal the header allows; no values are read."""
+        header = self.rows_header()
         loads_whole(self, header)
         return (header.shape[1],)
 
@@ -71,7 +101,7 @@ class VectorsConfig(DataConfig):
             raise ConfigError(
                 "model",
                 model.name,
-                f"data=vectors gives vectors of shape {shape}; use model=fc or model=sparse_fc",
+                f"data={self.name} gives vectors of shape {shape}; use model=fc or model=sparse_fc",
                 absolute=True,
             )
         if facts.config.loss.name == "bce":
@@ -91,6 +121,23 @@ class VectorsConfig(DataConfig):
             )
 
 
+@dataclass
+class VectorsConfig(RowsConfig):
+    name: str = "vectors"
+    path: str = MISSING  # a .npy holding an N x D float array, or a .npz holding one
+    member: Optional[str] = None  # the array's name in a .npz; null: the archive's only array
+
+    def check(self) -> None:
+        if self.member == "":
+            raise ConfigError("member", "", "the name of an array in the .npz, or null for its only array")
+
+    def rows_header(self) -> "VectorsHeader":
+        return read_header(Path(self.path), self.member)
+
+    def open_rows(self, header: "VectorsHeader") -> np.ndarray:
+        return open_array(header)
+
+
 @dataclass(frozen=True)
 class VectorsHeader:
     """What the file says about the array, before any of its values is read."""
@@ -105,6 +152,14 @@ class VectorsHeader:
     @property
     def source(self) -> str:
         return f"data.path='{self.path}'" + (f" (array '{self.member}')" if self.member else "")
+
+    @property
+    def mappable(self) -> bool:
+        return self.offset is not None
+
+    @property
+    def described(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype.str, "fortran_order": self.fortran_order}
 
 
 def _npy_header(handle: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -151,6 +206,11 @@ def _read_npz_header(path: Path, member: Optional[str]) -> VectorsHeader:
 
 def read_header(path: Path, member: Optional[str] = None) -> VectorsHeader:
     """The array's header, refusing what cannot train: not a file, not .npy/.npz, not N x D floats."""
+    if path.is_dir() and is_cache(path):
+        raise DataError(
+            f"data.path='{path}' is an activation cache (autoenc harvest wrote it), not a .npy or .npz; "
+            f"train on it with data=activations data.path={path}"
+        )
     if not path.is_file():
         raise DataError(f"data.path='{path}' is not a file; give a .npy or .npz holding an N x D float array")
     try:
@@ -169,11 +229,12 @@ def read_header(path: Path, member: Optional[str] = None) -> VectorsHeader:
         raise DataError(f"data.path='{path}' is not a readable .npy or .npz file ({reason})") from None
     if member is not None and header.member is None:
         raise ConfigError("data.member", member, f"'{path}' is a .npy file (one array); leave it null", absolute=True)
-    _check_array(header)
+    check_rows(header)
     return header
 
 
-def _check_array(header: VectorsHeader) -> None:
+def check_rows(header: RowsHeader) -> None:
+    """Refuse rows that cannot train: Python objects, not N x D, not floats, fewer than 2."""
     source, shape, dtype = header.source, header.shape, header.dtype
     if dtype.hasobject:
         raise DataError(f"{source} holds Python objects, which autoenc does not unpickle; save the vectors as floats")
@@ -188,16 +249,16 @@ def _check_array(header: VectorsHeader) -> None:
         raise DataError(f"{source}: need at least 2 vectors of at least 1 value; got shape {shape}")
 
 
-def loads_whole(config: VectorsConfig, header: VectorsHeader) -> bool:
+def loads_whole(config: RowsConfig, header: RowsHeader) -> bool:
     """Whether the splits are loaded whole (into memory, then onto the training device) rather than read
     per batch from a memory map; refuses what neither way can do."""
     rows = min(config.limit or header.shape[0], header.shape[0])
     needed = rows * header.shape[1] * 4  # the float32 splits
-    if header.offset is None:  # a compressed member is decompressed whole first
+    if not header.mappable:  # a compressed member is decompressed whole first
         needed += header.shape[0] * header.shape[1] * header.dtype.itemsize
     available = available_memory()
     what = f"{header.source}: {rows:,} vectors of {header.shape[1]} values"
-    if header.offset is None and (config.load == "memmap" or (available is not None and needed > available)):
+    if not header.mappable and (config.load == "memmap" or (available is not None and needed > available)):
         reason = "data.load=memmap" if config.load == "memmap" else f"{_bytes(needed)} does not fit in memory"
         raise DataError(
             f"{header.source} is compressed (np.savez_compressed), which cannot be memory-mapped ({reason}); "
@@ -212,7 +273,7 @@ def loads_whole(config: VectorsConfig, header: VectorsHeader) -> bool:
                 "use data.load=auto (memory-mapped) or data.limit=N"
             )
         return True
-    return header.offset is None or available is None or needed <= MEMORY_SHARE * available
+    return not header.mappable or available is None or needed <= MEMORY_SHARE * available
 
 
 def open_array(header: VectorsHeader) -> np.ndarray:
@@ -256,7 +317,7 @@ def _refuse_non_finite(values: torch.Tensor, rows: np.ndarray, source: str) -> N
 
 
 def training_statistics(
-    rows: MappedRows, config: VectorsConfig, source: str
+    rows: MappedRows, config: RowsConfig, source: str
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(shift, divisor) of ``config.normalize`` from the training split's rows: all of them, or a seeded
     sample of ``stats_rows`` when there are more. Moments are accumulated in float64 chunk by chunk
@@ -306,7 +367,7 @@ def load_whole(rows: MappedRows, source: str) -> torch.Tensor:
 
 
 def vectors_fingerprint(
-    header: VectorsHeader, array: np.ndarray, splits: tuple[np.ndarray, np.ndarray], statistics: tuple
+    header: RowsHeader, array: Any, splits: tuple[np.ndarray, np.ndarray], statistics: tuple
 ) -> str:
     """A hash of the array's header, the bytes of ``FINGERPRINT_ROWS`` rows spread evenly over it, the
     rows of each split (in split order) and the normalisation statistics: cheap for a file of any size.
@@ -317,8 +378,7 @@ def vectors_fingerprint(
     sampled = np.unique(np.linspace(0, count - 1, min(count, FINGERPRINT_ROWS)).round().astype(np.int64))
     values = np.ascontiguousarray(array[sampled])
     _refuse_non_finite(torch.from_numpy(values.astype(np.float32)), sampled, header.source)
-    described = {"shape": list(header.shape), "dtype": header.dtype.str, "fortran_order": header.fortran_order}
-    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(header.described, sort_keys=True).encode())
     digest.update(values.tobytes())
     for part in (*splits, *(value.numpy() for value in statistics if value is not None)):
         digest.update(np.ascontiguousarray(part).tobytes())
@@ -387,12 +447,12 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def normalisation_of(config: VectorsConfig, statistics: tuple) -> Optional[Normalisation]:
+def normalisation_of(config: RowsConfig, statistics: tuple) -> Optional[Normalisation]:
     shift, divisor = statistics
     return None if divisor is None else Normalisation(config.normalize, shift, divisor)
 
 
-def run_normalisation(config: VectorsConfig) -> tuple[Optional[Normalisation], str]:
+def run_normalisation(config: RowsConfig) -> tuple[Optional[Normalisation], str]:
     """The statistics a run with this data config normalised with, and the data's fingerprint (to tell
     that the file is still the one the run trained on), read without loading the splits."""
     header, _, array, splits = _open(config)
@@ -400,17 +460,18 @@ def run_normalisation(config: VectorsConfig) -> tuple[Optional[Normalisation], s
     return normalisation_of(config, statistics), vectors_fingerprint(header, array, splits, statistics)
 
 
-def _open(config: VectorsConfig) -> tuple[VectorsHeader, bool, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def _open(config: RowsConfig) -> tuple[RowsHeader, bool, Any, tuple[np.ndarray, np.ndarray]]:
     """The array's header, whether its splits load whole (refusing what neither way can load), the array
     and the rows of the training and validation splits."""
-    header = read_header(Path(config.path), config.member)
+    header = config.rows_header()
     whole = loads_whole(config, header)
-    return header, whole, open_array(header), split_rows(header.shape[0], config)
+    return header, whole, config.open_rows(header), split_rows(header.shape[0], config)
 
 
 @register(VectorsConfig)
-def load_vectors(config: VectorsConfig, normalisation: Optional[Normalisation] = None) -> DataBundle:
-    """Training and validation splits of the array's rows (seeded, as every data set), normalised with
+def load_vectors(config: RowsConfig, normalisation: Optional[Normalisation] = None) -> DataBundle:
+    """Training and validation splits of the rows (seeded, as every data set; data=vectors and
+    data=activations alike), normalised with
     the training split's statistics (or ``normalisation``'s: a trained run's, for other vectors); whole
     tensors when they fit in memory, else memory-mapped."""
     header, whole, array, (train_rows, val_rows) = _open(config)

@@ -27,12 +27,14 @@ from autoenc_cli.training.records import EvalReport, as_dict, carried
 
 HELP = {
     "eval": "autoenc eval run=RUN_DIR [split=val|test] [checkpoint=best|last|stage1|...|PATH] [data=OPTION] "
-    "[probe.labels_per_class=10,100,all] [probe.model=logistic|mlp] [probe.finetune=true] [out=FILE] [overwrite=true] "
-    "[threads=N]",
+    "[probe.labels_per_class=10,100,all] [probe.model=logistic|mlp] [probe.finetune=true] [heldout_tokens=N] "
+    "[out=FILE] [overwrite=true] [threads=N]",
     "encode": "autoenc encode run=RUN_DIR out=codes.npz [split=train|val|test|all] [checkpoint=...] [data=OPTION] "
     "[overwrite=true] [threads=N]",
     "reconstruct": "autoenc reconstruct run=RUN_DIR input=FILE.npz|DIR out=OUT.npz|DIR [checkpoint=...] "
     "[overwrite=true] [threads=N]",
+    "harvest": "autoenc harvest [lm=smollm2|hf] [lm.name=FOLDER] ['lm.hooks=[model.layers.15]'] "
+    "[text=stdlib|pydoc|FILE|DIR] [tokens=N] out=DIR [dtype=float16|float32] [heldout_tokens=N] [threads=N]",
     "export": "autoenc export run=RUN_DIR out=DIR [checkpoint=best|last|stage1|...|PATH] [overwrite=true]",
 }
 
@@ -76,6 +78,9 @@ class EvalConfig(UseRunConfig):
     out: Optional[str] = None  # a file for eval.json's contents; null: RUN_DIR's own eval.json
     overwrite: bool = False  # replace an existing out file; otherwise it is refused
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # semi-supervised probes on the codes
+    # a run on an activation cache (data=activations): held-out tokens the language model scores it on (loss
+    # recovered, KL); null: the run's data.heldout_tokens; 0 skips the scoring
+    heldout_tokens: Optional[int] = number(None, ge=0)
 
 
 @dataclass
@@ -160,6 +165,7 @@ def evaluate_run(config: EvalConfig) -> EvalReport:
     from autoenc_cli.training.metrics import corrupted_inputs, evaluate
 
     run = load_for_command(config)
+    check_heldout_tokens(config, config.data or run.config.data)  # before the data is loaded
     data = run.load_data(config.data)
     model, train = run.model, data.train
     split = _split(data, (config.data or run.config.data).name, config.split)
@@ -203,7 +209,29 @@ def evaluate_run(config: EvalConfig) -> EvalReport:
         report.ae_pca_mse_ratio = report.mse / report.pca_mse
     if train.labels is not None and split.labels is not None and config.probe.labels_per_class:
         report.probe = run_probes(config.probe, model, data, split, pca)  # probes see clean images
-    return report
+    return with_lm_score(report, config, run, model)
+
+
+def check_heldout_tokens(config: EvalConfig, data: Any) -> None:
+    """heldout_tokens= for a run on other data than an activation cache is refused, never ignored."""
+    from autoenc_cli.lm.run_scoring import on_activation_cache
+
+    if config.heldout_tokens and not on_activation_cache(data):
+        raise ConfigError(
+            "heldout_tokens",
+            config.heldout_tokens,
+            f"loss recovered scores runs on a language model's activations (data=activations), not data={data.name}",
+        )
+
+
+def with_lm_score(report: EvalReport, config: EvalConfig, run: Any, model: Any) -> EvalReport:
+    """``report`` with, for a run on an activation cache, its loss recovered on the cache's held-out text."""
+    from autoenc_cli.lm.run_scoring import LossRecovered, RunSAE, held_out, with_score
+
+    heldout = held_out(config.data or run.config.data, run.device, config.heldout_tokens)
+    if heldout is None:
+        return report
+    return with_score(report, LossRecovered().score(RunSAE(report.run, heldout, model, run.input_normalisation)))
 
 
 def run_probes(probe: ProbeConfig, model: Any, data: Any, split: Any, pca: Any) -> dict[str, Any]:
@@ -376,8 +404,9 @@ def png_names(source: Path, count: int) -> list[str]:
         raise UserError(f"input='{source}' changed while it was read; run the command again")
     stems = Counter(path.with_suffix(".png") for path in relative)
     return [
-        (path.with_suffix(".png") if stems[path.with_suffix(".png")] == 1 else path.with_name(f"{path.name}.png"))
-        .as_posix()
+        (
+            path.with_suffix(".png") if stems[path.with_suffix(".png")] == 1 else path.with_name(f"{path.name}.png")
+        ).as_posix()
         for path in relative
     ]
 

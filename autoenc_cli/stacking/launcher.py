@@ -20,6 +20,7 @@ from autoenc_cli.artifacts.console import ProgressBars, console
 from autoenc_cli.artifacts.figure_workers import FigureWorkers
 from autoenc_cli.build import build_parts
 from autoenc_cli.job import Job, TrainersStop, ending, logging_into, stop_on_signals
+from autoenc_cli.lm.run_scoring import LossRecovered
 from autoenc_cli.stacking.fit import Member, StackedFit
 from autoenc_cli.training.checkpoint import data_fingerprint
 from autoenc_cli.training.records import as_dict
@@ -44,12 +45,13 @@ def start_job(cfg: DictConfig) -> Any:
 
 class SharedInputs:
     """What jobs on the same data share: the data set (one copy on the device), its fingerprint, the PCA
-    baselines."""
+    baselines, and on an activation cache the language model and its passes that loss recovered compares with."""
 
     def __init__(self) -> None:
         self.data: dict[Any, Any] = {}
         self.fingerprints: dict[int, str] = {}
         self.baselines: dict[Any, Any] = {}
+        self.lm_scores = LossRecovered()
 
     def build_parts(self, config: Any) -> Any:
         key = (repr(config.data), config.trainer.device)
@@ -96,6 +98,9 @@ class StackedSweep:
         # Every member's results are started (its figures drawing in a worker), then each is finished; an
         # interruption is recorded for every job before it stops the sweep.
         workers, finishing, aborted = FigureWorkers(), {}, None
+        for member in members:  # their SAEs are scored on the language model together, when the first asks
+            if member.error is None:
+                jobs[member.number].expect_score(shared.lm_scores)
         for member in members:
             try:
                 finish = self._results(member, jobs[member.number], shared, workers)
@@ -172,5 +177,5 @@ class StackedSweep:
         with in_job(job):
             if member.error is not None:
                 raise member.error
-            return job.results(member.trainer.result, shared.baselines, member.stack, workers)
+            return job.results(member.trainer.result, shared.baselines, member.stack, workers, shared.lm_scores)
         return None  # it failed, and ending(job) recorded it

@@ -121,6 +121,48 @@ def own(name: str, kind: Any, doc: str, summary: bool = False) -> tuple[str, Any
     return (name, Optional[kind], metric(doc, summary=summary))
 
 
+# Loss recovered (autoenc_cli.lm.scoring): a run trained on a language model's activation cache, scored by
+# splicing its reconstruction into the model at the hook, on the cache's held-out text. metrics.json and
+# eval.json both list these, declared here once (a function: each record class gets fields of its own).
+def lm_scores() -> list[tuple[str, Any, Any]]:
+    return [
+        own(
+            "loss_recovered",
+            float,
+            "the language model's loss recovered with the SAE's reconstruction spliced in at the hook, on held-out "
+            "text: (lm_ce_zero_ablated - lm_ce_spliced) / (lm_ce_zero_ablated - lm_ce_clean); 1 perfect, 0 no better "
+            "than zeroing the activation",
+            summary=True,
+        ),
+        own(
+            "lm_kl",
+            float,
+            "mean KL divergence (nats per token) from the model's clean next-token distribution to the one with the "
+            "SAE spliced in, on held-out text (0 perfect)",
+            summary=True,
+        ),
+        own("lm_ce_clean", float, "the language model's next-token cross-entropy (nats per token) on held-out text"),
+        own(
+            "lm_ce_spliced",
+            float,
+            "the cross-entropy with the SAE's reconstruction replacing the hook's activation (every position but the "
+            "first, the BOS token)",
+        ),
+        own("lm_ce_zero_ablated", float, "the cross-entropy with the hook's activation replaced by zeros"),
+        own(
+            "lm_ce_mean_ablated",
+            float,
+            "the cross-entropy with the hook's activation replaced by its mean over the activation cache",
+        ),
+        own(
+            "lm_heldout_tokens",
+            int,
+            "held-out tokens (never in the cache) the language model read for the lm_ numbers and loss_recovered: "
+            "whole contexts, BOS included; the cross-entropies and KL average over every token predicted",
+        ),
+    ]
+
+
 # What a run keeps of each validation: every epoch's (history.csv), and its last (metrics.json).
 EPOCH_METRICS = tuple(name for name, f in EVALUATION_FIELDS.items() if f.metadata["kept"] == "epoch")
 RUN_METRICS = tuple(name for name, f in EVALUATION_FIELDS.items() if f.metadata["kept"] in ("epoch", "run"))
@@ -185,6 +227,7 @@ RunSummary = record_class(
             list[float],
             "PCA's validation MSE per pixel with k components, as pca_val_mse; entry i is k = i + 1, up to code_dim",
         ),
+        *lm_scores(),
         own("wall_seconds", float, "wall time of the whole run, figures included"),
         own(
             "stack",
@@ -202,7 +245,8 @@ SUMMARY_METRICS = tuple(f.name for f in dataclasses.fields(RunSummary) if f.meta
 
 EvalReport = record_class(
     "EvalReport",
-    f"{EVAL_JSON}: a trained run scored on one split, against PCA with as many components.",
+    f"{EVAL_JSON}: a trained run scored on one split, against PCA with as many components (and, on an activation "
+    "cache, by its language model on held-out text).",
     [
         own("run", str, "the run folder"),
         own("checkpoint", str, "the checkpoint scored"),
@@ -228,6 +272,7 @@ EvalReport = record_class(
         own("pca_mse", float, "MSE per pixel of PCA with code_dim components, fitted on the train split"),
         own("pca_squared_error_per_image", float, "PCA's squared error per image"),
         own("ae_pca_mse_ratio", float, "the autoencoder's MSE over PCA's (below 1: better than PCA)"),
+        *lm_scores(),
         own("probe", dict[str, Any], "semi-supervised probe accuracies"),
     ],
 )
