@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("autoenc_cli.train:main", "train an autoencoder from config groups (Hydra overrides; -m sweeps)"),
     "eval": (
         "autoenc_cli.evaluation.commands:eval_main",
-        "score a run: MSE, PSNR, PCA baseline, semi-supervised probes",
+        "score a run: MSE, PSNR, PCA baseline, probes; loss recovered (activation caches)",
     ),
     "encode": ("autoenc_cli.evaluation.commands:encode_main", "write a run's codes for a data set to .npz"),
     "reconstruct": ("autoenc_cli.evaluation.commands:reconstruct_main", "reconstruct (denoise) your images with a run"),

@@ -211,7 +211,8 @@ class Capture:
             raise DataError(f"text={self.config.text} is shorter than the text the cache at '{self.out}' was made from")
         write_manifest(self.out, self.manifest)
         done = self.manifest.tokens
-        with TokenProgress(self.manifest.target_tokens, done) as progress, self._stops():
+        whole_contexts = -(-self.manifest.target_tokens // self.body) * self.body  # what the capture ends at
+        with TokenProgress(max(whole_contexts, done), done) as progress, self._stops():
             while not self.manifest.complete and self.stop is None:
                 started = time.perf_counter()
                 written = self._shard(progress.advance)
@@ -219,10 +220,13 @@ class Capture:
                 if written:
                     write_manifest(self.out, self.manifest)
         if self.stop is not None:
-            raise HarvestInterrupted(
-                f"{self.stop}: the cache at '{self.out}' holds {self.manifest.tokens:,} tokens in finished shards; "
-                "run the same command to continue"
-            )
+            kept = f"holds {self.manifest.tokens:,} tokens in finished shards; run the same command to continue"
+            if not self.manifest.shards:
+                kept = (
+                    f"holds no finished shard yet (a shard is shard_tokens={self.config.shard_tokens:,} tokens), so "
+                    "the same command starts the capture over"
+                )
+            raise HarvestInterrupted(f"interrupted ({self.stop}): the cache at '{self.out}' {kept}")
         if self.manifest.exhausted:
             console.print(
                 f"[yellow]note[/]: text={self.config.text} ended after {self.manifest.tokens:,} tokens "
@@ -325,7 +329,10 @@ class Capture:
 
         class CaptureStop(StopRequest):
             def request(self, signal_name: str) -> None:
+                from autoenc_cli.artifacts.console import console
+
                 capture.stop = signal_name
+                console.print(f"[yellow]{signal_name}[/]: stopping after the current batch (again: stop at once)")
 
             def requested(self) -> bool:
                 return capture.stop is not None

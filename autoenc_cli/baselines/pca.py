@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import torch
 
+CHUNK_VALUES = 1 << 22  # values per chunk of rows when fitting: 32 MiB in float64
 
 class PCA:
     """Principal components of flattened images, fitted by SVD of the centred training data."""
@@ -15,12 +16,21 @@ class PCA:
         self.num_components = num_components
 
     def fit(self, images: torch.Tensor) -> "PCA":
-        flat = images.flatten(1).double()
-        self.mean = flat.mean(dim=0)
-        # Right singular vectors of the centred data are the principal axes.
-        _, _, vh = torch.linalg.svd(flat - self.mean, full_matrices=False)
-        self.axes = vh  # every principal axis, by decreasing variance: PCA with fewer components for free
-        self.components = vh[: self.num_components]  # (k, D)
+        """The principal axes are the eigenvectors of the centred data's scatter matrix, accumulated in
+        float64 a chunk of rows at a time: memory grows with D x D, not with the number of samples (a
+        float64 copy of 2 million activation rows would take 9 GB)."""
+        flat = images.flatten(1)
+        count, width = flat.shape
+        chunks = flat.split(max(1, CHUNK_VALUES // width))
+        self.mean = sum(chunk.double().sum(dim=0) for chunk in chunks) / count
+        scatter = torch.zeros(width, width, dtype=torch.float64, device=flat.device)
+        for chunk in chunks:
+            centred = chunk.double() - self.mean
+            scatter.addmm_(centred.T, centred)
+        variances, vectors = torch.linalg.eigh(scatter)
+        order = variances.argsort(descending=True)[: min(count, width)]  # as many axes as the data has
+        self.axes = vectors[:, order].T  # every principal axis, by decreasing variance: fewer components for free
+        self.components = self.axes[: self.num_components]  # (k, D)
         return self
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

