@@ -24,7 +24,8 @@ A comparison report (``autoenc report``; a sweep and a study write theirs into t
     REPORT_DIR/
       summary.csv           one row per run
       report.html           the comparison page
-      figures/              frontier.png, dictionaries.png, loss_recovered.png (runs on an activation cache)
+      figures/              frontier.png, dictionaries.png (runs with image data), loss_recovered.png (runs on an
+                            activation cache)
       gallery.html          the runs with a gallery.caption, when there are any
       gallery/              copies of their panels (*.png)
 

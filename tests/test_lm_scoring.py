@@ -318,6 +318,9 @@ def test_a_stacked_sweep_loads_the_model_once_and_scores_every_job_in_one_set_of
     assert [float(row["lm_kl"]) for row in rows] == [job["lm_kl"] for job in jobs]
     assert (sweep / "figures" / "loss_recovered.png").is_file()
     assert 'src="figures/loss_recovered.png"' in (sweep / "report.html").read_text()
+    # activations have no image layout: no page of empty dictionary panels, and no link to one
+    assert not (sweep / "figures" / "dictionaries.png").exists()
+    assert "dictionaries.png" not in (sweep / "report.html").read_text()
 
 
 def test_the_loss_recovered_frontier_keeps_the_runs_no_other_beats_on_both_l0_and_loss_recovered():

@@ -274,7 +274,10 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
     dictionaries: list[tuple[str, Optional[Path]]] = [
         (panel_title(r), RunLayout(r.path).figure(DICTIONARY_PNG)) for r in records
     ]
-    figures.image_panels(report.dictionaries, dictionaries, "Decoder features per run")
+    if any(path.is_file() for _, path in dictionaries):
+        figures.image_panels(report.dictionaries, dictionaries, "Decoder features per run")
+    else:  # vectors and activations have no image layout: a page of "no figure" panels says nothing
+        report.dictionaries.unlink(missing_ok=True)
     columns = table_columns(front, rows)
     write_comparison_html(out_dir, rows, columns)
     write_gallery(out_dir, gallery_entries(records))
