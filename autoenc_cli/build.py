@@ -49,6 +49,17 @@ def split_mean(split: Split, batch_size: int, max_samples: int = MEAN_SAMPLES) -
     return (total / len(sample)).float()
 
 
+# Training rows whose raw codes initialise sparsity options that start from data (JumpReLU's thresholds).
+CODE_SAMPLES = 4096
+
+
+@torch.no_grad()
+def sample_codes(model: Autoencoder, split: Split, batch_size: int) -> torch.Tensor:
+    """The encoder's raw codes of the split's first CODE_SAMPLES rows (splits are in seeded random order)."""
+    sample, device = split if len(split) <= CODE_SAMPLES else split.take(CODE_SAMPLES), next(model.parameters()).device
+    return torch.cat([model.raw_code(batch.to(device)) for batch in iterate_batches(sample, batch_size)])
+
+
 def build_objective(config: TrainConfig, model: Autoencoder) -> Objective:
     return Objective(REGISTRY.build(config.loss), model)
 
@@ -86,6 +97,8 @@ def build_parts(config: TrainConfig, data: Optional[DataBundle] = None) -> RunPa
     model = build_model(config, data.input_shape).to(device)
     if model.wants_data_mean:  # a resumed run's checkpoint replaces this with the trained values
         model.initialise_from_data(split_mean(data.train, config.trainer.eval_batch_size))
+    if getattr(model.code_transform, "wants_codes", False):  # (after the mean: the codes see the input bias)
+        model.code_transform.initialise_from_codes(sample_codes(model, data.train, config.trainer.eval_batch_size))
     objective = build_objective(config, model)
     noise = REGISTRY.build(config.noise)
     phases = REGISTRY.build(config.schedule, config.trainer, model)

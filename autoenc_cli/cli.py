@@ -202,10 +202,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a traceback
         fail("interrupted", 130)
     except Exception as error:  # noqa: BLE001 - user mistakes become one line, bugs keep their traceback
-        from autoenc_cli.error_report import one_line_or_none
+        from autoenc_cli.error_report import one_line_or_none, with_sweep_hint
 
         message = one_line_or_none(error)
         if message is None or keep_traceback:
             raise
-        fail(message, getattr(error, "exit_code", 2))
+        fail(with_sweep_hint(message, rest), getattr(error, "exit_code", 2))
     sys.exit(code or 0)

@@ -121,3 +121,22 @@ def one_line_or_none(error: BaseException) -> Optional[str]:
             message = f"{message} {_first_line(cause)}"
         return message
     return None
+
+
+def with_sweep_hint(message: str, argv: list[str]) -> str:
+    """An unknown key in a multirun that sweeps over presets (``-m experiment=a,b data.path=...``): Hydra
+    composes the sweep's base config without the swept presets, so a key only they make valid is unknown
+    there; say how to give the group they select."""
+    multirun = "-m" in argv or "--multirun" in argv
+    swept = any(arg.startswith("experiment=") and any(mark in arg for mark in (",", "glob(")) for arg in argv)
+    if not (multirun and swept and message.startswith("unknown key '")):
+        return message
+    from autoenc_cli.schema.root import GROUPS, STACKED_GROUPS
+
+    group = message.removeprefix("unknown key '").split(".")[0].split("'")[0]
+    if group not in GROUPS or group in STACKED_GROUPS:  # a typo, or a group whose options the presets list
+        return message
+    return (
+        f"{message} (a sweep over experiment= composes its base config without the swept presets: select the "
+        f"{group} option they use on the command line too, e.g. {group}=<option>)"
+    )

@@ -26,7 +26,7 @@ from omegaconf import MISSING
 
 from autoenc_cli.errors import UserError
 from autoenc_cli.evaluation.commands import UseRunConfig, compose_command
-from autoenc_cli.folder_layout import EXPORT_CONFIG, EXPORT_TENSORS, ExportLayout, RunLayout
+from autoenc_cli.folder_layout import EXPORT_CONFIG, EXPORT_TENSORS, SAELENS_CONFIG, SAELENS_TENSORS, RunLayout
 from autoenc_cli.output_paths import (
     FolderOutputs,
     check_folder_out,
@@ -34,16 +34,24 @@ from autoenc_cli.output_paths import (
     out_path,
     refuse_current_folder,
 )
+from autoenc_cli.schema import choice
 
 
 @dataclass
 class ExportConfig(UseRunConfig):
     out: str = MISSING  # the export folder: new, empty, or an earlier export (with overwrite=true)
     overwrite: bool = False  # replace an earlier export in out; otherwise it is refused
+    # autoenc: model.safetensors + config.json (autoenc_cli.load_run reads it); saelens: cfg.json +
+    # sae_weights.safetensors, the folder SAELens's SAE.load_from_disk reads (a sparse autoencoder)
+    format: str = choice("autoenc", ("autoenc", "saelens"))
 
 
+# The two files each format writes: (tensors, config).
+FORMAT_FILES = {"autoenc": (EXPORT_TENSORS, EXPORT_CONFIG), "saelens": (SAELENS_TENSORS, SAELENS_CONFIG)}
 # A file's staged copy beside it (as autoenc_cli.io names them: .NAME.PID.tmp), left where an export was killed.
-STAGED = re.compile(rf"\.({re.escape(EXPORT_TENSORS)}|{re.escape(EXPORT_CONFIG)})\.\d+\.tmp")
+STAGED = re.compile(
+    r"\.(" + "|".join(re.escape(name) for files in FORMAT_FILES.values() for name in files) + r")\.\d+\.tmp"
+)
 
 
 def _tensors_metadata(path: Path) -> dict[str, str]:
@@ -65,10 +73,15 @@ def is_export_file(folder: Path, file: Path) -> bool:
 
     if file.parent != folder or file.is_symlink():
         return False
+    from autoenc_cli.saelens import SAELENS_FORMAT
+
     if file.name == EXPORT_CONFIG:
         return read_json(file).get("format") == EXPORT_FORMAT
-    if file.name == EXPORT_TENSORS:
-        return _tensors_metadata(file).get("autoenc_format") == EXPORT_FORMAT
+    if file.name == SAELENS_CONFIG:
+        metadata = read_json(file).get("metadata")
+        return isinstance(metadata, dict) and metadata.get("autoenc_format") == SAELENS_FORMAT
+    if file.name in (EXPORT_TENSORS, SAELENS_TENSORS):
+        return _tensors_metadata(file).get("autoenc_format") in (EXPORT_FORMAT, SAELENS_FORMAT)
     return STAGED.fullmatch(file.name) is not None
 
 
@@ -76,7 +89,7 @@ EXPORT_OUTPUTS = FolderOutputs(
     command="export",
     what="an export",
     earlier="an export",
-    folder_for=f"for {EXPORT_TENSORS} and {EXPORT_CONFIG}",
+    folder_for=f"for {EXPORT_TENSORS} and {EXPORT_CONFIG} (or {SAELENS_TENSORS} and {SAELENS_CONFIG})",
     example="my_model",
     is_earlier=is_export_file,
 )
@@ -162,51 +175,90 @@ def _write_staged(path: Path, payload: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def write_export(out: Path, model: Any, config: dict[str, Any], overwrite: bool = False) -> None:
+def write_export(
+    out: Path, model: Any, config: dict[str, Any], overwrite: bool = False, export_format: str = "autoenc"
+) -> None:
     """Write the two files into ``out``, claimed for this process: a second export to the same folder is
     refused in one line and touches nothing. Both files are staged beside their places first (a failure
     there leaves an earlier export as it was); then the earlier config.json goes, model.safetensors takes its
     place and config.json comes last, so a crash never leaves a folder that loads as a mix of two exports.
     ``out`` itself is never removed or renamed: a folder this call did not create stays (the current folder
     above all); one it created is removed again if the export fails."""
-    from safetensors.torch import save_model
-
-    from autoenc_cli.evaluation.loading import EXPORT_FORMAT, EXPORT_VERSION
-
-    export = ExportLayout(out)
-    tensors, settings = export.tensors, export.config
-    staged_tensors = out / f".{EXPORT_TENSORS}.{os.getpid()}.tmp"
-    staged_config = out / f".{EXPORT_CONFIG}.{os.getpid()}.tmp"
+    tensors_name, config_name = FORMAT_FILES[export_format]
+    tensors, settings = out / tensors_name, out / config_name
+    staged_tensors = out / f".{tensors_name}.{os.getpid()}.tmp"
+    staged_config = out / f".{config_name}.{os.getpid()}.tmp"
     with claimed_folder_out(out, overwrite, EXPORT_OUTPUTS, "model export") as earlier:
         try:
             for leftover in earlier:
                 if STAGED.fullmatch(leftover.name):  # a killed export's staged copy
                     leftover.unlink()
-            metadata = {"format": "pt", "autoenc_format": EXPORT_FORMAT, "autoenc_format_version": str(EXPORT_VERSION)}
-            # save_model stores tensors that share memory once; force_contiguous: an untied decoder weight is a
-            # transposed view, which safetensors stores only contiguous (loading copies values into the layout).
-            save_model(model, str(staged_tensors), metadata=metadata, force_contiguous=True)
+            _save_tensors(staged_tensors, model, export_format)
             os.chmod(staged_tensors, 0o666 & ~_umask())  # safetensors writes it private (0600); share
             _fsync(staged_tensors)
             _write_staged(staged_config, (json.dumps(config, indent=2) + "\n").encode())
-            settings.unlink(missing_ok=True)  # until the new config.json is in place, out is no export at all
+            # Until the new config file is in place, out is no export at all (of either format: an earlier one in
+            # the other format loses its config first, then its tensors, so the folder never holds both).
+            for config_file in {settings, *(out / files[1] for files in FORMAT_FILES.values())}:
+                config_file.unlink(missing_ok=True)
             os.replace(staged_tensors, tensors)
             os.replace(staged_config, settings)
+            for leftover in earlier:
+                if leftover.name not in (tensors_name, config_name):
+                    leftover.unlink(missing_ok=True)
             _fsync(out)
         finally:
             staged_tensors.unlink(missing_ok=True)
             staged_config.unlink(missing_ok=True)
 
 
-def export_run(run_dir: Path, out: Path, checkpoint: str = "best", overwrite: bool = False) -> Any:
-    """Export ``run_dir``'s ``checkpoint`` to ``out``; returns the TrainedRun that was written."""
+def _save_tensors(path: Path, tensors: Any, export_format: str) -> None:
+    """``tensors`` (the model, or for SAELens a dict of tensors) as a safetensors file with autoenc's marker."""
+    from safetensors.torch import save_file, save_model
+
+    from autoenc_cli.evaluation.loading import EXPORT_FORMAT, EXPORT_VERSION
+    from autoenc_cli.saelens import SAELENS_FORMAT
+
+    if export_format == "saelens":
+        save_file(tensors, str(path), metadata={"format": "pt", "autoenc_format": SAELENS_FORMAT})
+        return
+    metadata = {"format": "pt", "autoenc_format": EXPORT_FORMAT, "autoenc_format_version": str(EXPORT_VERSION)}
+    # save_model stores tensors that share memory once; force_contiguous: an untied decoder weight is a
+    # transposed view, which safetensors stores only contiguous (loading copies values into the layout).
+    save_model(tensors, str(path), metadata=metadata, force_contiguous=True)
+
+
+def saelens_export(run: Any, source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's SAE in SAELens's format: its tensors (normalisation and biases folded in) and cfg.json."""
+    from autoenc_cli.io import read_json
+    from autoenc_cli.saelens import fold, saelens_config
+
+    sae = fold(run.model, run.input_normalisation())
+    metrics = read_json(RunLayout(source).metrics_json) if not _is_export(source) else {}
+    return sae.tensors(), saelens_config(sae, run, metrics)
+
+
+def _is_export(source: Path) -> bool:
+    from autoenc_cli.evaluation.loading import is_export
+
+    return is_export(source)
+
+
+def export_run(
+    run_dir: Path, out: Path, checkpoint: str = "best", overwrite: bool = False, export_format: str = "autoenc"
+) -> Any:
+    """Export ``run_dir``'s ``checkpoint`` to ``out`` in ``export_format``; returns the TrainedRun that was written."""
     from autoenc_cli.evaluation.loading import load_run, refuse_non_finite
 
     check_out(out, run_dir, overwrite)  # before the model is loaded
     run = load_run(run_dir, checkpoint, "cpu")
     refuse_non_finite(run.model, run.checkpoint)  # an export of NaN weights would be refused where it is loaded
     config = export_config(run, run_dir)
-    write_export(out, run.model, config, overwrite)
+    if export_format == "saelens":
+        tensors, saelens = saelens_export(run, run_dir)
+        write_export(out, tensors, saelens, overwrite, export_format)
+    else:
+        write_export(out, run.model, config, overwrite)
     note = source_note(config["source"])
     if note is not None:
         from autoenc_cli.artifacts.console import console
@@ -220,7 +272,18 @@ def main(argv: Sequence[str]) -> int:
 
     config = compose_command("export", ExportConfig, argv)
     out = out_path(config.out, EXPORT_OUTPUTS.example)
-    run = export_run(Path(config.run), out, config.checkpoint, config.overwrite)
+    run = export_run(Path(config.run), out, config.checkpoint, config.overwrite, config.format)
+    if config.format == "saelens":
+        from autoenc_cli.io import read_json
+
+        saelens = read_json(out / SAELENS_CONFIG)
+        console.print(
+            f"exported {Path(run.checkpoint).name} as a SAELens {saelens['architecture']} SAE (d_in {saelens['d_in']}, "
+            f"d_sae {saelens['d_sae']}) to {out.absolute()}; load it with: from sae_lens import SAE; "
+            f"SAE.load_from_disk('{out}')",
+            soft_wrap=True,
+        )
+        return 0
     tensors = run.model.state_dict()
     size = sum(tensor.numel() for tensor in tensors.values())
     console.print(

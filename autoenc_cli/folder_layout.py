@@ -115,6 +115,8 @@ BEST_JSON = "best.json"
 # An export folder.
 EXPORT_TENSORS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
+SAELENS_TENSORS = "sae_weights.safetensors"  # autoenc export format=saelens: the folder SAELens loads
+SAELENS_CONFIG = "cfg.json"
 
 # An activation cache
 CACHE_MANIFEST = "manifest.json"
@@ -216,3 +218,5 @@ class CacheLayout(_Folder):
 class ExportLayout(_Folder):
     tensors = property(lambda self: self.root / EXPORT_TENSORS)
     config = property(lambda self: self.root / EXPORT_CONFIG)
+    saelens_tensors = property(lambda self: self.root / SAELENS_TENSORS)
+    saelens_config = property(lambda self: self.root / SAELENS_CONFIG)

@@ -40,6 +40,7 @@ from autoenc_cli.lm.run_scoring import LossRecovered, RunSAE, held_out, with_sco
 from autoenc_cli.loggers.base import run_folder_entries
 from autoenc_cli.loggers.run_loggers import RunLoggers
 from autoenc_cli.resume import RESUME_OVERRIDABLE, resume_point
+from autoenc_cli.sparsity.base import collapse_note
 from autoenc_cli.training.callbacks import Callback
 from autoenc_cli.training.checkpoint import data_fingerprint, model_fingerprint
 from autoenc_cli.training.distributed import shutdown as shutdown_distributed
@@ -210,7 +211,8 @@ class Job:
                 written, drawing_notes = drawing() if drawing is not None else ([], [])
                 if parts.config.trainer.figures:
                     summary.figures = [path.name for path in written]
-                summary.notes = say_notes(health_notes(result, parts.config) + input_notes + drawing_notes) or None
+                warnings = say_notes(health_notes(result, parts.config, trainer.network.code_dim), "warning")
+                summary.notes = warnings + say_notes(input_notes + drawing_notes) or None
                 summary.wall_seconds = time.perf_counter() - self.started
                 folder.write_metrics(summary)
                 optional(layout.REPORT_HTML, lambda: write_html_report(folder.path))
@@ -492,21 +494,26 @@ def announce(parts: RunParts, folder: RunFolder, resume: Optional[dict[str, Any]
 EXPLODED_CODE = 1e6
 
 
-def health_notes(result: FitResult, config: Any) -> list[str]:
-    """A note for a run that completed with exploding activations."""
-    last = result.history[-1]
-    if last.mean_activation is None or last.mean_activation < EXPLODED_CODE:
-        return []
-    return [
-        f"the codes exploded (mean |code| {last.mean_activation:.3g} at the last epoch): optimizer.lr="
-        f"{config.optimizer.lr:g} is likely too high"
-    ]
+def health_notes(result: FitResult, config: Any, code_dim: int) -> list[str]:
+    """Warnings for a run that completed with exploding activations, or whose sparsity penalty left the code
+    all-dead or dense."""
+    last, notes = result.history[-1], []
+    if last.mean_activation is not None and last.mean_activation >= EXPLODED_CODE:
+        notes.append(
+            f"the codes exploded (mean |code| {last.mean_activation:.3g} at the last epoch): optimizer.lr="
+            f"{config.optimizer.lr:g} is likely too high"
+        )
+    if last.l0 is not None and last.dead_fraction is not None:
+        notes.append(
+            collapse_note(config.sparsity, last.l0, last.dead_fraction, code_dim, config.model.code_activation)
+        )
+    return [note for note in notes if note is not None]
 
 
-def say_notes(notes: list[str]) -> list[str]:
+def say_notes(notes: list[str], label: str = "note") -> list[str]:
     for note in notes:
         log.warning(note)
-        console.print(f"[yellow]note[/]: {note}", soft_wrap=True)
+        console.print(f"[yellow]{label}[/]: {note}", soft_wrap=True)
     return notes
 
 

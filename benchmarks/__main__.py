@@ -13,6 +13,7 @@ BENCHMARKS = {
     "stacking": ("benchmarks.stacking", "a stacked sweep against the same sweep run job after job: time, memory"),
     "capture": ("benchmarks.capture", "autoenc harvest's capture against the model's own forward pass: tokens/s"),
     "activations": ("benchmarks.activations", "SAE training from a memory-mapped activation cache against a bare loop"),
+    "architectures": ("benchmarks.architectures", "a JumpReLU, BatchTopK and Matryoshka SAE's step against top-k's"),
     "spread": ("benchmarks.spread", "how far a stacked sweep's numbers are from job after job, full length"),
 }
 HINT = "Run 'python -m benchmarks NAME --help' for a benchmark's options (from the repository root)."

@@ -176,7 +176,17 @@ TUTORIAL_SPARSE = {
 
 
 # Presets whose data option needs a file: given a small one.
-PRESET_DATA = {"lm_sae": [f"data.path={SAMPLE_CACHE}"]}
+PRESET_DATA = {
+    name: [f"data.path={SAMPLE_CACHE}"]
+    for name in ("lm_sae", "lm_sae_batch_topk", "lm_sae_jumprelu", "lm_sae_matryoshka", "lm_sae_l1")
+}
+# The SAE architectures compared on a language model (issue 28): each preset's sparsity options and level.
+LM_ARCHITECTURES = {
+    "lm_sae_batch_topk": (["batch_topk"], "batch_topk", "k", 32),
+    "lm_sae_jumprelu": (["jumprelu"], "jumprelu", "target_l0", 32),
+    "lm_sae_matryoshka": (["batch_topk", "matryoshka"], "batch_topk", "k", 32),
+    "lm_sae_l1": (["l1"], "l1", "target_l0", 32),
+}
 
 
 @pytest.mark.parametrize("experiment", group_options("experiment"))
@@ -199,6 +209,12 @@ def test_every_experiment_preset_resolves(experiment):
         assert (run.model.name, run.model.code_dim, run.model.output_activation) == ("sparse_fc", 4096, "linear")
         assert run.model.unit_norm_decoder and run.data.name == "activations" and run.sparsity["topk"].k == 32
         assert (run.sparsity["topk"].aux_k, run.data.normalize, run.trainer.epochs) == (256, "unit_mean_square", 1)
+    elif experiment in LM_ARCHITECTURES:  # lm_sae's settings, another architecture
+        options, option, knob, value = LM_ARCHITECTURES[experiment]
+        assert list(run.sparsity) == options and getattr(run.sparsity[option], knob) == value
+        assert (run.model.code_dim, run.model.unit_norm_decoder, run.data.batch_size) == (4096, True, 1024)
+        if "matryoshka" in options:
+            assert run.sparsity["matryoshka"].prefixes == [128, 512, 2048]
 
 
 def test_a_new_option_is_one_module_in_its_group_package(tmp_path, monkeypatch):

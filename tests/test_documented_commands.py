@@ -189,6 +189,7 @@ class Fixtures:
     vectors: Path  # an .npy of 80 vectors of 16 floats
     config_dir: Path  # my_configs: model/my_model.yaml
     space: Path  # the documented YAML search space (docs/tune.md)
+    sae: Path  # a tiny top-k sparse autoencoder on the vectors (linear output): what format=saelens exports
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -220,7 +221,10 @@ def fixtures(tmp_path_factory) -> Fixtures:
     my_model = (ROOT / "configs" / "model" / "fc.yaml").read_text().replace("code_dim: 64", "code_dim: 12")
     (config_dir / "model" / "my_model.yaml").write_text(my_model)
     (space_file := root / "space.yaml").write_text(documented_search_space())
-    return Fixtures(run, sweep, study, images, vectors, config_dir, space_file)
+    sae = root / "sae"
+    sae_argv = ["train", "model=sparse_fc", "data=vectors", f"data.path={vectors}", "sparsity=topk", "k=4"]
+    train_in(root, with_values([*sae_argv, f"hydra.run.dir={sae}"], SMALLEST))
+    return Fixtures(run, sweep, study, images, vectors, config_dir, space_file, sae)
 
 
 def documented_search_space() -> str:
@@ -253,6 +257,7 @@ def placeholders(fixtures: Fixtures, cwd: Path) -> StandIns:
     resumed study, a sweep's rebuilt report, a run's eval.json) are copies in ``cwd``."""
     return {
         "outputs/runs/<run>": lambda: copy(fixtures.run, cwd / "run"),
+        "outputs/runs/<sae>": lambda: copy(fixtures.sae, cwd / "sae"),
         "RUN_DIR": lambda: copy(fixtures.run, cwd / "run"),
         "outputs/sweeps/<sweep>": lambda: copy(fixtures.sweep, cwd / "sweep"),
         "paths": lambda: copy(fixtures.sweep, cwd / "sweep"),  # autoenc report's synopsis

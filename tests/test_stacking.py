@@ -162,9 +162,28 @@ def test_greedy_tied_stages_and_noise_levels_stack_member_by_member(tmp_path):
     assert {"denoising.png", "stages.png", "dictionary.png"} <= set(metrics(stacked / "1")["figures"])
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["sparsity=jumprelu", "l0=4,8"],  # learned thresholds, the target-l0 controller's scale per member
+        ["sparsity=[batch_topk,matryoshka]", "k=4,8", "sparsity.matryoshka.weight=0.5,1"],
+    ],
+    ids=["jumprelu", "matryoshka"],
+)
+def test_the_field_s_sae_options_stack_and_equal_their_separate_runs(tmp_path, capsys, options):
+    arguments = ["model=sparse_fc", *options, *SMALL, *QUIET]
+    stacked = sweep(tmp_path, "stacked", arguments, stacked=True)
+    jobs = len(rows(stacked))
+    assert f"as one model ({jobs} members, train)" in capsys.readouterr().out
+    sequential = sweep(tmp_path, "sequential", arguments, stacked=False)
+    assert_same_jobs(stacked, sequential)
+    assert_within_readme_bounds(stacked, sequential)
+
+
 def test_members_that_stop_early_leave_the_stack_and_the_others_go_on(tmp_path, capsys):
     plateau = ["schedule.policy=plateau", "schedule.patience=0", "schedule.factor=0.5", "schedule.stop_lr=4e-4"]
     arguments = ["model=sparse_fc", "sparsity=[batch_topk,l1]", "sparsity.batch_topk.k=4,12", "sparsity.l1.lam=1e-4"]
+    arguments += ["sparsity.batch_topk.threshold_momentum=0.01"]  # (the dynamics that make the plateaus differ)
     arguments += [*plateau, "optimizer.lr=1e-3,2e-3", "data.limit=600", "trainer.epochs=6", *QUIET]
     stacked = sweep(tmp_path, "stacked", arguments, stacked=True)
     out = capsys.readouterr().out

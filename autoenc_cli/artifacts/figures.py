@@ -219,6 +219,7 @@ class Fidelity:
 
 
 VAL_MSE = Fidelity("validation MSE per pixel", "Sparsity-fidelity frontier")
+VAL_FVU = Fidelity("validation FVU (fraction of variance unexplained)", "Sparsity-fidelity frontier")
 LOSS_RECOVERED = Fidelity(
     "loss recovered on held-out text (1: the model's own loss)",
     "Sparsity-fidelity frontier on the language model",
@@ -247,6 +248,7 @@ def frontier(
     front: Sequence[int] = (),
     front_label: str = "Pareto front",
     fidelity: Fidelity = VAL_MSE,
+    series: Optional[Sequence[str]] = None,
 ) -> Path:
     """``fidelity`` (val_mse unless given) against l0 across runs: the sparsity-fidelity trade-off; with
     ``pca_mse_by_k`` (entry i: PCA with i + 1 components) PCA's MSE against its number of components, the
@@ -254,15 +256,23 @@ def frontier(
 
     ``front`` (indices into ``points``: an ``autoenc tune`` study's Pareto front or best trial) is drawn
     highlighted, joined by a step line where it is a trade-off curve in this plane (fidelity improving as l0
-    grows). A study's scattered trials are not joined; a grid sweep's runs are, in order of l0."""
+    grows). A study's scattered trials are not joined; a grid sweep's runs are, in order of l0.
+
+    ``series`` (one name per point, e.g. each run's sparsity options) draws each series as its own line in
+    order of l0, named in the legend: architectures compared on one plane."""
     figure, ax = plt.subplots(figsize=(6.5, 4.5))
     sign = -1 if fidelity.higher_is_better else 1
     marked = sorted((points[index] for index in set(front)), key=lambda point: (point[1], sign * point[2]))
     ordered = sorted(points, key=lambda point: point[1])
     envelope = non_dominated(ordered, fidelity.higher_is_better)
-    if not marked and len(envelope) > 1:  # the runs no other run beats on both l0 and y: the measured frontier
-        ax.plot([point[1] for point in envelope], [point[2] for point in envelope], color="lightgrey", zorder=1)
-    ax.scatter([point[1] for point in ordered], [point[2] for point in ordered], zorder=2, label="runs (l0)")
+    if series is not None:
+        for name in dict.fromkeys(series):  # in order of first appearance
+            line = sorted((point for point, of in zip(points, series) if of == name), key=lambda point: point[1])
+            ax.plot([p[1] for p in line], [p[2] for p in line], marker="o", zorder=2, label=name)
+    else:
+        if not marked and len(envelope) > 1:  # the runs no other run beats on both l0 and y: the measured frontier
+            ax.plot([point[1] for point in envelope], [point[2] for point in envelope], color="lightgrey", zorder=1)
+        ax.scatter([point[1] for point in ordered], [point[2] for point in ordered], zorder=2, label="runs (l0)")
     if marked:
         xs, ys = [point[1] for point in marked], [point[2] for point in marked]
         if len(marked) > 1 and all(sign * later <= sign * earlier for earlier, later in zip(ys, ys[1:])):
@@ -270,15 +280,15 @@ def frontier(
         ax.scatter(xs, ys, s=90, facecolors="none", edgecolors="tab:red", linewidths=1.8, zorder=4, label=front_label)
     # Every run named while they fit; beyond that only the frontier's and the marked ones, which matter.
     named = ordered if len(ordered) <= MAX_NAMED_POINTS else [p for p in ordered if p in envelope or p in marked]
-    for label, l0, value in named:
+    for label, l0, value in named if series is None else []:  # a series' legend names its points
         ax.annotate(label, (l0, value), textcoords="offset points", xytext=(4, 4), fontsize=7)
     values = [value for _, _, value in ordered]
     if pca_mse_by_k:
         # Up to a little past the densest run, so a long curve does not squeeze the runs into a corner.
         shown = list(pca_mse_by_k[: max(math.ceil(1.5 * max(point[1] for point in ordered)), 2)])
-        ax.plot(range(1, len(shown) + 1), shown, color="tab:orange", linestyle="--", label="PCA (k components)")
+        ax.plot(range(1, len(shown) + 1), shown, color="dimgrey", linestyle="--", label="PCA (k components)")
         values += shown
-    if pca_mse_by_k or marked:
+    if pca_mse_by_k or marked or series is not None:
         ax.legend(fontsize=8)
     if fidelity.log_scale and values and all(value > 0 for value in values):
         ax.set_yscale("log")

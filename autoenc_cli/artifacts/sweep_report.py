@@ -58,6 +58,7 @@ class RunRecord:
     overrides: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    sparsity: str = ""  # the run's sparsity options as selected (topk, [batch_topk,matryoshka]); "" unknown
 
     @property
     def status(self) -> str:
@@ -97,7 +98,29 @@ def read_run(path: Path) -> RunRecord:
     if run.hydra_overrides.is_file():
         record.overrides = [str(item) for item in OmegaConf.load(run.hydra_overrides)]
     record.metrics = read_json(run.metrics_json)
+    record.sparsity = sparsity_of(run.hydra_config)
     return record
+
+
+def sparsity_of(hydra_config: Path) -> str:
+    """The sparsity options a run's recorded config selects, as a user selects them; "" when unreadable."""
+    from autoenc_cli.schema.resolve import stack_label
+
+    try:
+        node = OmegaConf.to_container(OmegaConf.load(hydra_config)).get("sparsity")
+    except Exception:  # noqa: BLE001 - a run folder without a readable record: no series for it
+        return ""
+    return stack_label(node) if isinstance(node, dict) else ""
+
+
+def frontier_points(records: Sequence[RunRecord], key: str) -> list[tuple[str, float, float]]:
+    return [(r.label, r.metrics["l0"], r.metrics[key]) for r in records]
+
+
+def architectures(records: Sequence[RunRecord]) -> Optional[list[str]]:
+    """Each run's sparsity options, when the runs compare more than one (each then a line of its own)."""
+    names = [record.sparsity for record in records]
+    return names if len(set(names)) > 1 and all(names) else None
 
 
 def label_runs(records: list[RunRecord]) -> None:
@@ -252,24 +275,33 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
     report = ReportLayout(out_dir)
     write_csv(report.summary_csv, rows)
     finished = [r for r in records if r.status == "completed" and r.metrics.get("l0") is not None]
+    front_label = "Pareto front (the study's objectives)" if front and front[0] == "pareto" else "best trial"
     if finished:
         # The runs share their data, so any run's PCA curve serves; the longest reaches the largest code.
         pca_curve = max((r.metrics.get("pca_val_mse_by_k") or [] for r in finished), key=len)
+        # FVU where every run has it (scale-free: comparable across data); PCA's curve in the same units.
+        by_fvu = all(r.metrics.get("val_fvu") and r.metrics.get("val_mse") for r in finished)
+        if by_fvu and pca_curve:
+            variance = finished[0].metrics["val_mse"] / finished[0].metrics["val_fvu"]  # per value, on the split
+            pca_curve = [mse / variance for mse in pca_curve]
         figures.frontier(
             report.frontier,
-            [(r.label, r.metrics["l0"], r.metrics["val_mse"]) for r in finished],
+            frontier_points(finished, "val_fvu" if by_fvu else "val_mse"),
             pca_curve,
             front=[index for index, r in enumerate(finished) if front and r.path.name in front[1]],
-            front_label="Pareto front (the study's objectives)" if front and front[0] == "pareto" else "best trial",
+            front_label=front_label,
+            fidelity=figures.VAL_FVU if by_fvu else figures.VAL_MSE,
+            series=architectures(finished),
         )
     scored = [r for r in finished if r.metrics.get("loss_recovered") is not None]
     if scored:  # runs on a language model's activations: fidelity as the model sees it
         figures.frontier(
             report.loss_recovered,
-            [(r.label, r.metrics["l0"], r.metrics["loss_recovered"]) for r in scored],
+            frontier_points(scored, "loss_recovered"),
             front=[index for index, r in enumerate(scored) if front and r.path.name in front[1]],
-            front_label="Pareto front (the study's objectives)" if front and front[0] == "pareto" else "best trial",
+            front_label=front_label,
             fidelity=figures.LOSS_RECOVERED,
+            series=architectures(scored),
         )
     dictionaries: list[tuple[str, Optional[Path]]] = [
         (panel_title(r), RunLayout(r.path).figure(DICTIONARY_PNG)) for r in records

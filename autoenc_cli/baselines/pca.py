@@ -9,6 +9,7 @@ import torch
 
 CHUNK_VALUES = 1 << 22  # values per chunk of rows when fitting: 32 MiB in float64
 
+
 class PCA:
     """Principal components of flattened images, fitted by SVD of the centred training data."""
 

@@ -375,9 +375,7 @@ def read_export_config(folder: Path) -> dict[str, Any]:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"'{path}' is not readable JSON ({reason[:160]}): not a complete autoenc export") from None
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise UserError(
-            f"'{path}' is not the {EXPORT_CONFIG} of an autoenc export (its format is not {EXPORT_FORMAT})"
-        )
+        raise UserError(f"'{path}' is not the {EXPORT_CONFIG} of an autoenc export (its format is not {EXPORT_FORMAT})")
     version = meta.get("version")
     if version != EXPORT_VERSION:
         newer = isinstance(version, int) and version > EXPORT_VERSION
@@ -485,7 +483,7 @@ def _shorthand_settings(plain: dict[str, Any]) -> list[str]:
     settings = [f"{key}={plain[key]}" for key in SHORTHANDS if plain.get(key) is not None]
     for key, group in SHORTHANDS.items():
         members = plain.get(group)
-        for name, member in (members.items() if isinstance(members, dict) else ()):
+        for name, member in members.items() if isinstance(members, dict) else ():
             if isinstance(member, dict) and member.get(key) is not None:
                 settings.append(f"{group}.{name}.{key}={member[key]}")
     return settings

@@ -86,6 +86,11 @@ class Autoencoder(nn.Module):
         logits = self.decode_logits(code)
         return AutoencoderOutput(code, logits, self.output_activation(logits), raw_code)
 
+    def affine_decoder(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """The decoder's weight (input size, code_dim) and bias when it is one affine map from the code to the
+        logits (a sparse autoencoder's dictionary); None for deeper or convolutional decoders."""
+        return None
+
     @property
     def wants_data_mean(self) -> bool:
         """Whether ``initialise_from_data`` needs the training data's mean before training starts."""

@@ -157,6 +157,12 @@ class FCAutoencoder(Autoencoder):
             encoder_layer, decoder_layer = (block[0] for block in self.layer_pair(index))
             decoder_layer.weight.copy_(encoder_layer.weight.t())
 
+    def affine_decoder(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        if len(self.decoder) != 1 or not isinstance(self.decoder[0][1], nn.Identity):
+            return None
+        layer = self.decoder[0][0]
+        return layer.weight, layer.bias
+
     @property
     def wants_data_mean(self) -> bool:
         return self.input_bias is not None

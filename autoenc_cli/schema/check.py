@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from autoenc_cli.errors import UserError
+from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.schema.fields import check_tree, with_prefix
-from autoenc_cli.schema.root import GROUPS, SHORTHANDS, STACKED_GROUPS
+from autoenc_cli.schema.root import GROUPS, SHORTHANDS, STACKED_GROUPS, shorthand_field
 
 if TYPE_CHECKING:
     from autoenc_cli.schema.root import TrainConfig
@@ -70,5 +70,26 @@ def check_shorthands(overrides: list[str]) -> None:
     for key, group in SHORTHANDS.items():
         for full, value in given.items():
             parts = full.split(".")
-            if key in given and len(parts) == 3 and parts[0] == group and parts[2] == key and given[key] != value:
-                raise UserError(f"{key}={given[key]} and {full}={value} set the same value; give only one of them")
+            if key in given and len(parts) == 3 and parts[0] == group and not _same_value(given[key], value):
+                if parts[2] == _shorthand_target(key, group, parts[1]):
+                    raise UserError(f"{key}={given[key]} and {full}={value} set the same value; give only one of them")
+
+
+def _same_value(one: str, other: str) -> bool:
+    """Equal as given, or as numbers (``l0=16.0`` sets ``k=16``)."""
+    try:
+        return one == other or float(one) == float(other)
+    except ValueError:
+        return False
+
+
+def _shorthand_target(key: str, group: str, option: str) -> Optional[str]:
+    """The key of ``group``'s option ``option`` that the shorthand ``key`` sets (``l0``: topk's k)."""
+    if key != "l0":
+        return key
+    from autoenc_cli.registry import REGISTRY
+
+    try:
+        return shorthand_field(key, REGISTRY.config_class(group, option))
+    except ConfigError:  # an unknown option: named as such when the config is typed
+        return None

@@ -15,7 +15,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.schema.check import check_config
-from autoenc_cli.schema.root import GROUPS, SHORTHANDS, STACKED_GROUPS, TrainConfig
+from autoenc_cli.schema.root import GROUPS, SHORTHANDS, STACKED_GROUPS, TrainConfig, shorthand_field
 
 
 def resolve(cfg: DictConfig) -> TrainConfig:
@@ -97,20 +97,31 @@ def stack_label(members: dict[str, Any]) -> str:
 def _apply_shorthands(config: TrainConfig) -> None:
     """``k=16`` sets ``sparsity.<member>.k`` on the one member that has ``k``; the top-level value wins
     over the member's default. No member with the key, or several, is refused: never a guess."""
+    set_by: dict[tuple[str, str], str] = {}  # (option, key) -> the shorthand that set it
     for key, group in SHORTHANDS.items():
         value, members = getattr(config, key), getattr(config, group)
         if value is None:
             continue
-        owners = [name for name, member in members.items() if hasattr(member, key)]
+        value = int(value) if isinstance(value, float) and value.is_integer() else value
+        owners = {name: field for name, member in members.items() if (field := shorthand_field(key, member))}
         label = stack_label(members)
+        what = "l0 to set (the k of topk/batch_topk, the target_l0 of jumprelu/l1)" if key == "l0" else f"'{key}'"
         if not owners:
-            raise ConfigError(key, value, f"{group}={label} has no '{key}'; choose a {group} option that does")
+            raise ConfigError(key, value, f"{group}={label} has no {what}; choose a {group} option that does")
         if len(owners) > 1:
-            spelled = " or ".join(f"{group}.{owner}.{key}={value}" for owner in owners)
+            spelled = " or ".join(f"{group}.{owner}.{field}={value}" for owner, field in owners.items())
             raise UserError(
-                f"{key}={value} is ambiguous: {group}={label} has '{key}' in {' and '.join(owners)}; give {spelled}"
+                f"{key}={value} is ambiguous: {group}={label} has {what} in {' and '.join(owners)}; give {spelled}"
             )
-        setattr(members[owners[0]], key, value)
+        ((owner, field),) = owners.items()
+        if (owner, field) in set_by and getattr(members[owner], field) != value:
+            earlier, target = set_by[(owner, field)], f"{group}.{owner}.{field}"
+            raise UserError(f"{earlier}={getattr(config, earlier)} and {key}={value} both set {target}; give only one")
+        whole = isinstance(getattr(members[owner], field), int)
+        if whole and not isinstance(value, int):
+            raise ConfigError(key, value, f"sets {group}.{owner}.{field}, a whole number of units; give a whole number")
+        setattr(members[owner], field, value if whole else float(value))
+        set_by[(owner, field)] = key
 
 
 def typed(schema: type, node: dict, path: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
@@ -20,8 +21,17 @@ GROUPS = tuple(GROUP_PACKAGES)
 STACKED_GROUPS = ("sparsity", "logger")
 
 # Top-level shorthands (``k=16``) for a key of a group's member (``sparsity.topk.k``), so sweeps read
-# naturally; applied where exactly one selected member has the key.
-SHORTHANDS = {"k": "sparsity", "lam": "sparsity"}
+# naturally; applied where exactly one selected member has the key. ``l0`` sets whichever key sets an
+# option's l0 (its config's ``l0_field``: top-k's k, JumpReLU's target_l0), so one sweep spans options.
+SHORTHANDS = {"k": "sparsity", "lam": "sparsity", "l0": "sparsity"}
+
+
+def shorthand_field(key: str, option: Any) -> Optional[str]:
+    """The key of ``option`` (a member's config or config class) that the shorthand ``key`` sets; None: none."""
+    if key == "l0":
+        return getattr(option, "l0_field", None)
+    fields = {f.name for f in dataclasses.fields(option)} if dataclasses.is_dataclass(option) else set()
+    return key if key in fields else None
 
 
 @dataclass
@@ -95,6 +105,7 @@ class TrainConfig:
     output_root: str = "outputs"
     k: Optional[int] = number(None, ge=1)
     lam: Optional[float] = number(None, ge=0)
+    l0: Optional[float] = number(None, gt=0)
     resume: Optional[str] = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     gallery: GalleryConfig = field(default_factory=GalleryConfig)

@@ -18,6 +18,65 @@ if TYPE_CHECKING:
 @dataclass
 class SparsityConfig(GroupConfig):
     group: ClassVar[str] = "sparsity"
+    # The key of the weight that sets how sparse the option's codes are (``lam``), where there is one:
+    # a run whose code that weight left all-dead or dense says so (``collapse_note``).
+    penalty_knob: ClassVar[Optional[str]] = None
+    # The key that sets the option's l0 directly (top-k's k, JumpReLU's target_l0): what ``l0=`` sets.
+    l0_field: ClassVar[Optional[str]] = None
+    # Whether the option sets units exactly to zero itself (top-k, JumpReLU), whatever the code activation.
+    zeroes_codes: ClassVar[bool] = False
+
+
+# A code with fewer active units per sample than this, on average, counts as dead (it carries almost nothing).
+DEAD_L0 = 0.1
+# A code with at least this fraction of its units active per sample, on average, counts as dense.
+DENSE_L0_FRACTION = 0.9
+# How far a run's l0 on validation may miss its target_l0 (a fraction of it) before it says so.
+TARGET_L0_TOLERANCE = 0.1
+
+
+def collapse_note(
+    options: Mapping[str, SparsityConfig], l0: float, dead_fraction: float, code_dim: int, code_activation: str
+) -> Optional[str]:
+    """One line when a penalty's weight has left the code all but dead (l0 < 0.1 on validation) or dense
+    (l0 >= 90% of the code), naming the weight, or when a target_l0 was missed by more than 10%; None
+    otherwise."""
+    for name, option in options.items():
+        target = getattr(option, "target_l0", None)
+        if target is not None and abs(l0 / target - 1) > TARGET_L0_TOLERANCE:
+            return (
+                f"sparsity.{name}.target_l0={target:g} was not reached (l0 {l0:.1f} on validation): train longer, "
+                f"or raise sparsity.{name}.target_l0_rate={option.target_l0_rate:g}"
+            )
+    knobs = [
+        f"sparsity.{name}.{option.penalty_knob}={getattr(option, option.penalty_knob):g}"
+        for name, option in options.items()
+        if option.penalty_knob is not None and getattr(option, "target_l0", None) is None
+    ]
+    if not knobs:
+        return None
+    advice = (
+        ", or set a target_l0 (l0=N) to let it adapt" if any(hasattr(o, "target_l0") for o in options.values()) else ""
+    )
+    if l0 < DEAD_L0:
+        return (
+            f"{' and '.join(knobs)} left the code all but dead on validation (l0 {l0:.2g}, {dead_fraction:.0%} of "
+            f"units never active): lower it{advice}"
+        )
+    can_be_zero = code_activation == "relu" or any(option.zeroes_codes for option in options.values())
+    if l0 >= DENSE_L0_FRACTION * code_dim and can_be_zero:  # (a leaky or sigmoid code is dense whatever the weight)
+        dense = f"l0 {l0:.1f} of {code_dim} units on validation"
+        return f"{' and '.join(knobs)} left the code dense ({dense}): raise it{advice}"
+    return None
+
+
+@dataclass(frozen=True)
+class InferenceRule:
+    """What a sparsity option does to codes at inference, in terms other tools share (SAELens's formats):
+    keep each sample's ``k`` largest units, or keep units above ``threshold`` (code_dim,)."""
+
+    k: Optional[int] = None
+    threshold: Optional[torch.Tensor] = None
 
 
 class Sparsity(nn.Module):
@@ -42,6 +101,18 @@ class Sparsity(nn.Module):
         self, output: "AutoencoderOutput", target: torch.Tensor, model: "Autoencoder"
     ) -> Optional[torch.Tensor]:
         return None
+
+    def inference_rule(self) -> Optional[InferenceRule]:
+        """What the option does to codes in evaluation mode; None: nothing (a penalty, a training-time rule)."""
+        return None
+
+    @property
+    def wants_codes(self) -> bool:
+        """Whether ``initialise_from_codes`` needs the raw codes of training data before training starts."""
+        return False
+
+    def initialise_from_codes(self, raw_code: torch.Tensor) -> None:
+        """Data-dependent initialisation from the encoder's raw codes of a sample of training inputs."""
 
 
 class SparsityStack(Sparsity):
@@ -68,6 +139,18 @@ class SparsityStack(Sparsity):
             term for member in self.members.values() if (term := member.penalty(output, target, model)) is not None
         ]
         return torch.stack(terms).sum() if terms else None
+
+    @property
+    def wants_codes(self) -> bool:
+        return any(member.wants_codes for member in self.members.values())
+
+    def initialise_from_codes(self, raw_code: torch.Tensor) -> None:
+        for member in self.members.values():
+            member.initialise_from_codes(raw_code)
+
+    def inference_rules(self) -> dict[str, InferenceRule]:
+        """The members that change codes in evaluation mode, by name, with what they do."""
+        return {name: rule for name, member in self.members.items() if (rule := member.inference_rule()) is not None}
 
     def extra_repr(self) -> str:
         return "order: " + " -> ".join(self.members) if self.members else "dense codes"

@@ -45,10 +45,12 @@ def _non_default(node: Any) -> dict[str, Any]:
     """A config dataclass as a dict without the fields left at their defaults, so a field added later
     (with a default that keeps the old behaviour) does not change what an old run's config describes."""
     described = {}
+    former = getattr(type(node), "former_defaults", {})
     for field in dataclasses.fields(node):
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
         value = _plain(getattr(node, field.name))
-        if field.name == "name" or value != _plain(default):
+        # A value a field had by default when older checkpoints were written was left out of theirs too.
+        if field.name == "name" or (value != _plain(default) and value != former.get(field.name, default)):
             described[field.name] = value
     return described
 
