@@ -230,12 +230,25 @@ def _save_tensors(path: Path, tensors: Any, export_format: str) -> None:
 
 def saelens_export(run: Any, source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The run's SAE in SAELens's format: its tensors (normalisation and biases folded in) and cfg.json."""
-    from autoenc_cli.io import read_json
     from autoenc_cli.saelens import fold, saelens_config
 
     sae = fold(run.model, run.input_normalisation())
-    metrics = read_json(RunLayout(source).metrics_json) if not _is_export(source) else {}
-    return sae.tensors(), saelens_config(sae, run, metrics)
+    return sae.tensors(), saelens_config(sae, run, exported_epoch_metrics(run, source))
+
+
+def exported_epoch_metrics(run: Any, source: Path) -> dict[str, float]:
+    """l0 and dead_fraction on validation (history.csv's row) of the epoch whose checkpoint is exported; {}
+    when the folder has no history (an export of an export)."""
+    import csv
+
+    history = RunLayout(source).history_csv
+    if _is_export(source) or not history.is_file():
+        return {}
+    with open(history, newline="") as handle:
+        rows = [
+            row for row in csv.DictReader(handle) if (row.get("stage"), row.get("epoch")) == (run.phase, str(run.epoch))
+        ]
+    return {key: float(rows[-1][key]) for key in ("l0", "dead_fraction") if rows and rows[-1].get(key)}
 
 
 def _is_export(source: Path) -> bool:

@@ -75,7 +75,8 @@ def _sae_layers(model: Any) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
         )
     if not isinstance(model.output_activation, nn.Identity):
         raise UserError(
-            "format=saelens needs a linear output (model.output_activation=linear): SAELens decodes without one"
+            "format=saelens needs a linear output (model.output_activation=linear): SAELens decodes without one; "
+            f"this run's is {type(model.output_activation).__name__.lower()}"
         )
     return encoder[1][0], *affine
 
@@ -189,10 +190,9 @@ def saelens_config(sae: SAELensSAE, run: Any, metrics: dict[str, Any]) -> dict[s
         "sae_lens_training_version": None,
         **cache_metadata(config.data),
         "training_architecture": training_architecture(config),
+        # of the exported checkpoint's epoch, on the validation split (None: an export of an export)
         "l0": metrics.get("l0"),
-        "num_dead_features": round(metrics["dead_fraction"] * d_sae)
-        if metrics.get("dead_fraction") is not None
-        else None,
+        "num_dead_features": round(metrics["dead_fraction"] * d_sae) if "dead_fraction" in metrics else None,
         "autoenc_format": SAELENS_FORMAT,
         "autoenc_folded": {
             "normalize": getattr(config.data, "normalize", "none"),  # applied to raw inputs by the weights

@@ -35,7 +35,8 @@ HELP = {
     "[overwrite=true] [threads=N]",
     "harvest": "autoenc harvest [lm=smollm2|hf] [lm.name=FOLDER] ['lm.hooks=[model.layers.15]'] "
     "[text=stdlib|pydoc|FILE|DIR] [tokens=N] out=DIR [dtype=float16|float32] [heldout_tokens=N] [threads=N]",
-    "export": "autoenc export run=RUN_DIR out=DIR [checkpoint=best|last|stage1|...|PATH] [overwrite=true]",
+    "export": "autoenc export run=RUN_DIR out=DIR [checkpoint=best|last|stage1|...|PATH] [overwrite=true] "
+    "[format=autoenc|saelens]",
 }
 
 

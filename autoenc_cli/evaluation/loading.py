@@ -42,6 +42,7 @@ from autoenc_cli.folder_layout import (
     EXPORT_CONFIG,
     EXPORT_TENSORS,
     MULTIRUN_YAML,
+    SAELENS_CONFIG,
     STUDY_DB,
     RunLayout,
     StudyLayout,
@@ -82,6 +83,11 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
                 f"one of its jobs, e.g. run={run_dir / (jobs or ['<job>'])[0]}",
             )
         raise UserError(f"'{run_dir}' is {what}, not a run; give {which}")
+    if not path.is_file() and (run_dir / SAELENS_CONFIG).is_file():
+        raise UserError(
+            f"'{run_dir}' holds a SAELens export ({SAELENS_CONFIG}, format=saelens), which SAELens loads; autoenc "
+            "reads run folders and its own exports (format=autoenc)"
+        )
     if not path.is_file():
         raise UserError(
             f"no checkpoint at '{path}'; the run folder needs {CHECKPOINTS}/{checkpoint_file(checkpoint)} "

@@ -26,6 +26,18 @@ class SparsityConfig(GroupConfig):
     # Whether the option sets units exactly to zero itself (top-k, JumpReLU), whatever the code activation.
     zeroes_codes: ClassVar[bool] = False
 
+    def l0_asked(self) -> Optional[float]:
+        """The l0 the option asks for that its code at inference may miss (a target_l0, batch top-k's k)."""
+        return None
+
+    def l0_miss_advice(self, name: str) -> str:
+        """What to change when the run's l0 missed ``l0_asked`` (``name``: the option's name in the run)."""
+        return "train longer"
+
+    def collapse_advice(self, direction: str) -> str:
+        """What to do when the penalty weight left the code dead (``direction`` lower) or dense (raise)."""
+        return f"{direction} it" + (", or set a target_l0 (l0=N) to let it adapt" if hasattr(self, "target_l0") else "")
+
 
 # A code with fewer active units per sample than this, on average, counts as dead (it carries almost nothing).
 DEAD_L0 = 0.1
@@ -38,35 +50,33 @@ TARGET_L0_TOLERANCE = 0.1
 def collapse_note(
     options: Mapping[str, SparsityConfig], l0: float, dead_fraction: float, code_dim: int, code_activation: str
 ) -> Optional[str]:
-    """One line when a penalty's weight has left the code all but dead (l0 < 0.1 on validation) or dense
-    (l0 >= 90% of the code), naming the weight, or when a target_l0 was missed by more than 10%; None
-    otherwise."""
+    """One line when the run's l0 on validation missed the l0 an option asked for by more than 10% (a
+    target_l0, batch top-k's k), or a penalty's weight left the code all but dead (l0 < 0.1) or dense (l0 >=
+    90% of the code), naming the knob and what to change; None otherwise."""
     for name, option in options.items():
-        target = getattr(option, "target_l0", None)
-        if target is not None and abs(l0 / target - 1) > TARGET_L0_TOLERANCE:
-            return (
-                f"sparsity.{name}.target_l0={target:g} was not reached (l0 {l0:.1f} on validation): train longer, "
-                f"or raise sparsity.{name}.target_l0_rate={option.target_l0_rate:g}"
+        asked = option.l0_asked()
+        if asked is not None and abs(l0 / asked - 1) > TARGET_L0_TOLERANCE:
+            return f"sparsity.{name}.{option.l0_field}={asked:g} was not reached (l0 {l0:.1f} on validation): " + (
+                option.l0_miss_advice(name)
             )
-    knobs = [
-        f"sparsity.{name}.{option.penalty_knob}={getattr(option, option.penalty_knob):g}"
+    weighted = {
+        name: option
         for name, option in options.items()
         if option.penalty_knob is not None and getattr(option, "target_l0", None) is None
-    ]
-    if not knobs:
+    }
+    if not weighted:
         return None
-    advice = (
-        ", or set a target_l0 (l0=N) to let it adapt" if any(hasattr(o, "target_l0") for o in options.values()) else ""
+    knobs = " and ".join(
+        f"sparsity.{name}.{o.penalty_knob}={getattr(o, o.penalty_knob):g}" for name, o in weighted.items()
     )
     if l0 < DEAD_L0:
-        return (
-            f"{' and '.join(knobs)} left the code all but dead on validation (l0 {l0:.2g}, {dead_fraction:.0%} of "
-            f"units never active): lower it{advice}"
-        )
+        advice = "; ".join(option.collapse_advice("lower") for option in weighted.values())
+        dead = f"l0 {l0:.2g}, {dead_fraction:.0%} of units never active"
+        return f"{knobs} left the code all but dead on validation ({dead}): {advice}"
     can_be_zero = code_activation == "relu" or any(option.zeroes_codes for option in options.values())
     if l0 >= DENSE_L0_FRACTION * code_dim and can_be_zero:  # (a leaky or sigmoid code is dense whatever the weight)
-        dense = f"l0 {l0:.1f} of {code_dim} units on validation"
-        return f"{' and '.join(knobs)} left the code dense ({dense}): raise it{advice}"
+        advice = "; ".join(option.collapse_advice("raise") for option in weighted.values())
+        return f"{knobs} left the code dense (l0 {l0:.1f} of {code_dim} units on validation): {advice}"
     return None
 
 

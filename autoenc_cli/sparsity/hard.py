@@ -158,6 +158,15 @@ class BatchTopKConfig(SparsityConfig, AuxKFields):
     # Defaults of earlier versions: a checkpoint written then left them out of its model fingerprint.
     former_defaults: ClassVar[dict] = {"threshold_momentum": 0.01}
 
+    def l0_asked(self) -> Optional[float]:
+        return self.k  # at inference the threshold, not k, decides
+
+    def l0_miss_advice(self, name: str) -> str:
+        return (
+            "the inference threshold lags codes that still grow: train longer, or raise "
+            f"sparsity.{name}.threshold_momentum={self.threshold_momentum:g}"
+        )
+
     def check_with(self, facts: Facts) -> None:
         check_k_fits(self.k, facts)
 

@@ -100,7 +100,10 @@ class StepFunction(torch.autograd.Function):
 @dataclass
 class JumpReLUConfig(SparsityConfig, TargetL0Fields):
     name: str = "jumprelu"
-    lam: float = number(1e-3, ge=0)  # weight of the L0 penalty (mean active units per sample)
+    # weight of the L0 penalty (mean active units per sample). Adam normalises each threshold's step, so only
+    # the penalty's size against the reconstruction's (small, straight-through) pull matters: on MNIST lam
+    # 0.001 and 1000 gave the same run. target_l0 is how to choose the sparsity
+    lam: float = number(1e-3, ge=0)
     # every unit's threshold at the start, in the code's units; null: with target_l0, the one threshold that
     # leaves target_l0 units active per sample on a sample of the training data (else DEFAULT_THRESHOLD)
     initial_threshold: Optional[float] = number(None, gt=0)
@@ -112,8 +115,16 @@ class JumpReLUConfig(SparsityConfig, TargetL0Fields):
     l0_field: ClassVar[str] = "target_l0"
     zeroes_codes: ClassVar[bool] = True
 
+    # (SparsityConfig comes first in the bases: its defaults would hide the target's)
+    l0_asked = TargetL0Fields.l0_asked
+    l0_miss_advice = TargetL0Fields.l0_miss_advice
+
     def check_with(self, facts: Facts) -> None:
         self.check_target_fits(facts)
+
+    def collapse_advice(self, direction: str) -> str:
+        # Adam scales each threshold's step to about optimizer.lr: the weight decides little (see lam's comment).
+        return "set a target_l0 (l0=N): under Adam the thresholds move about optimizer.lr per step whatever lam is"
 
 
 @register(JumpReLUConfig)

@@ -30,6 +30,10 @@ class L1Config(SparsityConfig, TargetL0Fields):
     penalty_knob: ClassVar[str] = "lam"
     l0_field: ClassVar[str] = "target_l0"
 
+    # (SparsityConfig comes first in the bases: its defaults would hide the target's)
+    l0_asked = TargetL0Fields.l0_asked
+    l0_miss_advice = TargetL0Fields.l0_miss_advice
+
     def check_with(self, facts: Facts) -> None:
         self.check_target_fits(facts)
         if self.target_l0 is None:

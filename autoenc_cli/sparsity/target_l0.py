@@ -33,6 +33,12 @@ class TargetL0Fields:
     target_l0: Optional[float] = number(None, gt=0)
     target_l0_rate: float = number(0.02, gt=0, le=1)  # the most the adapted knob's log moves per training step
 
+    def l0_asked(self) -> Optional[float]:
+        return self.target_l0
+
+    def l0_miss_advice(self, name: str) -> str:
+        return f"train longer, or raise sparsity.{name}.target_l0_rate={self.target_l0_rate:g}"
+
     def check_target_fits(self, facts: Facts) -> None:
         if self.target_l0 is not None and self.target_l0 >= facts.model.code_dim:
             raise ConfigError(
