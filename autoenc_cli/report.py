@@ -25,8 +25,9 @@ def holding_sweep(paths: Sequence[Path]) -> Optional[Path]:
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="autoenc report",
-        description=f"Compare finished runs: writes {SUMMARY_CSV}, {FRONTIER} (val_mse vs l0), {LOSS_RECOVERED} "
-        f"(loss recovered vs l0, for runs on an activation cache) and {DICTIONARIES}, and prints a table.",
+        description=f"Compare finished runs: writes {SUMMARY_CSV}, {FRONTIER} (FVU vs l0, a line per sparsity "
+        f"option), {LOSS_RECOVERED} (loss recovered vs l0, for runs on an activation cache) and {DICTIONARIES}, and "
+        "prints a table.",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep folder, or run folders")
     parser.add_argument(
@@ -50,7 +51,8 @@ def main(argv: Sequence[str]) -> int:
     check_folder_out(out, args.overwrite, REPORT_OUTPUTS, own=own)
     _, table = write_report(args.paths, out)
     console.print(table)
-    console.print(f"report: [bold]{out}[/] ({SUMMARY_CSV}, {FRONTIER}, {DICTIONARIES})", soft_wrap=True)
+    written = [name for name in (SUMMARY_CSV, FRONTIER, LOSS_RECOVERED, DICTIONARIES) if (out / name).is_file()]
+    console.print(f"report: [bold]{out}[/] ({', '.join(written)})", soft_wrap=True)
     gallery = ReportLayout(out).gallery_html
     if gallery.is_file():
         console.print(f"gallery: [bold]{gallery}[/]", soft_wrap=True)
