@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from autoenc_cli.errors import UserError
+from autoenc_cli.folder_layout import SAELENS_CONFIG
 
 # The SAELens version whose cfg.json layout this writes (>= 6: model and hook in a "metadata" mapping;
 # without a version there, SAELens reads the mapping as a pre-6 config and drops it).
@@ -161,7 +162,7 @@ def cache_metadata(data: Any) -> dict[str, Any]:
     except DataError as error:  # moved or deleted: the weights need no cache, only these names do
         from autoenc_cli.artifacts.console import console
 
-        console.print(f"note: cfg.json names no language model or context size: {error}", soft_wrap=True)
+        console.print(f"note: {SAELENS_CONFIG} names no language model or context size: {error}", soft_wrap=True)
         return {"hook_name": data.hook, "hf_hook_name": data.hook} if data.hook else {}
     identity = cache.manifest.identity
     model = identity["model"]

@@ -392,3 +392,18 @@ def test_an_unknown_key_in_a_sweep_over_presets_says_to_select_the_group(tmp_pat
     assert err.startswith("autoenc: error: unknown key") and err.count("\n") == 1, err
     hint = "(a sweep over experiment= composes its base config without the swept presets: select the data option"
     assert (hint in err) == hinted, err
+
+
+def test_a_saelens_export_of_a_run_whose_cache_moved_says_what_its_config_lacks(tmp_path, capsys):
+    import shutil
+
+    os.chdir(tmp_path)
+    cache = shutil.copytree(SAMPLE_CACHE, tmp_path / "cache")
+    run = ["model=sparse_fc", "data=activations", f"data.path={cache}", "data.normalize=none", "model.code_dim=24"]
+    assert run_main(["train", *run, "data.heldout_tokens=0", "sparsity=topk", "k=4", "trainer.epochs=1", *QUIET]) == 0
+    shutil.rmtree(cache)  # the weights need no cache without a normalisation: only the names do
+    capsys.readouterr()
+    assert run_main(["export", f"run={only_run_dir(tmp_path)}", "out=sae", "format=saelens"]) == 0
+    assert "note: cfg.json names no language model or context size: " in capsys.readouterr().out
+    config, _ = saelens_read(tmp_path / "sae")
+    assert "model_name" not in config["metadata"] and config["architecture"] == "topk"
