@@ -50,20 +50,25 @@ def _threshold_gradient(grad: torch.Tensor, theta: torch.Tensor) -> torch.Tensor
     return grad.reshape(-1, *theta.shape).sum(dim=0)
 
 
-class JumpReLUFunction(torch.autograd.Function):
-    """``z * (z > theta)`` with the straight-through gradients above (``setup_context`` form: runs under vmap)."""
+class _ThresholdFunction(torch.autograd.Function):
+    """What both straight-through functions keep for their backward pass: the code, the thresholds and the
+    kernel's width (``setup_context`` form: runs under vmap)."""
 
     generate_vmap_rule = True
-
-    @staticmethod
-    def forward(z: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
-        return z * (z > theta).to(z.dtype)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
         z, theta, bandwidth = inputs
         ctx.save_for_backward(z, theta)
         ctx.bandwidth = bandwidth
+
+
+class JumpReLUFunction(_ThresholdFunction):
+    """``z * (z > theta)`` with the straight-through gradients above."""
+
+    @staticmethod
+    def forward(z: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        return z * (z > theta).to(z.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
@@ -74,20 +79,12 @@ class JumpReLUFunction(torch.autograd.Function):
         return grad_z, _threshold_gradient(grad_theta, theta), None
 
 
-class StepFunction(torch.autograd.Function):
+class StepFunction(_ThresholdFunction):
     """``H(z - theta)`` (1 where a unit passes), with gradient to the threshold only."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(z: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
         return (z > theta).to(z.dtype)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        z, theta, bandwidth = inputs
-        ctx.save_for_backward(z, theta)
-        ctx.bandwidth = bandwidth
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
