@@ -25,7 +25,7 @@ A comparison report (``autoenc report``; a sweep and a study write theirs into t
       summary.csv           one row per run
       report.html           the comparison page
       figures/              frontier.png, dictionaries.png (runs with image data), loss_recovered.png (runs on an
-                            activation cache)
+                            activation cache), rate_distortion.png (variational runs)
       gallery.html          the runs with a gallery.caption, when there are any
       gallery/              copies of their panels (*.png)
 
@@ -99,12 +99,16 @@ LOSS_CURVE_PNG = "loss_curve.png"
 CODE_DENSITY_PNG = "code_density.png"
 LATENT_SCATTER_PNG = "latent_scatter.png"
 STAGES_PNG = "stages.png"
+SAMPLES_PNG = "samples.png"  # variational models: draws from the prior
+INTERPOLATIONS_PNG = "interpolations.png"  # variational models: decoded paths between two inputs' codes
+LATENT_MANIFOLD_PNG = "latent_manifold.png"  # variational models with a 2-D code: the decoded code plane
 
 # A report, sweep and study folder.
 SUMMARY_CSV = "summary.csv"
 FRONTIER_PNG = "frontier.png"
 LOSS_RECOVERED_PNG = "loss_recovered.png"
 DICTIONARIES_PNG = "dictionaries.png"
+RATE_DISTORTION_PNG = "rate_distortion.png"  # variational runs: KL (rate) against reconstruction (distortion)
 GALLERY_HTML = "gallery.html"
 GALLERY = "gallery"
 MULTIRUN_YAML = "multirun.yaml"
@@ -137,13 +141,14 @@ HYDRA_OVERRIDES = f"{HYDRA}/{OVERRIDES_YAML}"
 FRONTIER = f"{FIGURES}/{FRONTIER_PNG}"
 LOSS_RECOVERED = f"{FIGURES}/{LOSS_RECOVERED_PNG}"
 DICTIONARIES = f"{FIGURES}/{DICTIONARIES_PNG}"
+RATE_DISTORTION = f"{FIGURES}/{RATE_DISTORTION_PNG}"
 
 # What only a run writes: a folder holding any of these is a run's, and a new run never writes into it.
 RUN_FILES = (RUN_JSON, METRICS_JSON, HISTORY_CSV, CHECKPOINTS)
 # What a run folder holds before training starts: a run stopped then leaves nothing worth keeping.
 NOTHING_STARTED = frozenset({HYDRA, TRAIN_LOG, RUN_JSON})  # and the trackers' run_folder_entries
 # What ``autoenc report`` writes into its folder (besides gallery/*.png).
-REPORT_FILES = (SUMMARY_CSV, REPORT_HTML, GALLERY_HTML, FRONTIER, LOSS_RECOVERED, DICTIONARIES)
+REPORT_FILES = (SUMMARY_CSV, REPORT_HTML, GALLERY_HTML, FRONTIER, LOSS_RECOVERED, RATE_DISTORTION, DICTIONARIES)
 
 
 def resumed_record(stamp: str) -> str:
@@ -190,6 +195,7 @@ class ReportLayout(_Folder):
     frontier = property(lambda self: self.root / FRONTIER)
     loss_recovered = property(lambda self: self.root / LOSS_RECOVERED)
     dictionaries = property(lambda self: self.root / DICTIONARIES)
+    rate_distortion = property(lambda self: self.root / RATE_DISTORTION)
     gallery_html = property(lambda self: self.root / GALLERY_HTML)
     gallery = property(lambda self: self.root / GALLERY)
 

@@ -44,6 +44,7 @@ from autoenc_cli.sparsity.base import collapse_note
 from autoenc_cli.training.callbacks import Callback
 from autoenc_cli.training.checkpoint import data_fingerprint, model_fingerprint
 from autoenc_cli.training.distributed import shutdown as shutdown_distributed
+from autoenc_cli.training.likelihood import Likelihood, likelihood, with_likelihood
 from autoenc_cli.training.loop import FitResult, Trainer
 from autoenc_cli.training.metrics import psnr
 from autoenc_cli.training.parts import RunParts
@@ -195,6 +196,8 @@ class Job:
                 baseline = optional("PCA baseline", lambda: run_pca_baseline(parts, code_dim, pca_baselines))
                 if baseline is not None:
                     summary.pca_val_mse, summary.pca_val_mse_by_k = baseline.mse, baseline.mse_by_k
+            if trainer.network.variational and parts.config.trainer.nll_samples:
+                optional("ELBO and NLL", lambda: with_likelihood(summary, self.likelihood()))
             drawing, input_notes = None, []
             if parts.config.trainer.figures:
                 drawings, input_notes = run_figure_drawings(
@@ -211,7 +214,7 @@ class Job:
                 written, drawing_notes = drawing() if drawing is not None else ([], [])
                 if parts.config.trainer.figures:
                     summary.figures = [path.name for path in written]
-                warnings = say_notes(health_notes(result, parts.config, trainer.network.code_dim), "warning")
+                warnings = say_notes(health_notes(result, parts.config, trainer.network), "warning")
                 summary.notes = warnings + say_notes(input_notes + drawing_notes) or None
                 summary.wall_seconds = time.perf_counter() - self.started
                 folder.write_metrics(summary)
@@ -228,6 +231,12 @@ class Job:
             return summary
 
         return finish
+
+    def likelihood(self) -> Likelihood:
+        """The variational network's ELBO, NLL and active units on the validation split."""
+        config, loss = self.parts.config, self.trainer.objective.reconstruction
+        batch_size, samples, seed = config.trainer.eval_batch_size, config.trainer.nll_samples, config.seed + 3
+        return likelihood(self.trainer.network, loss, self.parts.data.val, batch_size, samples, seed)
 
     def scored_sae(self, scores: LossRecovered) -> Optional[RunSAE]:
         """The run's network as the SAE that loss recovered splices into the language model its activation
@@ -494,7 +503,7 @@ def announce(parts: RunParts, folder: RunFolder, resume: Optional[dict[str, Any]
 EXPLODED_CODE = 1e6
 
 
-def health_notes(result: FitResult, config: Any, code_dim: int) -> list[str]:
+def health_notes(result: FitResult, config: Any, network: Any) -> list[str]:
     """Warnings for a run that completed with exploding activations, or whose sparsity penalty left the code
     all-dead or dense."""
     last, notes = result.history[-1], []
@@ -505,7 +514,7 @@ def health_notes(result: FitResult, config: Any, code_dim: int) -> list[str]:
         )
     if last.l0 is not None and last.dead_fraction is not None:
         notes.append(
-            collapse_note(config.sparsity, last.l0, last.dead_fraction, code_dim, config.model.code_activation)
+            collapse_note(config.sparsity, last.l0, last.dead_fraction, network.code_dim, network.code_activation)
         )
     return [note for note in notes if note is not None]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple, Optional
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from autoenc_cli.errors import ConfigError
 from autoenc_cli.models.autoencoder import Autoencoder, AutoencoderOutput
 from autoenc_cli.registry import register
-from autoenc_cli.schema import GroupConfig
+from autoenc_cli.schema import GroupConfig, number
 from autoenc_cli.schema.check import Facts
 from autoenc_cli.sparsity.base import Sparsity
 
@@ -21,20 +22,40 @@ class LossConfig(GroupConfig):
     group: ClassVar[str] = "loss"
 
 
+LOG_2PI = math.log(2 * math.pi)
+
+
 @dataclass
 class MSEConfig(LossConfig):
     name: str = "mse"
+    # Variational models (model=vae): the standard deviation of the Gaussian likelihood p(x|z) = N(x; output,
+    # sigma^2 I). Smaller trusts the reconstruction more against the KL term; 1 is pythae's "mse" VAE.
+    sigma: float = number(1.0, gt=0)
+
+    def check_with(self, facts: Facts) -> None:
+        if self.sigma != 1.0 and not facts.model.variational:
+            raise ConfigError(
+                "sigma",
+                self.sigma,
+                "sets the Gaussian likelihood of a variational model (model=vae); leave it at 1 here",
+            )
 
 
 @register(MSEConfig)
 class MSELoss:
-    """Mean squared error per pixel."""
+    """Mean squared error per pixel; for a variational model, a Gaussian likelihood of std ``sigma``."""
 
     def __init__(self, config: MSEConfig) -> None:
-        pass
+        self.sigma = config.sigma
 
     def __call__(self, output: AutoencoderOutput, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(output.reconstruction, target)
+
+    def negative_log_likelihood(self, output: AutoencoderOutput, target: torch.Tensor) -> torch.Tensor:
+        """-log N(target; reconstruction, sigma^2 I) per sample, in nats: (batch, ...) -> (batch,)."""
+        squared = (output.reconstruction - target).pow(2).flatten(1).sum(dim=1)
+        values = target[0].numel()
+        return squared / (2 * self.sigma**2) + values * (math.log(self.sigma) + 0.5 * LOG_2PI)
 
 
 @dataclass
@@ -61,6 +82,11 @@ class BCELoss:
     def __call__(self, output: AutoencoderOutput, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(output.logits, target)
 
+    def negative_log_likelihood(self, output: AutoencoderOutput, target: torch.Tensor) -> torch.Tensor:
+        """-log Bernoulli(target; sigmoid(logits)) per sample, in nats (a proper likelihood for binary data;
+        for grey levels in [0, 1], the cross-entropy the field reports as such): (batch, ...) -> (batch,)."""
+        return F.binary_cross_entropy_with_logits(output.logits, target, reduction="none").flatten(1).sum(dim=1)
+
 
 class LossTerms(NamedTuple):
     total: torch.Tensor
@@ -69,7 +95,11 @@ class LossTerms(NamedTuple):
 
 
 class Objective:
-    """Reconstruction loss against the clean target plus the sparsity option's penalty, if any."""
+    """Reconstruction loss against the clean target plus the sparsity option's penalty, if any.
+
+    For a variational network the reconstruction term is the likelihood's -log p(x|z) summed over each
+    input and the penalty the (beta-weighted) KL term: the total is the negative ELBO in nats per sample.
+    """
 
     def __init__(self, reconstruction: MSELoss | BCELoss, network: Autoencoder) -> None:
         self.reconstruction, self.network = reconstruction, network
@@ -79,7 +109,10 @@ class Objective:
         return Objective(self.reconstruction, network)
 
     def __call__(self, output: AutoencoderOutput, target: torch.Tensor) -> LossTerms:
-        reconstruction = self.reconstruction(output, target)
+        if self.network.variational:
+            reconstruction = self.reconstruction.negative_log_likelihood(output, target).mean()
+        else:
+            reconstruction = self.reconstruction(output, target)
         transform = self.network.code_transform
         penalty = transform.penalty(output, target, self.network) if isinstance(transform, Sparsity) else None
         total = reconstruction if penalty is None else reconstruction + penalty

@@ -7,7 +7,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from autoenc_cli.folder_layout import DICTIONARIES, FRONTIER, LOSS_RECOVERED, SUMMARY_CSV, ReportLayout
+from autoenc_cli.folder_layout import (
+    DICTIONARIES,
+    FRONTIER,
+    LOSS_RECOVERED,
+    RATE_DISTORTION,
+    SUMMARY_CSV,
+    ReportLayout,
+)
 
 
 def holding_sweep(paths: Sequence[Path]) -> Optional[Path]:
@@ -26,7 +33,8 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="autoenc report",
         description=f"Compare finished runs: writes {SUMMARY_CSV}, {FRONTIER} (FVU vs l0, a line per sparsity "
-        f"option), {LOSS_RECOVERED} (loss recovered vs l0, for runs on an activation cache) and {DICTIONARIES}, and "
+        f"option), {LOSS_RECOVERED} (loss recovered vs l0, for runs on an activation cache), {RATE_DISTORTION} (KL vs "
+        f"reconstruction, for variational runs) and {DICTIONARIES}, and "
         "prints a table.",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep folder, or run folders")
@@ -51,7 +59,11 @@ def main(argv: Sequence[str]) -> int:
     check_folder_out(out, args.overwrite, REPORT_OUTPUTS, own=own)
     _, table = write_report(args.paths, out)
     console.print(table)
-    written = [name for name in (SUMMARY_CSV, FRONTIER, LOSS_RECOVERED, DICTIONARIES) if (out / name).is_file()]
+    written = [
+        name
+        for name in (SUMMARY_CSV, FRONTIER, LOSS_RECOVERED, RATE_DISTORTION, DICTIONARIES)
+        if (out / name).is_file()
+    ]
     console.print(f"report: [bold]{out}[/] ({', '.join(written)})", soft_wrap=True)
     gallery = ReportLayout(out).gallery_html
     if gallery.is_file():

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from autoenc_cli.errors import UserError
 from autoenc_cli.folder_layout import CHECKPOINT_SUFFIX, LAST_CHECKPOINT, RunLayout
 from autoenc_cli.io import read_json
-from autoenc_cli.schema.resolve import typed_config
+from autoenc_cli.schema.resolve import typed_config, with_former_values
 from autoenc_cli.training.checkpoint import check_checkpoint_belongs, load_checkpoint
 
 # What may change when a single run is resumed: how long it trains, where, and where it is logged; not what it
@@ -109,8 +109,8 @@ def load_resume(resume: str) -> tuple[dict[str, Any], DictConfig]:
     wrote (a foreign last.pt copied in) is refused."""
     checkpoint = resume_checkpoint(resume)
     state = load_checkpoint(checkpoint)
-    check_checkpoint_belongs(state, checkpoint, run_folder_of(resume), typed_config(state["config"]))
-    return state, OmegaConf.create(state["config"])
+    check_checkpoint_belongs(state, checkpoint, run_folder_of(resume), typed_config(state["config"], saved=True))
+    return state, with_former_values(state["config"])
 
 
 def saved_overrides(run_dir: Path) -> list[str]:

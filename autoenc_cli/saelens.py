@@ -63,7 +63,12 @@ def _sae_layers(model: Any) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
     any other model (deeper, convolutional, a non-ReLU code, a non-linear output)."""
     encoder = getattr(model, "encoder", None)
     affine = model.affine_decoder() if hasattr(model, "affine_decoder") else None
-    one_layer = isinstance(encoder, nn.Sequential) and len(encoder) == 2 and isinstance(encoder[1][0], nn.Linear)
+    one_layer = (
+        isinstance(encoder, nn.Sequential)
+        and len(encoder) == 2
+        and isinstance(encoder[1], nn.Sequential)  # (a VAE's second module is its mean and log-variance layer)
+        and isinstance(encoder[1][0], nn.Linear)
+    )
     if not one_layer or affine is None:
         raise UserError(
             "format=saelens needs a sparse autoencoder: one linear encoder layer and one linear decoder layer "

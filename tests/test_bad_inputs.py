@@ -187,6 +187,12 @@ SAYS_WHAT_IS_ALLOWED = [
     (["train", "trainer.epochs=2", "nonsense"], "'nonsense' is not KEY=VALUE; 'autoenc train --help' lists"),
     # outputs
     (["reconstruct", "run=x", "input=y", "out=picture.png"], "out='picture.png' names one image file"),
+    # variational models: options that only they take, and options they cannot take
+    (["train", "model=vae", "sparsity=topk"], "a variational model's code is a Gaussian sample, not a sparse one"),
+    (["train", "trainer.nll_samples=5"], "trainer.nll_samples=5 is not allowed: scores variational models only"),
+    (["train", "loss.sigma=0.5"], "sets the Gaussian likelihood of a variational model (model=vae)"),
+    (["train", "gallery.caption=x", "gallery.panels=[samples]"], "'samples' is drawn only with a variational model"),
+    (["train", "model=vae", "data.binarize=always"], "data.binarize='always' is not allowed"),
 ]
 
 

@@ -123,7 +123,7 @@ def test_user_config_dir_adds_options(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["model=nope"], "model=nope is not an option; choose one of conv, conv_deconv, fc, sparse_fc"),
+        (["model=nope"], "model=nope is not an option; choose one of conv, conv_deconv, conv_vae, fc, sparse_fc, vae"),
         (["model.code_dimm=3"], "model.code_dimm"),
         (["optimizer.lr=abc"], "optimizer.lr='abc' has the wrong type; expected float"),
         (["optimizer.lr=-1"], "optimizer.lr=-1.0 is not allowed: must be > 0"),
@@ -153,11 +153,11 @@ def test_a_bad_value_in_any_sweep_job_fails_before_the_first_job(tmp_path, monke
 
 def test_a_glob_sweep_checks_every_job_first_too(tmp_path, monkeypatch, capsys):
     # glob(...) lists the group's options through Hydra's config loader; the check must see its jobs too:
-    # the first job (tutorial_2d) is fine, the second (tutorial_conv, model=conv) has no model.code_dim.
+    # the first job (tutorial_2d) is fine, the second (tutorial_conv, model=conv) has no model.tied.
     monkeypatch.chdir(tmp_path)
-    assert run_main(["train", "-m", *TINY, "experiment=glob(tutorial_*)", "model.code_dim=8"]) == 2
+    assert run_main(["train", "-m", *TINY, "experiment=glob(tutorial_*)", "model.tied=true"]) == 2
     err = capsys.readouterr().err
-    assert "experiment=tutorial_conv model.code_dim=8]: unknown key 'model.code_dim'" in err, err
+    assert "experiment=tutorial_conv model.tied=" in err and "unknown key 'model.tied'" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "outputs").exists()
 
 
@@ -215,7 +215,8 @@ def test_back_to_back_runs_get_their_own_folders(tmp_path, monkeypatch):
 
 def test_denoising_conv_run_writes_the_denoising_figure_and_psnr(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert run_main(["train", *TINY, "model=conv", "noise=mask", "noise.rate=0.5"]) == 0
+    small_conv = "model.encoder=[{channels: 4, kernel: 3, stride: 2, padding: 1, norm: batch}]"  # fast
+    assert run_main(["train", *TINY, "model=conv", small_conv, "noise=mask", "noise.rate=0.5"]) == 0
     run_dir = only_run_dir(tmp_path)
     metrics = read_metrics(run_dir)
     assert metrics["val_psnr_noisy"] > 0 and metrics["val_psnr_denoised"] > 0 and metrics["code_dim"] == 128
@@ -230,7 +231,11 @@ def test_switching_data_needs_no_model_edits(tmp_path, monkeypatch):
     images = np.random.default_rng(0).integers(0, 256, (60, 3, 16, 16), dtype=np.uint8)
     np.savez(tmp_path / "mine.npz", images=images, labels=np.arange(60) % 4)
     for model in ("conv", "conv_deconv", "fc"):
-        overrides = [f"data.path={tmp_path / 'mine.npz'}", f"model={model}", "model.encoder=[{channels: 4, kernel: 3}]"]
+        overrides = [
+            f"data.path={tmp_path / 'mine.npz'}",
+            f"model={model}",
+            "model.encoder=[{channels: 4, kernel: 3, stride: 2}]",
+        ]
         if model == "fc":
             overrides[-1] = "model.code_dim=16"
         assert run_main(["train", "data=npz", *overrides, "trainer.epochs=1", f"output_root={model}"]) == 0

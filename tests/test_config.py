@@ -33,7 +33,7 @@ def group_options(group: str) -> list[str]:
 def test_default_config_resolves_to_typed_objects():
     run = resolve(compose_config())
     assert isinstance(run, TrainConfig) and isinstance(run.trainer, TrainerConfig)
-    assert (run.model.name, run.model.code_dim, run.model.code_activation) == ("fc", 64, "leaky_relu")
+    assert (run.model.name, run.model.code_dim, run.model.code_activation) == ("fc", 64, "linear")
     assert (run.data.name, run.loss.name, run.optimizer.name, run.schedule.name) == (
         "mnist_5k",
         "mse",
@@ -93,7 +93,7 @@ def test_overrides_reach_the_typed_config():
             ["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"],
             "optimizer.nesterov=True is not allowed: needs momentum > 0",
         ),
-        (["model.name=nope"], "model.name='nope' is not allowed: choose one of conv, conv_deconv, fc"),
+        (["model.name=nope"], "model.name='nope' is not allowed: choose one of conv, conv_deconv, conv_vae, fc"),
     ],
 )
 def test_bad_values_give_one_line_errors(overrides, message):

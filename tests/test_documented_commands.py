@@ -85,6 +85,9 @@ CANNOT_RUN = {
         "full MNIST: DIR must hold torchvision's files (DIR/MNIST/raw/*-ubyte, fetched with data.download=true), "
         "which a test cannot download; test_full_mnist_composes_and_names_a_missing_folder covers the rest"
     ),
+    "autoenc train experiment=vae_mnist data=mnist data.root=DIR": (
+        "full MNIST, as hinton2006's; test_full_mnist_composes_and_names_a_missing_folder covers the rest"
+    ),
     "autoenc <command>": (
         "the synopsis of every subcommand; each one's --help is run to collect the commands here "
         "(test_every_help_text_answers)"
@@ -450,14 +453,15 @@ def test_a_documented_command_runs(command, fixtures, request, tmp_path, monkeyp
     assert code == 0, f"{command.where}: autoenc {shlex.join(argv)} exits {code}: {output.err[-2000:]}"
 
 
-def test_full_mnist_composes_and_names_a_missing_folder(tmp_path, monkeypatch, capsys):
-    """CANNOT_RUN's full-MNIST reproduction: the config composes, and without the files it stops in one line
+@pytest.mark.parametrize(("experiment", "code_dim"), [("hinton2006", 30), ("vae_mnist", 40)])
+def test_full_mnist_composes_and_names_a_missing_folder(experiment, code_dim, tmp_path, monkeypatch, capsys):
+    """CANNOT_RUN's full-MNIST reproductions: the config composes, and without the files it stops in one line
     that names the folder and how to fetch them, leaving no run folder."""
     monkeypatch.chdir(tmp_path)
-    argv = ["train", "experiment=hinton2006", "data=mnist"]
+    argv = ["train", f"experiment={experiment}", "data=mnist"]
     assert run_main([*argv, "data.root=DIR", "--cfg", "job"]) == 0
     printed = capsys.readouterr().out
-    assert "name: mnist" in printed and "root: DIR" in printed and "code_dim: 30" in printed
+    assert "name: mnist" in printed and "root: DIR" in printed and f"code_dim: {code_dim}" in printed
     assert run_main([*argv, "data.root=DIR"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "DIR" in error and "data.download=true" in error, error

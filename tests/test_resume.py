@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from autoenc_cli.training.checkpoint import load_checkpoint
@@ -223,9 +224,21 @@ def test_a_failing_sweep_job_does_not_stop_the_others_and_resume_finishes_the_sw
     assert json.loads((sweep_dir / "1" / "metrics.json").read_text())["status"] == "completed"
 
 
-def test_resume_with_more_epochs_extends_a_finished_run_exactly(tmp_path, monkeypatch):
+# A VAE too: its codes are samples (the torch generator's state resumes) and its KL warm-up counts steps.
+VAE_WARMING_UP = [
+    "model=vae",
+    "loss=bce",
+    "model.encoder=[{width:32,activation:relu}]",
+    "model.kl_warmup_steps=40",
+    "trainer.nll_samples=5",
+    "trainer.pca_baseline=false",
+]
+
+
+@pytest.mark.parametrize("model", [[], VAE_WARMING_UP], ids=["fc", "vae"])
+def test_resume_with_more_epochs_extends_a_finished_run_exactly(model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    quick = [*TINY, "trainer.figures=false"]
+    quick = [*TINY, "trainer.figures=false", *model]
     assert run_main(["train", *quick, "trainer.epochs=4", "output_root=straight"]) == 0
     assert run_main(["train", *quick, "trainer.epochs=2", "output_root=extended"]) == 0
     (extended,) = (tmp_path / "extended" / "runs").iterdir()

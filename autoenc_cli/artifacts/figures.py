@@ -362,3 +362,50 @@ def latent_scatter(path: Path, codes: torch.Tensor, labels: Optional[torch.Tenso
     how = {1: "a 1-D code", 2: "2-D codes"}.get(codes.shape[1], f"2-D PCA of {codes.shape[1]}-D codes")
     ax.set_title(f"Validation codes ({how})")
     return _save(figure, path)
+
+
+def samples(path: Path, images: torch.Tensor) -> Path:
+    """A variational model's draws from its prior, decoded: what it generates."""
+    figure, ax = plt.subplots(figsize=(6, 6))
+    _show(ax, make_grid(displayable(images), nrow=math.ceil(math.sqrt(images.shape[0])), padding=1, pad_value=1.0))
+    ax.set_title("Samples from the prior (the decoder's mean for z ~ N(0, I))")
+    return _save(figure, path)
+
+
+def interpolations(path: Path, paths: torch.Tensor) -> Path:
+    """Rows of decoded codes on the straight line between two validation inputs' codes (pairs, steps, ...),
+    each row from one input's posterior mean to the other's."""
+    rows = [(f"pair {index + 1}", row) for index, row in enumerate(paths)]
+    return image_rows(path, rows, "Interpolations in code space between two validation inputs")
+
+
+def latent_manifold(path: Path, images: torch.Tensor, quantiles: torch.Tensor) -> Path:
+    """A 2-D code's plane decoded on a grid of the prior's quantiles (Kingma & Welling 2014, Fig. 4): image
+    (row i, column j) decodes z = (quantile j, quantile i)."""
+    figure, ax = plt.subplots(figsize=(7, 7))
+    _show(ax, make_grid(displayable(images), nrow=len(quantiles), padding=0))
+    ax.set_title("The learned manifold: codes on a grid of the prior's quantiles, decoded")
+    ax.set_xlabel(f"code unit 1 ({quantiles[0]:.2f} ... {quantiles[-1]:.2f})")
+    ax.set_ylabel(f"code unit 2 ({quantiles[0]:.2f} ... {quantiles[-1]:.2f})")
+    return _save(figure, path)
+
+
+def rate_distortion(path: Path, points: Sequence[tuple[str, float, float]]) -> Path:
+    """Variational runs on the rate-distortion plane (Alemi et al. 2018): each run's KL term (rate) against
+    its reconstruction term (distortion), both nats per sample; the diagonals are lines of equal ELBO."""
+    figure, ax = plt.subplots(figsize=(6.5, 4.5))
+    ordered = sorted(points, key=lambda point: point[1])
+    rates, distortions = [point[1] for point in ordered], [point[2] for point in ordered]
+    ax.plot(rates, distortions, color="lightgrey", zorder=1)
+    ax.scatter(rates, distortions, zorder=2)
+    for label, rate, distortion in ordered if len(ordered) <= MAX_NAMED_POINTS else ordered[:: len(ordered) // 8]:
+        ax.annotate(label, (rate, distortion), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    low, high = ax.get_xlim()
+    for elbo in sorted({round(rate + distortion, -1) for rate, distortion in zip(rates, distortions)})[:6]:
+        ax.plot([low, high], [elbo - low, elbo - high], color="tab:blue", alpha=0.15, linewidth=0.8, zorder=0)
+    ax.set_xlim(low, high)
+    ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats per sample")
+    ax.set_ylabel("distortion: -E_q log p(x|z), nats per sample")
+    ax.set_title("Rate-distortion of the variational runs (faint lines: equal -ELBO)")
+    ax.grid(alpha=0.3)
+    return _save(figure, path)

@@ -15,10 +15,13 @@ from autoenc_cli.folder_layout import (
     DENOISING_PNG,
     DICTIONARY_PNG,
     FIGURES,
+    INTERPOLATIONS_PNG,
+    LATENT_MANIFOLD_PNG,
     LATENT_MAP_PNG,
     LATENT_SCATTER_PNG,
     LOSS_CURVE_PNG,
     RECONSTRUCTIONS_PNG,
+    SAMPLES_PNG,
     STAGES_PNG,
 )
 from autoenc_cli.models.autoencoder import Autoencoder
@@ -48,6 +51,41 @@ def typical_activation(codes: torch.Tensor) -> torch.Tensor:
     active = codes != 0
     mean = codes.abs().sum(dim=0) / active.sum(dim=0).clamp_min(1)
     return torch.where(active.any(dim=0), mean, torch.ones_like(mean))
+
+
+PRIOR_SAMPLES = 64
+INTERPOLATION_PAIRS, INTERPOLATION_STEPS = 6, 10
+MANIFOLD_SIDE = 15  # decoded codes per side of the 2-D latent manifold
+
+
+def generated(model: Autoencoder, val: torch.Tensor, seed: int) -> list[tuple[str, Callable[..., Path], Callable]]:
+    """A variational model's own figures, each with its inputs: draws from the prior, paths between pairs of
+    validation inputs' codes and, for a 2-D code, the decoded code plane on a grid of the prior's quantiles."""
+
+    def prior_samples() -> tuple:
+        return (model.sample(PRIOR_SAMPLES, torch.Generator(device=val.device).manual_seed(seed)),)
+
+    def interpolation_paths() -> tuple:
+        pairs = min(INTERPOLATION_PAIRS, val.shape[0] // 2)
+        if pairs == 0:
+            raise figures.NotDrawable("interpolations need two validation inputs")
+        start, end = model.encode(val[:pairs]), model.encode(val[pairs : 2 * pairs])
+        weights = torch.linspace(0, 1, INTERPOLATION_STEPS, device=val.device).view(1, -1, 1)
+        codes = start.unsqueeze(1) + weights * (end - start).unsqueeze(1)  # (pairs, steps, code_dim)
+        return (model.decode(codes.flatten(0, 1)).unflatten(0, (pairs, INTERPOLATION_STEPS)),)
+
+    def manifold() -> tuple:
+        quantiles = torch.special.ndtri(torch.linspace(0.05, 0.95, MANIFOLD_SIDE, device=val.device))
+        rows, columns = torch.meshgrid(quantiles.flip(0), quantiles, indexing="ij")  # unit 2 grows upwards
+        return model.decode(torch.stack([columns.flatten(), rows.flatten()], dim=1)), quantiles
+
+    planned = [
+        (SAMPLES_PNG, figures.samples, prior_samples),
+        (INTERPOLATIONS_PNG, figures.interpolations, interpolation_paths),
+    ]
+    if model.code_dim == 2:
+        planned.append((LATENT_MANIFOLD_PNG, figures.latent_manifold, manifold))
+    return planned
 
 
 # A figure of a run: its file name and the drawing, with every input computed (CPU tensors, records),
@@ -94,6 +132,8 @@ def run_figure_drawings(
             return noisy.clamp(0, 1), model(noisy).reconstruction, shown
 
         planned.insert(1, (DENOISING_PNG, figures.denoising, denoising_inputs))
+    if model.variational:
+        planned += generated(model, val.images[: 2 * INTERPOLATION_PAIRS], parts.config.seed)
     if len({row["stage"] for row in history}) > 1:
         planned.append((STAGES_PNG, figures.stages, lambda: (history,)))
     drawings, notes = [], []

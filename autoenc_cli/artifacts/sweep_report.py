@@ -212,7 +212,8 @@ SHORT_HEADERS = {
     "dense_fraction": "dense",
     "pca_val_mse_at_l0": "pca@l0",
     "loss_recovered": "loss rec",
-    "lm_kl": "kl",
+    "lm_kl": "lm kl",
+    "active_units": "active",
 }
 # Fractions to 3 significant digits (the rest to 4), for the same reason.
 FRACTION_COLUMNS = ("val_fvu", "dead_fraction", "dense_fraction")
@@ -223,12 +224,19 @@ FRACTION_COLUMNS = ("val_fvu", "dead_fraction", "dense_fraction")
 LM_COLUMNS = ("loss_recovered", "lm_kl")
 
 
+# Variational runs are judged by their likelihood: these columns follow the others when any run has an ELBO.
+LIKELIHOOD_COLUMNS = ("elbo", "kl", "nll", "active_units")
+CODE_COLUMNS = ("val_fvu", "l0", "dead_fraction", "dense_fraction", "pca_val_mse_at_l0")
+
+
 def table_columns(front: Optional[tuple[str, set[str]]], rows: Sequence[dict[str, Any]] = ()) -> tuple[str, ...]:
     """TABLE_COLUMNS, with a study's best or pareto column after the status, and LM_COLUMNS when any row
     has a loss recovered."""
     columns = TABLE_COLUMNS if front is None else (*TABLE_COLUMNS[:3], front[0], *TABLE_COLUMNS[3:])
     if any(row.get("loss_recovered") is not None for row in rows):
         columns = (*columns, *LM_COLUMNS)
+    if any(row.get("elbo") is not None for row in rows):  # a dense Gaussian code: its l0 says nothing
+        columns = (*(column for column in columns if column not in CODE_COLUMNS), *LIKELIHOOD_COLUMNS)
     return columns
 
 
@@ -274,7 +282,10 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
     rows = summary_rows(records, front)
     report = ReportLayout(out_dir)
     write_csv(report.summary_csv, rows)
-    finished = [r for r in records if r.status == "completed" and r.metrics.get("l0") is not None]
+    completed = [r for r in records if r.status == "completed"]
+    variational = [r for r in completed if r.metrics.get("kl") is not None]
+    # A variational run's code is dense by design: its trade-off is rate against distortion, not l0.
+    finished = [r for r in completed if r.metrics.get("l0") is not None and r not in variational]
     front_label = "Pareto front (the study's objectives)" if front and front[0] == "pareto" else "best trial"
     if finished:
         # The runs share their data, so any run's PCA curve serves; the longest reaches the largest code.
@@ -303,6 +314,9 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
             fidelity=figures.LOSS_RECOVERED,
             series=architectures(scored),
         )
+    if variational:
+        points = [(r.label, r.metrics["kl"], r.metrics["elbo_reconstruction"]) for r in variational]
+        figures.rate_distortion(report.rate_distortion, points)
     dictionaries: list[tuple[str, Optional[Path]]] = [
         (panel_title(r), RunLayout(r.path).figure(DICTIONARY_PNG)) for r in records
     ]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Optional
 
 import torch
 
 from autoenc_cli.data.tensors import DataBundle, Split, split_by_fraction
-from autoenc_cli.schema import GroupConfig, number
+from autoenc_cli.schema import GroupConfig, choice, number
 
 
 @dataclass
@@ -24,10 +24,20 @@ class DataConfig(GroupConfig):
         raise NotImplementedError
 
 
+@dataclass
+class ImageDataConfig(DataConfig):
+    """Images with pixel intensities in [0, 1] (every loader that builds its data with ``make_bundle``)."""
+
+    # dynamic: binary pixels drawn from the intensities (Salakhutdinov & Murray 2008, the binarised MNIST of
+    # VAE papers): every training batch a fresh Bernoulli draw, inputs and targets alike; the validation and
+    # test splits drawn once, seeded by split_seed (the same binary images in every run). none: as they are.
+    binarize: str = choice("none", ("none", "dynamic"))
+
+
 def make_bundle(
     images: torch.Tensor,
     labels: Optional[torch.Tensor],
-    config: DataConfig,
+    config: ImageDataConfig,
     num_classes: Optional[int],
     test: Optional[Split] = None,
 ) -> DataBundle:
@@ -38,4 +48,14 @@ def make_bundle(
         ]
         images, labels = images[keep], labels[keep] if labels is not None else None
     train, val = split_by_fraction(images, labels, config.val_fraction, config.split_seed)
-    return DataBundle(train=train, val=val, test=test, num_classes=num_classes)
+    bundle = DataBundle(train=train, val=val, test=test, num_classes=num_classes)
+    return binarized(bundle, config.split_seed) if config.binarize == "dynamic" else bundle
+
+
+def binarized(bundle: DataBundle, seed: int) -> DataBundle:
+    """``bundle`` with its validation and test images drawn once as binary pixels (a seeded Bernoulli draw of
+    each intensity) and its training images kept as intensities, drawn anew for every batch (``draw_batch``)."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    val = Split(torch.bernoulli(bundle.val.images, generator=generator), bundle.val.labels)
+    test = bundle.test and Split(torch.bernoulli(bundle.test.images, generator=generator), bundle.test.labels)
+    return replace(bundle, val=val, test=test, binary_training_draws=True)

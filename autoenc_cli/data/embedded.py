@@ -8,7 +8,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from autoenc_cli.data.base import DataConfig, make_bundle
+from autoenc_cli.data.base import ImageDataConfig, make_bundle
 from autoenc_cli.data.tensors import DataBundle, as_images
 from autoenc_cli.registry import register
 
@@ -16,7 +16,7 @@ EMBEDDED_MNIST = "mnist_5k.npz"
 
 
 @dataclass
-class Mnist5kConfig(DataConfig):
+class Mnist5kConfig(ImageDataConfig):
     name: str = "mnist_5k"
 
     def input_shape(self) -> tuple[int, ...]:

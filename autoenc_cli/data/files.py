@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from autoenc_cli.data.base import DataConfig, make_bundle
+from autoenc_cli.data.base import ImageDataConfig, make_bundle
 from autoenc_cli.data.tensors import DataBundle, as_images
 from autoenc_cli.errors import ConfigError, DataError
 from autoenc_cli.registry import register
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class NpzConfig(DataConfig):
+class NpzConfig(ImageDataConfig):
     name: str = "npz"
     path: str = MISSING  # a .npz with `images` (N x H x W or N x C x H x W) and optional `labels`
 
@@ -275,7 +275,7 @@ def _class_name(value: object) -> str:
 
 
 @dataclass
-class ImageFolderConfig(DataConfig):
+class ImageFolderConfig(ImageDataConfig):
     name: str = "image_folder"
     path: str = MISSING  # a folder of image files; one level of subfolders are taken as classes
     image_size: list[int] = field(default_factory=lambda: [32, 32])  # height, width after resizing

@@ -131,6 +131,12 @@ class DataBundle:
     class_names: Optional[tuple[str, ...]] = None  # the user's label (or subfolder) for each class id
     # Set by loaders whose data is too large to hash whole (data=vectors): used as the data fingerprint.
     fingerprint: Optional[str] = None
+    # data.binarize=dynamic: training batches are binary draws of the training intensities (``draw_batch``).
+    binary_training_draws: bool = False
+
+    def draw_batch(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A training batch as the model trains on it: a fresh binary draw of its intensities, or as it is."""
+        return torch.bernoulli(batch, generator=generator) if self.binary_training_draws else batch
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from autoenc_cli.data.base import DataConfig, make_bundle
+from autoenc_cli.data.base import ImageDataConfig, make_bundle
 from autoenc_cli.data.tensors import DataBundle, Split, as_images
 from autoenc_cli.errors import DataError
 from autoenc_cli.registry import register
@@ -20,7 +20,7 @@ from autoenc_cli.schema import number
 
 
 @dataclass
-class TorchvisionConfig(DataConfig):
+class TorchvisionConfig(ImageDataConfig):
     dataset: ClassVar[str] = "?"  # the torchvision.datasets class
     shape: ClassVar[tuple[int, ...]] = ()
     root: str = "data"  # the folder torchvision reads the data set from (its raw files)

@@ -82,6 +82,9 @@ class EvalConfig(UseRunConfig):
     # a run on an activation cache (data=activations): held-out tokens the language model scores it on (loss
     # recovered, KL); null: the run's data.heldout_tokens; 0 skips the scoring
     heldout_tokens: Optional[int] = number(None, ge=0)
+    # variational models (model=vae): importance samples per input behind nll (5,000 as the IWAE paper
+    # reports); 0 skips the ELBO, NLL and active-unit scores
+    nll_samples: int = number(5000, ge=0)
 
 
 @dataclass
@@ -228,6 +231,13 @@ def evaluate_run(config: EvalConfig) -> EvalReport:
         report.ae_pca_mse_ratio = report.mse / report.pca_mse
     if train.labels is not None and split.labels is not None and config.probe.labels_per_class:
         report.probe = run_probes(config.probe, model, data, split, pca)  # probes see clean images
+    if config.nll_samples != EvalConfig.nll_samples and not model.variational:
+        raise ConfigError("nll_samples", config.nll_samples, "scores variational models only (model=vae): leave it out")
+    if model.variational and config.nll_samples:
+        from autoenc_cli.training.likelihood import likelihood, with_likelihood
+
+        loss, seed = run.objective().reconstruction, run.config.seed + 3
+        with_likelihood(report, likelihood(model, loss, split, config.batch_size, config.nll_samples, seed))
     return with_lm_score(report, config, run, model)
 
 

@@ -216,6 +216,19 @@ class TrainedRun:
         codes = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
         return self._outputs(self.model.decode(codes.float().to(self.device)))
 
+    @torch.inference_mode()
+    def sample(self, count: int, seed: int = 0) -> torch.Tensor:
+        """``count`` inputs a variational model generates (the decoder's mean for codes drawn from its prior,
+        seeded by ``seed``), in the shape and units of its inputs."""
+        if not self.model.variational:
+            raise UserError(
+                f"sample() draws from a variational model's prior; this run's model is model={self.config.model.name} "
+                "(train one with model=vae)"
+            )
+        if not isinstance(count, int) or count < 0:
+            raise UserError(f"sample(count={count!r}): give a whole number >= 0")
+        return self._outputs(self.model.sample(count, torch.Generator(device=self.device).manual_seed(seed)))
+
     def objective(self) -> Objective:
         return Objective(REGISTRY.build(self.config.loss), self.model)
 
@@ -299,7 +312,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
         return load_export(Path(run), checkpoint, device)
     path = checkpoint_path(Path(run), checkpoint)
     state = load_checkpoint(path)
-    config = typed_config(state["config"])
+    config = typed_config(state["config"], saved=True)
     check_checkpoint_belongs(state, path, Path(run), config)
     model = build_model(config, tuple(state["input_shape"]))
     network, phases = _enter_phase(model, config, state["phase_index"])
@@ -470,7 +483,7 @@ def checked_export_config(
     how many model.safetensors holds, which bounds the layers the config may describe."""
     try:
         check_shorthands(_shorthand_settings(plain))  # k=4 beside sparsity.topk.k=64: never silently one of them
-        config = typed_config(plain, literal=True)
+        config = typed_config(plain, literal=True, saved=True)
         layers = _layer_count(config.model)
         if layers > max(tensors, MAX_LAYERS_WITHOUT_TENSORS):
             raise UserError(

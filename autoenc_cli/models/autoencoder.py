@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 @dataclass
 class ModelConfig(GroupConfig):
     group: ClassVar[str] = "model"
+    variational: ClassVar[bool] = False  # a Gaussian code (autoenc_cli.models.vae)
 
     def describe(self, input_shape: tuple[int, ...]) -> "ModelFacts":
         """Code size and activations this model would have for ``input_shape``, without building it;
@@ -39,6 +40,10 @@ class Autoencoder(nn.Module):
     decoder maps codes back to logits of shape (batch, *input_shape). Keeping the output activation
     separate lets losses such as BCE work on logits, which is stable under mixed precision.
     """
+
+    # Whether the code is a sample of a Gaussian posterior (``autoenc_cli.models.vae``): the objective is
+    # then the negative ELBO, its reconstruction term the loss's likelihood summed over each input.
+    variational: ClassVar[bool] = False
 
     def __init__(
         self,

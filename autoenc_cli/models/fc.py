@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ class FCModelConfig(ModelConfig):
     code_dim: int = number(64, ge=1)  # code units (the latent size)
     # Hidden layers between input and code, input side first; the code layer itself is added.
     encoder: list[LayerSpec] = field(default_factory=list)
-    code_activation: str = "leaky_relu"  # of the code layer (relu for sparse codes, linear, sigmoid, ...)
+    code_activation: str = "linear"  # of the code layer (relu for sparse codes, leaky_relu, sigmoid, ...)
     # null mirrors the encoder; a list gives every decoder layer, code side first. The last one is the
     # output layer: its width must be the data's input size (or null) and its activation is the output's.
     decoder: Optional[list[LayerSpec]] = None
@@ -44,6 +44,11 @@ class FCModelConfig(ModelConfig):
     # transpose (Gao et al. 2024), so every unit starts by writing what it reads.
     decoder_init: str = choice("random", ("random", "transpose"))
     unit_norm_decoder: bool = False  # rescale the code's decoder columns to unit norm after every step
+    # default: PyTorch's (uniform, +-1/sqrt(fan_in)), which shrinks the signal at every layer; kaiming: He
+    # normal init for (leaky) ReLU layers with zero biases, which keeps its scale through a deep stack.
+    init: str = choice("default", ("default", "kaiming"))
+    # Runs saved before the code became linear by default had a LeakyReLU code (their fingerprints left it out).
+    former_defaults: ClassVar[dict] = {"code_activation": "leaky_relu"}
 
     def check(self) -> None:
         check_activation("code_activation", self.code_activation)
@@ -90,6 +95,7 @@ class SparseFCModelConfig(FCModelConfig):
     code_activation: str = "relu"  # of the code layer: relu, so inactive units are exactly 0
     pre_bias: bool = True
     decoder_init: str = choice("transpose", ("random", "transpose"))
+    former_defaults: ClassVar[dict] = {}
 
 
 def decoder_layers(
@@ -144,12 +150,21 @@ class FCAutoencoder(Autoencoder):
             code_transform,
         )
         self.unit_norm_decoder = config.unit_norm_decoder
+        if config.init == "kaiming":
+            self._kaiming_init()
         if config.pre_bias:
             self.input_bias = nn.Parameter(torch.zeros(input_shape))
         if config.decoder_init == "transpose" and not config.tied:
             self._start_decoder_as_encoder_transpose()
         if self.unit_norm_decoder:
             self.after_step()
+
+    @torch.no_grad()
+    def _kaiming_init(self) -> None:
+        for layer in self.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_normal_(layer.weight, a=0.01, nonlinearity="leaky_relu")
+                nn.init.zeros_(layer.bias)
 
     @torch.no_grad()
     def _start_decoder_as_encoder_transpose(self) -> None:

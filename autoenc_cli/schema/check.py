@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional
 
 from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.schema.fields import check_tree, with_prefix
-from autoenc_cli.schema.root import GROUPS, SHORTHANDS, STACKED_GROUPS, shorthand_field
+from autoenc_cli.schema.root import GROUPS, SHORTHANDS, STACKED_GROUPS, TrainerConfig, shorthand_field
 
 if TYPE_CHECKING:
     from autoenc_cli.schema.root import TrainConfig
@@ -28,6 +28,7 @@ class ModelFacts:
     output_activation: str
     layer_widths: Optional[tuple[int, ...]] = None  # fully-connected: encoder widths, the code's last
     tied: bool = False
+    variational: bool = False  # a Gaussian code (model=vae): its loss is a likelihood summed over the input
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ def check_config(config: "TrainConfig", input_shape: Optional[tuple[int, ...]] =
         input_shape = with_prefix("data", config.data.input_shape)
     model = with_prefix("model", lambda: config.model.describe(input_shape))
     facts = Facts(config, tuple(input_shape), model)
+    if config.trainer.nll_samples != TrainerConfig.nll_samples and not model.variational:
+        raise ConfigError(
+            "trainer.nll_samples",
+            config.trainer.nll_samples,
+            "scores variational models only (model=vae): leave it out",
+        )
     for group in GROUPS:
         option = getattr(config, group)
         members = option.items() if group in STACKED_GROUPS else [(None, option)]

@@ -25,12 +25,14 @@ def resolve(cfg: DictConfig) -> TrainConfig:
     return config
 
 
-def typed_config(cfg: DictConfig | dict, literal: bool = False) -> TrainConfig:
+def typed_config(cfg: DictConfig | dict, literal: bool = False, saved: bool = False) -> TrainConfig:
     """Type every group against its registered schema, without the rules that look at files.
 
     A saved run's config was checked when it trained; loading it needs only this. ``literal``: ``cfg`` is
     plain data from a file autoenc did not write (an export's config.json): no ``${...}`` in it is
-    resolved, every string is kept as written (``typed`` resolves nothing either).
+    resolved, every string is kept as written (``typed`` resolves nothing either). ``saved``: ``cfg`` is a
+    run's (or an export's) own, maybe written before some keys existed; a key it lacks takes the value its
+    option had before the key was added (``former_defaults``), so the run loads as the model it trained.
     """
     try:
         if literal:
@@ -49,9 +51,30 @@ def typed_config(cfg: DictConfig | dict, literal: bool = False) -> TrainConfig:
             continue
         if not isinstance(node, dict):
             raise ConfigError(group, node, f"must be a config group; choose one of {', '.join(REGISTRY.names(group))}")
-        setattr(config, group, typed(REGISTRY.config_class(group, node.get("name")), node, group))
+        schema = REGISTRY.config_class(group, node.get("name"))
+        setattr(config, group, typed(schema, {**former_values(schema), **node} if saved else node, group))
     _apply_shorthands(config)
     return config
+
+
+def with_former_values(saved: Any) -> DictConfig:
+    """A run's saved config (as its checkpoint holds it) with every key its options lack at the value it had
+    before the key existed (``former_values``): the config a resumed run continues with."""
+    node = OmegaConf.create(saved)
+    for group in GROUPS:
+        option = node.get(group)
+        if group in STACKED_GROUPS or not isinstance(option, DictConfig) or "name" not in option:
+            continue
+        for key, value in former_values(REGISTRY.config_class(group, option.name)).items():
+            if key not in option:
+                option[key] = value
+    return node
+
+
+def former_values(schema: type) -> dict[str, Any]:
+    """What the option's keys meant in configs saved before they existed or before their defaults changed
+    (the option's ``former_defaults``; none for most)."""
+    return copy.deepcopy(getattr(schema, "former_defaults", {}))
 
 
 def literal_strings(value: Any) -> Any:

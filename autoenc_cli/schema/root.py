@@ -64,6 +64,9 @@ class TrainerConfig:
     # |code| a unit must exceed to count as active (l0, dead/dense units, firing frequency); null: 0, or 0.1
     # for sigmoid/tanh codes, which are never exactly zero
     active_threshold: Optional[float] = number(None, ge=0)
+    # Variational models (model=vae): importance samples per validation input behind the run's nll (at its
+    # end; autoenc eval takes nll_samples=); 0 skips the ELBO, NLL and active-unit scores
+    nll_samples: int = number(100, ge=0)
 
     def check(self) -> None:
         allowed = ("auto", "cpu", "cuda")
@@ -82,6 +85,9 @@ GALLERY_PANELS = (
     "code_density",
     "loss_curve",
     "stages",
+    "samples",
+    "interpolations",
+    "latent_manifold",
 )
 
 
@@ -130,6 +136,12 @@ class TrainConfig:
         needs = {
             "denoising": (self.noise.name != "none", "a noise option (noise=gaussian, mask, ...)"),
             "stages": (self.schedule.name == "greedy", "schedule=greedy"),
+            "samples": (self.model.variational, "a variational model (model=vae)"),
+            "interpolations": (self.model.variational, "a variational model (model=vae)"),
+            "latent_manifold": (
+                self.model.variational and self.model.code_dim == 2,
+                "a variational model with a 2-D code (model=vae model.code_dim=2)",
+            ),
         }
         for panel in self.gallery.panels:
             drawn, what = needs.get(panel, (True, ""))

@@ -56,6 +56,10 @@ def can_stack(trainer: Trainer) -> Optional[str]:
         return "trainer.precision=fp16 (a gradient scaler per run)"
     if not in_memory(parts.data.train):
         return "memory-mapped data"
+    if parts.data.binary_training_draws:
+        return "data.binarize=dynamic (a binary draw per run)"
+    if parts.model.variational:
+        return f"model={parts.config.model.name} (its code is a random draw per run)"
     return _optimizer_refusal(trainer)
 
 

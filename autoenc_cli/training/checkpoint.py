@@ -57,7 +57,18 @@ def _non_default(node: Any) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     """Lists of dataclasses (layer specs) as plain JSON values, comparable and hashable as text."""
-    return json.loads(json.dumps(value, default=dataclasses.asdict))
+    return json.loads(json.dumps(value, default=_spec_fields))
+
+
+def _spec_fields(spec: Any) -> dict[str, Any]:
+    """A nested spec's fields, without those it lists in ``added_fields`` while they are at their default:
+    a field added to a layer spec later does not change the fingerprint of a run saved before it."""
+    added = getattr(type(spec), "added_fields", ())
+    return {
+        field.name: getattr(spec, field.name)
+        for field in dataclasses.fields(spec)
+        if field.name not in added or getattr(spec, field.name) != field.default
+    }
 
 
 def model_fingerprint(config: Any, input_shape: tuple[int, ...]) -> str:

@@ -163,6 +163,41 @@ def lm_scores() -> list[tuple[str, Any, Any]]:
     ]
 
 
+# A variational model's scores (autoenc_cli.training.likelihood): metrics.json has them on the validation split
+# (trainer.nll_samples importance samples), eval.json on the split scored (nll_samples=).
+def likelihood_scores() -> list[tuple[str, Any, Any]]:
+    return [
+        own(
+            "elbo",
+            float,
+            "variational models: the evidence lower bound, nats per sample (higher is better): E_q[log p(x|z)] "
+            "estimated with the importance samples, minus the exact KL",
+            summary=True,
+        ),
+        own(
+            "elbo_reconstruction",
+            float,
+            "-E_q[log p(x|z)], nats per sample: the ELBO's reconstruction term (distortion)",
+            summary=True,
+        ),
+        own("kl", float, "KL(q(z|x) || p(z)), nats per sample: the ELBO's KL term (rate)", summary=True),
+        own(
+            "nll",
+            float,
+            "negative log-likelihood -log p(x), nats per sample, estimated with nll_samples importance samples per "
+            "input (Burda et al. 2016; an upper bound that tightens as the samples grow)",
+            summary=True,
+        ),
+        own("nll_samples", int, "importance samples per input behind nll"),
+        own(
+            "active_units",
+            int,
+            "code units whose posterior mean varies across the split (variance > 0.01, Burda et al. 2016)",
+            summary=True,
+        ),
+    ]
+
+
 # What a run keeps of each validation: every epoch's (history.csv), and its last (metrics.json).
 EPOCH_METRICS = tuple(name for name, f in EVALUATION_FIELDS.items() if f.metadata["kept"] == "epoch")
 RUN_METRICS = tuple(name for name, f in EVALUATION_FIELDS.items() if f.metadata["kept"] in ("epoch", "run"))
@@ -228,6 +263,7 @@ RunSummary = record_class(
             "PCA's validation MSE per pixel with k components, as pca_val_mse; entry i is k = i + 1, up to code_dim",
         ),
         *lm_scores(),
+        *likelihood_scores(),
         own("wall_seconds", float, "wall time of the whole run, figures included"),
         own(
             "stack",
@@ -273,6 +309,7 @@ EvalReport = record_class(
         own("pca_squared_error_per_image", float, "PCA's squared error per image"),
         own("ae_pca_mse_ratio", float, "the autoencoder's MSE over PCA's (below 1: better than PCA)"),
         *lm_scores(),
+        *likelihood_scores(),
         own("probe", dict[str, Any], "semi-supervised probe accuracies"),
     ],
 )
