@@ -67,11 +67,18 @@ def signal_after_epochs(process: subprocess.Popen, root: Path, epochs: int, sign
     return None
 
 
-def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path):
-    reference_root, killed_root = tmp_path / "reference", tmp_path / "killed"
-    reference_root.mkdir(), killed_root.mkdir()
-    assert run_cli(["train", *SLOW], cwd=reference_root).returncode == 0
-    reference = only_run_dir(reference_root)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The SLOW run trained without interruption, in a fresh process: what every interrupted one must equal."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    assert run_cli(["train", *SLOW], cwd=root).returncode == 0
+    return only_run_dir(root)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, uninterrupted):
+    killed_root = tmp_path / "killed"
+    killed_root.mkdir()
+    reference = uninterrupted
 
     process = start_training(killed_root)
     run_dir = signal_after_epochs(process, killed_root, 2, signal.SIGKILL)
@@ -121,10 +128,9 @@ def test_resume_errors(tmp_path, monkeypatch, capsys):
     assert "is not a readable autoenc checkpoint" in capsys.readouterr().err
 
 
-def test_sigterm_finishes_the_step_saves_and_resumes_bit_for_bit(tmp_path):
-    reference_root, stopped_root = tmp_path / "reference", tmp_path / "stopped"
-    reference_root.mkdir(), stopped_root.mkdir()
-    assert run_cli(["train", *SLOW], cwd=reference_root).returncode == 0
+def test_sigterm_finishes_the_step_saves_and_resumes_bit_for_bit(tmp_path, uninterrupted):
+    stopped_root = tmp_path / "stopped"
+    stopped_root.mkdir()
     process = start_training(stopped_root, stderr=subprocess.PIPE)
     assert signal_after_epochs(process, stopped_root, 1, signal.SIGTERM) is not None
     stderr = process.communicate(timeout=300)[1]
@@ -136,7 +142,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes_bit_for_bit(tmp_path):
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert state["step_in_epoch"] > 0  # saved in the middle of an epoch
     assert run_cli(["train", f"resume={run_dir}"], cwd=stopped_root).returncode == 0
-    assert_same_run(only_run_dir(reference_root), run_dir)
+    assert_same_run(uninterrupted, run_dir)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
