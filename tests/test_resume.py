@@ -19,7 +19,7 @@ from autoenc_cli.training.checkpoint import load_checkpoint
 from conftest import TINY, only_run_dir, run_cli, run_main
 
 # A wider model so an epoch lasts long enough to be interrupted in the middle.
-SLOW = ["data.limit=2000", "model.encoder=[{width: 512}]", "trainer.epochs=5", "trainer.figures=false"]
+SLOW = ["data.limit=2000", "model.encoder=[{width: 512}]", "trainer.epochs=4", "trainer.figures=false"]
 
 
 def history_rows(run_dir: Path) -> int:
@@ -84,13 +84,13 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, u
     run_dir = signal_after_epochs(process, killed_root, 2, signal.SIGKILL)
     process.wait()
     assert run_dir is not None and process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert history_rows(run_dir) < 5 and not (run_dir / "metrics.json").is_file()
+    assert history_rows(run_dir) < 4 and not (run_dir / "metrics.json").is_file()
 
     resumed = run_cli(["train", f"resume={run_dir}"], cwd=killed_root)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after 2 epochs" in resumed.stdout or "resuming after" in resumed.stdout
     assert_same_run(reference, run_dir)
-    assert history_rows(run_dir) == 5
+    assert history_rows(run_dir) == 4
 
 
 def test_resume_from_a_stage_boundary_continues_in_the_right_stage(tmp_path, monkeypatch):
