@@ -197,6 +197,7 @@ SAYS_WHAT_IS_ALLOWED = [
     (["train", "loss.sigma=0.5"], "sets the Gaussian likelihood of a variational model (model=vae)"),
     (["train", "gallery.caption=x", "gallery.panels=[samples]"], "'samples' is drawn only with a variational model"),
     (["train", "model=vae", "data.binarize=always"], "data.binarize='always' is not allowed"),
+    (["train", "model=vae", "model.decoder=[{width: null},{width: null}]"], "only the last decoder layer may omit"),
 ]
 
 

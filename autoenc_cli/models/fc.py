@@ -53,19 +53,7 @@ class FCModelConfig(ModelConfig):
     def check(self) -> None:
         check_activation("code_activation", self.code_activation)
         check_activation("output_activation", self.output_activation)
-        for index, spec in enumerate(self.encoder):
-            if spec.width is None:
-                raise ConfigError(f"encoder[{index}].width", None, "encoder layers need a width >= 1")
-        if self.decoder is not None and not self.decoder:
-            raise ConfigError("decoder", [], "give at least the output layer, or null to mirror the encoder")
-        for index, spec in enumerate((self.decoder or [])[:-1]):
-            if spec.width is None:
-                raise ConfigError(f"decoder[{index}].width", None, "only the last decoder layer may omit its width")
-        last = (self.decoder or [LayerSpec(width=1)])[-1]
-        if last.width is None and last.num_layers != 1:
-            raise ConfigError(
-                f"decoder[{len(self.decoder or []) - 1}].num_layers", last.num_layers, "must be 1 when width is null"
-            )
+        check_layer_stack(self.encoder, self.decoder)
         if self.tied and not self.is_mirror():
             raise ConfigError("tied", True, "needs a decoder that mirrors the encoder (leave model.decoder null)")
         if self.decoder_init == "transpose" and not self.is_mirror():
@@ -96,6 +84,24 @@ class SparseFCModelConfig(FCModelConfig):
     pre_bias: bool = True
     decoder_init: str = choice("transpose", ("random", "transpose"))
     former_defaults: ClassVar[dict] = {}
+
+
+def check_layer_stack(encoder: list[LayerSpec], decoder: Optional[list[LayerSpec]]) -> None:
+    """Fully-connected encoder and decoder layers that can be built: every encoder layer has a width; an
+    explicit decoder has an output layer, and only that last layer (a single one) may leave its width null."""
+    for index, spec in enumerate(encoder):
+        if spec.width is None:
+            raise ConfigError(f"encoder[{index}].width", None, "encoder layers need a width >= 1")
+    if decoder is not None and not decoder:
+        raise ConfigError("decoder", [], "give at least the output layer, or null to mirror the encoder")
+    for index, spec in enumerate((decoder or [])[:-1]):
+        if spec.width is None:
+            raise ConfigError(f"decoder[{index}].width", None, "only the last decoder layer may omit its width")
+    last = (decoder or [LayerSpec(width=1)])[-1]
+    if last.width is None and last.num_layers != 1:
+        raise ConfigError(
+            f"decoder[{len(decoder or []) - 1}].num_layers", last.num_layers, "must be 1 when width is null"
+        )
 
 
 def decoder_layers(

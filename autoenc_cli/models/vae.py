@@ -17,7 +17,7 @@ from torch import nn
 from autoenc_cli.errors import ConfigError
 from autoenc_cli.models.autoencoder import Autoencoder, ModelConfig
 from autoenc_cli.models.conv import ConvBlockSpec, conv_encoder, deconv_decoder, plan_layers
-from autoenc_cli.models.fc import decoder_layers
+from autoenc_cli.models.fc import check_layer_stack, decoder_layers
 from autoenc_cli.models.layers import LayerSpec, activation, check_activation, expand, mlp
 from autoenc_cli.registry import register
 from autoenc_cli.schema import number
@@ -69,11 +69,7 @@ class VAEConfig(VariationalConfig):
 
     def check(self) -> None:
         check_activation("output_activation", self.output_activation)
-        for index, spec in enumerate(self.encoder):
-            if spec.width is None:
-                raise ConfigError(f"encoder[{index}].width", None, "encoder layers need a width >= 1")
-        if self.decoder is not None and not self.decoder:
-            raise ConfigError("decoder", [], "give at least the output layer, or null to mirror the encoder")
+        check_layer_stack(self.encoder, self.decoder)
 
     def describe(self, input_shape: tuple[int, ...]) -> ModelFacts:
         _, output_activation = decoder_layers(self.decoder, math.prod(input_shape), self.output_activation)
