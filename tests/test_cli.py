@@ -47,7 +47,7 @@ def test_train_writes_a_complete_run_folder(tmp_path):
     ):
         assert key in metrics, key
     assert metrics["status"] == "completed" and metrics["epochs"] == 3 and metrics["code_dim"] == 64
-    assert metrics["num_parameters"] == 784 * 64 + 64 + 64 * 784 + 784
+    assert metrics["num_parameters"] == 784 + 784 * 64 + 64 + 64 * 784 + 784  # the learned input mean first
     with open(run_dir / "history.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3]

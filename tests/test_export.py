@@ -134,7 +134,12 @@ def test_a_greedy_checkpoint_exports_its_phases_network(greedy_run, tmp_path, ch
     config, shapes, _ = read_files(export)
     assert (config["phase"], config["code_dim"], load_run(export).model.code_dim) == (phase, code_dim, code_dim)
     if checkpoint == "stage1":  # the outer layer pair only: 784-32-784, the shared weight once
-        assert shapes == {"encoder.1.0.weight": (32, 784), "encoder.1.0.bias": (32,), "decoder.0.0.bias": (784,)}
+        assert shapes == {
+            "input_bias": (1, 28, 28),  # the learned input mean belongs to the outer pair
+            "encoder.1.0.weight": (32, 784),
+            "encoder.1.0.bias": (32,),
+            "decoder.0.0.bias": (784,),
+        }
     if checkpoint == "best":  # fine-tuned untied: each decoder layer has its own weight
         assert shapes["decoder.0.0.weight"] == (32, 8) and shapes["decoder.1.0.weight"] == (784, 32)
 
@@ -380,7 +385,7 @@ CORRUPTIONS = {
     "newer version": "export of version 2; this autoenc reads version 1 (upgrade autoenc",
     "truncated": "is not a readable safetensors file",
     "other shapes": "encoder.1.0.weight is F32 [12, 784], the model's is F32 [13, 784]",
-    "other dtype": "is F64 [12, 784], the model's is F32 [12, 784]",
+    "other dtype": "input_bias is F64 [1, 28, 28], the model's is F32 [1, 28, 28]",  # the first tensor checked
     "missing tensor": "does not fit the model built from its config.json (missing encoder.1.0.bias)",
     "no input shape": "lacks a valid input_shape",
 }

@@ -94,3 +94,24 @@ def test_kaiming_init_keeps_the_signal_scale_through_a_deep_stack():
     # PyTorch's init shrinks the signal layer by layer (0.13 of the input's spread after four); He init keeps
     # its order of magnitude.
     assert scales["default"] < 0.3 and 0.5 < scales["kaiming"] < 5, scales
+
+
+def test_fc_runs_saved_before_the_linear_code_and_the_pre_bias_load_as_the_model_they_trained():
+    import hashlib
+    import json
+
+    from omegaconf import OmegaConf
+
+    from autoenc_cli.schema.resolve import typed_config, with_former_values
+    from autoenc_cli.training.checkpoint import model_fingerprint
+
+    saved = OmegaConf.to_container(compose_config([]))
+    for key in ("code_activation", "pre_bias"):  # keys such a run's config never wrote
+        saved["model"].pop(key)
+    run = typed_config(saved, saved=True)
+    assert run.model.code_activation == "leaky_relu" and run.model.pre_bias is False
+    assert build_model(run, (1, 28, 28)).input_bias is None
+    old = {"model": {"name": "fc"}, "sparsity": {}, "input_shape": [1, 28, 28], "version": 2}
+    assert model_fingerprint(run, (1, 28, 28)) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
+    assert typed_config(with_former_values(saved)).model == run.model  # what a resumed run continues with
+    assert resolve(compose_config()).model.pre_bias is True  # a new run centres on the mean

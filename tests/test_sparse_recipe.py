@@ -70,8 +70,11 @@ def test_pre_bias_and_transposed_init_start_from_the_data():
     torch.testing.assert_close(decoder.weight, encoder.weight.t())
     # The zero code decodes to the mean (clamped where the sigmoid cannot reach 0 or 1).
     torch.testing.assert_close(model.decode(torch.zeros(1, 16))[0], mean.clamp(1e-3, 1 - 1e-3), atol=1e-5, rtol=1e-4)
-    plain = build_parts(resolve(compose_config([*TINY, "model.code_dim=16"]))).model  # fc: neither, by default
-    assert plain.input_bias is None and not torch.equal(plain.decoder[0][0].weight, plain.encoder[1][0].weight.t())
+    plain = build_parts(resolve(compose_config([*TINY, "model.code_dim=16"]))).model  # fc: the mean, a random decoder
+    torch.testing.assert_close(plain.input_bias, mean)
+    assert not torch.equal(plain.decoder[0][0].weight, plain.encoder[1][0].weight.t())
+    tutorial = build_parts(resolve(compose_config([*TINY, "experiment=tutorial_fc", "model.code_dim=16"]))).model
+    assert tutorial.input_bias is None  # the tutorial's network, as it wrote it
 
 
 def test_unit_norm_decoder_holds_after_every_step():

@@ -38,8 +38,10 @@ class FCModelConfig(ModelConfig):
     output_activation: str = "sigmoid"  # of the mirrored decoder's output layer
     tied: bool = False  # decoder layers use the transposed encoder weights (with biases of their own)
     # Subtract a learned bias, initialised to the training data's mean, from every input before the
-    # encoder, and start the output layer's bias at the mean (Bricken et al. 2023; Gao et al. 2024).
-    pre_bias: bool = False
+    # encoder, and start the output layer's bias at the mean (Bricken et al. 2023; Gao et al. 2024). On by
+    # default: units then encode deviations from the mean image, which every data set measured trains
+    # faster and better from (val MSE / PCA's: embedded digits 0.73 -> 0.53, deep greedy 0.61 -> 0.55).
+    pre_bias: bool = True
     # random: PyTorch's default init; transpose: each decoder layer starts as its encoder layer's
     # transpose (Gao et al. 2024), so every unit starts by writing what it reads.
     decoder_init: str = choice("random", ("random", "transpose"))
@@ -47,8 +49,9 @@ class FCModelConfig(ModelConfig):
     # default: PyTorch's (uniform, +-1/sqrt(fan_in)), which shrinks the signal at every layer; kaiming: He
     # normal init for (leaky) ReLU layers with zero biases, which keeps its scale through a deep stack.
     init: str = choice("default", ("default", "kaiming"))
-    # Runs saved before the code became linear by default had a LeakyReLU code (their fingerprints left it out).
-    former_defaults: ClassVar[dict] = {"code_activation": "leaky_relu"}
+    # Runs saved before the code became linear and the pre-bias on by default had a LeakyReLU code and no
+    # pre-bias (their fingerprints left both out).
+    former_defaults: ClassVar[dict] = {"code_activation": "leaky_relu", "pre_bias": False}
 
     def check(self) -> None:
         check_activation("code_activation", self.code_activation)
@@ -81,7 +84,6 @@ class SparseFCModelConfig(FCModelConfig):
 
     name: str = "sparse_fc"
     code_activation: str = "relu"  # of the code layer: relu, so inactive units are exactly 0
-    pre_bias: bool = True
     decoder_init: str = choice("transpose", ("random", "transpose"))
     former_defaults: ClassVar[dict] = {}
 
