@@ -18,6 +18,11 @@ from omegaconf import DictConfig
 
 from autoenc_cli.cli import main
 
+# Under pytest-xdist (the README's `-n 2`) each worker gets one of the cores: one torch thread apiece,
+# and in the processes it starts, instead of two workers each running two threads on two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Small enough for a 2-core CPU: 400 digits, 2 epochs.
 TINY = ["data.limit=400", "trainer.epochs=2", "trainer.log_every=2"]
 TINY_KEYS = {override.partition("=")[0] for override in TINY}
@@ -40,6 +45,13 @@ np.savez(SAMPLE_NPZ, images=np.random.default_rng(0).integers(0, 256, (40, 28, 2
 # And a .npy of 40 vectors of 16 floats, for data=vectors.
 SAMPLE_VECTORS = SAMPLE_NPZ.with_name("vectors.npy")
 np.save(SAMPLE_VECTORS, np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32))
+
+
+def case_id(value: object) -> str:
+    """A parametrized case's id without the sample files' temporary folder, which every pytest process (each
+    xdist worker) names differently: ids must be the same wherever the tests are collected."""
+    text = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return text.replace(str(SAMPLE_NPZ.parent), "SAMPLES")
 
 
 def write_activation_cache(folder: Path, shards: dict[str, list[np.ndarray]]) -> Path:

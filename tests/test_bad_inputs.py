@@ -11,7 +11,7 @@ import pytest
 from test_export import SECRET, TOPK, UNTRUSTED, NoBigAllocation, craft, trained
 from test_user_data import user_data_mistakes
 
-from conftest import TINY, run_cli, run_main
+from conftest import TINY, case_id, run_cli, run_main
 from test_config import bounded_knobs, out_of_range_values
 
 
@@ -75,7 +75,7 @@ def assert_one_line_error(code: int, err: str) -> None:
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("overrides", CASES, ids=lambda overrides: " ".join(overrides))
+@pytest.mark.parametrize("overrides", CASES, ids=case_id)
 def test_config_mistakes(overrides, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)

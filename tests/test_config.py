@@ -13,7 +13,7 @@ from autoenc_cli.registry import REGISTRY, Registry
 from autoenc_cli.schema.resolve import resolve
 from autoenc_cli.schema.root import GROUPS, STACKED_GROUPS, TrainConfig, TrainerConfig
 
-from conftest import SAMPLE_CACHE, SAMPLE_NPZ, SAMPLE_VECTORS, compose_config
+from conftest import SAMPLE_CACHE, SAMPLE_NPZ, SAMPLE_VECTORS, case_id, compose_config
 
 # Options with a mandatory value (``???``) and what the tests fill in.
 REQUIRED = {
@@ -132,7 +132,7 @@ def out_of_range_values(bounds: dict) -> list:
     return [limit + step[name] for name, limit in bounds.items()]
 
 
-@pytest.mark.parametrize(("choice", "key", "bounds"), bounded_knobs(), ids=lambda value: str(value))
+@pytest.mark.parametrize(("choice", "key", "bounds"), bounded_knobs(), ids=case_id)
 def test_every_bounded_numeric_knob_rejects_out_of_range_values(choice, key, bounds):
     for value in out_of_range_values(bounds):
         with pytest.raises(ConfigError) as caught:
