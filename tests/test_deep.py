@@ -33,10 +33,11 @@ def test_experiments_compose_the_papers_networks():
     assert [type(block[1]) for block in model.encoder[1:]] == [nn.Sigmoid, nn.Sigmoid, nn.Sigmoid, nn.Identity]
     assert (hinton.loss.name, hinton.optimizer.name, hinton.schedule.name, hinton.schedule.policy) == (
         "bce",
-        "adam",
+        "adamw",
         "greedy",
         "cosine",
     )
+    assert (hinton.optimizer.weight_decay, hinton.trainer.epochs) == (0.03, 300)  # chosen on validation
 
 
 def test_tied_decoder_uses_the_transposed_encoder_weight_and_counts_it_once():
