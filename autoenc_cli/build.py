@@ -1,4 +1,5 @@
-"""Build a run's parts from its checked config: data, model (with its sparsity), objective, noise, phases.
+"""Build a run's parts from its checked config: data, model (with its sparsity), objective, noise, phases,
+augmentation.
 
 Every component comes from the registry, constructed from its own config. ``build_model`` needs only
 the config and an input shape, so a trained run is rebuilt without its data.
@@ -102,4 +103,5 @@ def build_parts(config: TrainConfig, data: Optional[DataBundle] = None) -> RunPa
     objective = build_objective(config, model)
     noise = REGISTRY.build(config.noise)
     phases = REGISTRY.build(config.schedule, config.trainer, model)
-    return RunParts(config, device, data, model, objective, noise, phases, world)
+    augment = REGISTRY.build(config.augment)
+    return RunParts(config, device, data, model, objective, noise, phases, world, augment)

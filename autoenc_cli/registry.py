@@ -36,6 +36,7 @@ GROUP_PACKAGES = {
     "schedule": "autoenc_cli.schedules",
     "sparsity": "autoenc_cli.sparsity",
     "noise": "autoenc_cli.noise",
+    "augment": "autoenc_cli.augment",
     "logger": "autoenc_cli.loggers",
 }
 

@@ -241,7 +241,11 @@ VAE_WARMING_UP = [
 ]
 
 
-@pytest.mark.parametrize("model", [[], VAE_WARMING_UP], ids=["fc", "vae"])
+# An augmented run: its random flips and shifts come from the run's noise generator, which the checkpoint holds.
+AUGMENTED = ["augment=flip_shift"]
+
+
+@pytest.mark.parametrize("model", [[], VAE_WARMING_UP, AUGMENTED], ids=["fc", "vae", "augmented"])
 def test_resume_with_more_epochs_extends_a_finished_run_exactly(model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     quick = [*TINY, "trainer.figures=false", *model]

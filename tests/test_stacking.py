@@ -157,9 +157,10 @@ def test_plain_jobs_stay_within_the_last_bits_of_their_separate_runs(tmp_path):
     assert_same_jobs(stacked, sweep(tmp_path, "sequential", arguments, stacked=False), tolerance=PLAIN)
 
 
-def test_greedy_tied_stages_and_noise_levels_stack_member_by_member(tmp_path):
+def test_greedy_tied_stages_noise_levels_and_augmentation_stack_member_by_member(tmp_path):
     deep = ["model.encoder=[{width:32}]", "model.code_dim=8", "model.tied=true", "schedule=greedy"]
     deep += ["schedule.epochs_per_stage=1", "noise=gaussian", "noise.variance=0.01,0.1"]
+    deep += ["augment=flip_shift", "augment.flip=0"]  # each member's shifts from its own generator, then noise
     deep += ["trainer.pca_baseline=false"]  # figures on: the stacked jobs' drawn in worker processes
     stacked = sweep(tmp_path, "deep_stacked", [*deep, *SMALL], stacked=True)
     assert_same_jobs(stacked, sweep(tmp_path, "deep_sequential", [*deep, *SMALL], stacked=False))

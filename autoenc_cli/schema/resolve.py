@@ -15,7 +15,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from autoenc_cli.errors import ConfigError, UserError
 from autoenc_cli.registry import REGISTRY
 from autoenc_cli.schema.check import check_config
-from autoenc_cli.schema.root import GROUPS, SHORTHANDS, STACKED_GROUPS, TrainConfig, shorthand_field
+from autoenc_cli.schema.root import FORMER_GROUPS, GROUPS, SHORTHANDS, STACKED_GROUPS, TrainConfig, shorthand_field
 
 
 def resolve(cfg: DictConfig) -> TrainConfig:
@@ -43,6 +43,8 @@ def typed_config(cfg: DictConfig | dict, literal: bool = False, saved: bool = Fa
         raise UserError(f"{error.full_key} must be set, e.g. {error.full_key}=...") from None
     assert isinstance(plain, dict)
     groups = {group: plain.pop(group, None) for group in GROUPS}
+    if saved:
+        groups.update({group: copy.deepcopy(FORMER_GROUPS[group]) for group in FORMER_GROUPS if groups[group] is None})
     plain.pop("hydra", None)
     config = typed(TrainConfig, plain, "")
     for group, node in groups.items():
@@ -61,6 +63,9 @@ def with_former_values(saved: Any) -> DictConfig:
     """A run's saved config (as its checkpoint holds it) with every key its options lack at the value it had
     before the key existed (``former_values``): the config a resumed run continues with."""
     node = OmegaConf.create(saved)
+    for group, former in FORMER_GROUPS.items():
+        if node.get(group) is None:
+            node[group] = copy.deepcopy(former)
     for group in GROUPS:
         option = node.get(group)
         if group in STACKED_GROUPS or not isinstance(option, DictConfig) or "name" not in option:

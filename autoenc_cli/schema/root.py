@@ -20,6 +20,9 @@ GROUPS = tuple(GROUP_PACKAGES)
 # node maps each selected option's name to its config, in the order listed; none selected is valid.
 STACKED_GROUPS = ("sparsity", "logger")
 
+# Groups added after runs were saved, and the option a saved config without the group trained with.
+FORMER_GROUPS = {"augment": {"name": "none"}}
+
 # Top-level shorthands (``k=16``) for a key of a group's member (``sparsity.topk.k``), so sweeps read
 # naturally; applied where exactly one selected member has the key. ``l0`` sets whichever key sets an
 # option's l0 (its config's ``l0_field``: top-k's k, JumpReLU's target_l0), so one sweep spans options.
@@ -123,6 +126,7 @@ class TrainConfig:
     schedule: Any = None
     sparsity: Any = None  # {option name: its config}, in the order listed (see STACKED_GROUPS)
     noise: Any = None
+    augment: Any = None
     logger: Any = None  # {option name: its config}: the experiment trackers, none to several
 
     def check(self) -> None:

@@ -302,6 +302,7 @@ class StackedEpoch:
         trainers, first = self.trainers, self.trainers[0]
         loss_of = self._loss_function()
         noisy = any(trainer.parts.noise.active for trainer in trainers)
+        augmented = any(trainer.parts.augment.active for trainer in trainers)
         running = torch.stack([trainer.running_loss for trainer in trainers]).clone()
         for index, trainer in enumerate(trainers):  # views: one add per step sums every member's loss
             self.undo.append(partial(setattr, trainer, "running_loss", trainer.running_loss))
@@ -309,6 +310,8 @@ class StackedEpoch:
         count = orders.shape[1]
         for start in range(first.step_in_epoch * batch_size, count, batch_size):
             clean = images[orders[:, start : start + batch_size]]
+            if augmented:  # each member from its own generator, in the order a run alone draws (then noise)
+                clean = torch.stack([t.parts.augment(clean[i], t.noise_generator) for i, t in enumerate(trainers)])
             inputs = clean
             if noisy:
                 inputs = torch.stack([t.parts.noise(clean[i], t.noise_generator) for i, t in enumerate(trainers)])

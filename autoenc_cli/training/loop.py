@@ -193,7 +193,7 @@ class Trainer:
             parts.data.train, parts.config.data.batch_size, self.batch_generator, self.step_in_epoch
         )
         for batch in batches:
-            clean = parts.data.draw_batch(batch, self.noise_generator)
+            clean = parts.augment(parts.data.draw_batch(batch, self.noise_generator), self.noise_generator)
             inputs = parts.noise(clean, self.noise_generator)  # the whole global batch, so every rank draws alike
             inputs, target = parts.world.shard(inputs), parts.world.shard(clean)
             with self.autocast():

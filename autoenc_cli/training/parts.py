@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from autoenc_cli.augment import Augmentation
 from autoenc_cli.data.tensors import DataBundle
 from autoenc_cli.losses import Objective
 from autoenc_cli.models.autoencoder import Autoencoder
@@ -25,6 +26,7 @@ class RunParts:
     noise: Noise
     phases: list[Phase]
     world: World = World()
+    augment: Augmentation = field(default_factory=Augmentation)
 
     def validation_noise_generator(self) -> torch.Generator:
         """A fresh generator with a fixed seed: every validation pass sees the same corruption."""
