@@ -62,8 +62,9 @@ def test_the_same_generator_state_gives_the_same_batch():
     [
         (["data=vectors", f"data.path={SAMPLE_VECTORS}"], "augment.name='flip_shift' is not allowed: transforms C x H"),
         (["augment.shift=28"], "augment.shift=28 is not allowed: must be below the images' smallest side (28)"),
+        (["augment.shift=30", "augment.padding=zeros"], "augment.shift=30 is not allowed: must be below"),
     ],
-    ids=["vectors", "shift-too-far"],
+    ids=["vectors", "shift-too-far", "shift-past-the-image"],
 )
 def test_an_augmentation_the_data_cannot_take_is_a_one_line_error(overrides, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

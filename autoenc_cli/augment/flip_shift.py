@@ -32,10 +32,8 @@ class FlipShiftConfig(AugmentConfig):
         if len(facts.input_shape) != 3:
             raise ConfigError("name", self.name, f"transforms C x H x W images; the data gives {facts.input_shape}")
         smallest = min(facts.input_shape[1:])
-        if self.padding == "reflect" and self.shift >= smallest:
-            raise ConfigError(
-                "shift", self.shift, f"must be below the images' smallest side ({smallest}) with padding=reflect"
-            )
+        if self.shift >= smallest:  # further would move images wholly out (and reflect padding cannot)
+            raise ConfigError("shift", self.shift, f"must be below the images' smallest side ({smallest})")
 
 
 @register(FlipShiftConfig)
