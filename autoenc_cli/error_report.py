@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from autoenc_cli.configs import group_options
 from autoenc_cli.errors import UserError
 from autoenc_cli.schema.root import STACKED_GROUPS
 
@@ -28,16 +29,6 @@ def _raised_inside_config_libraries(error: BaseException) -> bool:
 def _parent_key(full_key: str) -> str:
     """``model.encoder[0].kernal`` -> ``model.encoder[0]``; ``model.encoder[0]`` -> ``model.encoder``."""
     return re.sub(r"(\.[^.\[\]]+|\[\d+\]|^[^.\[\]]+)$", "", full_key)
-
-
-def _group_options(group: str) -> Optional[list[str]]:
-    """The YAML options of one of autoenc's config groups (None for a group it does not ship)."""
-    from importlib import resources
-
-    folder = resources.files("autoenc_cli.configs") / group
-    if not folder.is_dir():
-        return None
-    return [entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml")]
 
 
 def _stacked_group_hint(group: str, name: str, selected: list[str], message: str) -> str:
@@ -102,7 +93,7 @@ def one_line_or_none(error: BaseException) -> Optional[str]:
         return f"cannot write or read '{error.filename}': {error.strerror or error}"
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        options = error.options if error.options is not None else _group_options(group)
+        options = error.options if error.options is not None else group_options(group)
         if options is not None:
             choices = ", ".join(sorted(options)) or "(none)"
             return f"{group}={option} is not an option; choose one of {choices}"

@@ -88,6 +88,7 @@ TRAIN_LOG = "train.log"
 HYDRA = ".hydra"
 CONFIG_YAML = "config.yaml"
 OVERRIDES_YAML = "overrides.yaml"
+HYDRA_YAML = "hydra.yaml"
 RESUMED = "resumed"
 
 # A run's figures/.
@@ -138,6 +139,7 @@ LAST_CHECKPOINT = f"{CHECKPOINTS}/{checkpoint_file(LAST)}"
 BEST_CHECKPOINT = f"{CHECKPOINTS}/{checkpoint_file(BEST)}"
 HYDRA_CONFIG = f"{HYDRA}/{CONFIG_YAML}"
 HYDRA_OVERRIDES = f"{HYDRA}/{OVERRIDES_YAML}"
+HYDRA_RECORD = f"{HYDRA}/{HYDRA_YAML}"
 FRONTIER = f"{FIGURES}/{FRONTIER_PNG}"
 LOSS_RECOVERED = f"{FIGURES}/{LOSS_RECOVERED_PNG}"
 DICTIONARIES = f"{FIGURES}/{DICTIONARIES_PNG}"
@@ -179,6 +181,7 @@ class RunLayout(_Folder):
     hydra = property(lambda self: self.root / HYDRA)
     hydra_config = property(lambda self: self.root / HYDRA_CONFIG)
     hydra_overrides = property(lambda self: self.root / HYDRA_OVERRIDES)
+    hydra_record = property(lambda self: self.root / HYDRA_RECORD)  # hydra.runtime.choices: each group's option
 
     def checkpoint(self, name: str) -> Path:
         """checkpoints/NAME.pt: ``last``, ``best`` or a stage's name."""

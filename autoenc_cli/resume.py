@@ -5,6 +5,8 @@ repeated with ``resume=RUN_DIR`` added: overrides equal to the saved values are 
 ``RESUME_OVERRIDABLE`` keys may change (``trainer.epochs=N`` extends a run). A completed run is left as
 it is. In a sweep, ``resume=SWEEP_DIR`` re-runs the same command: finished jobs are skipped,
 interrupted or failed ones continue from their last checkpoint, jobs that never started start.
+A single run's command is composed with the run's own group choices (``with_saved_choices``), so the keys of
+the options it trained with can be re-stated.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from autoenc_cli.configs import group_options
 from autoenc_cli.errors import UserError
 from autoenc_cli.folder_layout import CHECKPOINT_SUFFIX, LAST_CHECKPOINT, RunLayout
 from autoenc_cli.io import read_json
-from autoenc_cli.schema.resolve import typed_config, with_former_values
+from autoenc_cli.schema.resolve import typed_config, with_former_values, with_shorthands_filled
 from autoenc_cli.training.checkpoint import check_checkpoint_belongs, load_checkpoint
 
 # What may change when a single run is resumed: how long it trains, where, and where it is logged; not what it
@@ -59,12 +63,75 @@ def resume_point(cfg: DictConfig, run_dir: Path, task_overrides: list[str], mult
     return ResumePoint(saved, state)
 
 
+def with_saved_choices(overrides: list[str]) -> list[str]:
+    """``resume=RUN_DIR`` with the run's group choices from its command (``noise=gaussian``, ``sparsity=topk``,
+    ``experiment=...``) ahead of ``overrides``: Hydra then composes the options the run trained with, so a key
+    of one (``noise.variance=0.3``, ``k=16``) is compared with its saved value instead of being refused as a
+    key the default option lacks. A group the command names itself keeps its value (another option than the
+    run's is refused as a change); a folder without a readable record, or an option autoenc no longer ships,
+    adds nothing: the saved config is what resumes."""
+    resume = next((_unquoted(o.partition("=")[2]) for o in overrides if o.startswith("resume=")), "")
+    if not resume:
+        return overrides
+    try:
+        recorded = saved_overrides(run_folder_of(resume))
+    except (OSError, ValueError, yaml.YAMLError):  # an unreadable record: the resume's own checks say so
+        return overrides
+    given = {_override_key(override) for override in overrides}
+    choices = [o for o in recorded if _is_packaged_choice(o) and _override_key(o) not in given]
+    return [*choices, *overrides]
+
+
+def _override_key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def _is_packaged_choice(override: str) -> bool:
+    """``GROUP=OPTION`` (or ``GROUP=[A,B]``) naming options autoenc ships."""
+    key, _, value = override.lstrip("+").partition("=")
+    options = group_options(key) if "." not in key and "/" not in key else None
+    return options is not None and all(name in options for name in _option_names(value))
+
+
+def _option_names(value: Any) -> list[str]:
+    """``gaussian`` -> [gaussian]; ``[tensorboard,mlflow]`` (as typed, or a list Hydra recorded) -> both names."""
+    text = str(value).strip().removeprefix("[").removesuffix("]")
+    return [_unquoted(name.strip()) for name in text.split(",")]
+
+
+def _unquoted(text: str) -> str:
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
+
+
+def saved_choices(run_dir: Path) -> dict[str, list[str]]:
+    """The option each config group of the run was composed with, as Hydra recorded it ({} without a record)."""
+    try:
+        record = OmegaConf.load(RunLayout(run_dir).hydra_record)
+        choices = OmegaConf.to_container(OmegaConf.select(record, "hydra.runtime.choices", default={}))
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return {str(group): _option_names(option) for group, option in (choices or {}).items()}
+
+
+def _same_choice(override: str, choices: dict[str, list[str]]) -> bool:
+    """``GROUP=OPTION`` selecting the option the run was composed with: nothing changes (its keys, when given,
+    are compared one by one). Comparing the option's whole config instead would refuse a run saved before a
+    packaged default changed."""
+    key, _, value = override.lstrip("+").partition("=")
+    return key in choices and _option_names(value) == choices[key]
+
+
 def _resume_run(cfg: DictConfig, resume: str, overrides: list[str]) -> ResumePoint:
     state, saved = load_resume(resume)
+    run_dir = run_folder_of(resume)
+    choices = saved_choices(run_dir)
     extended = False
+    wanted_values, saved_values = with_shorthands_filled(cfg), with_shorthands_filled(saved)
     for override in overrides:
-        key = override.partition("=")[0].lstrip("+~")
-        wanted, current = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+        key = _override_key(override)
+        if _same_choice(override, choices):
+            continue
+        wanted, current = OmegaConf.select(wanted_values, key), OmegaConf.select(saved_values, key)
         if key in RESUME_OVERRIDABLE or key.partition(".")[0] in RESUME_OVERRIDABLE:
             extended |= key == "trainer.epochs" and wanted > current
             OmegaConf.update(saved, key, wanted, merge=False)
@@ -73,7 +140,6 @@ def _resume_run(cfg: DictConfig, resume: str, overrides: list[str]) -> ResumePoi
                 f"resume continues a run with its saved config; '{override}' would change {key} "
                 f"(saved: {_plain(current)!r}); only {', '.join(RESUME_OVERRIDABLE)} may change on resume"
             )
-    run_dir = run_folder_of(resume)
     if read_json(RunLayout(run_dir).metrics_json).get("status") == "completed" and not extended:
         epochs = OmegaConf.select(saved, "trainer.epochs")
         return ResumePoint(

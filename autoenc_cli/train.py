@@ -19,13 +19,18 @@ from autoenc_cli.errors import UserAbort, UserError
 from autoenc_cli.folder_lock import claim_folder
 from autoenc_cli.hydra_app import RunComplete, run_hydra_app
 from autoenc_cli.job import Job, nothing_started
-from autoenc_cli.resume import resume_point, run_folder_of
+from autoenc_cli.resume import resume_point, run_folder_of, with_saved_choices
 from autoenc_cli.training.records import as_dict
+
+MULTIRUN_FLAGS = frozenset({"-m", "--multirun"})
 
 
 def main(argv: Sequence[str]) -> None:
     register_plugins()
-    run_hydra_app(hydra_task, "autoenc train", flags_first(argv))
+    flags, overrides = split_flags(argv)
+    if not MULTIRUN_FLAGS & set(flags):  # a sweep resumes with the command that started it, as it is
+        overrides = with_saved_choices(overrides)
+    run_hydra_app(hydra_task, "autoenc train", [*flags, *overrides])
 
 
 def register_plugins() -> None:
@@ -41,9 +46,12 @@ def register_plugins() -> None:
         Plugins.instance().class_name_to_class.setdefault(f"{plugin.__module__}.{plugin.__name__}", plugin)
 
 
-def flags_first(argv: Sequence[str]) -> list[str]:
-    """Hydra's flags before the overrides, wherever the user typed them (Hydra's parser wants them first)."""
-    flags, overrides, arguments = [], [], list(argv)
+def split_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags (with their values) and the overrides, wherever the user typed them: Hydra's parser wants
+    the flags first."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    arguments = list(argv)
     while arguments:
         argument = arguments.pop(0)
         if not argument.startswith("-"):
@@ -52,7 +60,7 @@ def flags_first(argv: Sequence[str]) -> list[str]:
         flags.append(argument)
         if argument in HYDRA_VALUE_FLAGS and arguments:
             flags.append(arguments.pop(0))
-    return [*flags, *overrides]
+    return flags, overrides
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

@@ -50,6 +50,33 @@ def test_a_changed_value_on_resume_and_a_conflicting_pair_are_refused(finished, 
     assert "sweep job [" in one_line_error(capsys)
 
 
+def test_resume_composes_with_the_runs_own_options_so_their_keys_can_be_restated(tmp_path, monkeypatch, capsys):
+    """A run trained with options other than the defaults (noise=gaussian, sparsity=topk): the keys of those
+    options, in either spelling of a shorthand, are compared with the run's values, not refused as keys the
+    default options lack."""
+    monkeypatch.chdir(tmp_path)
+    options = ["noise=gaussian", "noise.variance=0.3", "sparsity=topk", "k=4"]
+    assert run_main(["train", *QUICK, *options, "hydra.run.dir=run"]) == 0
+    before = snapshot(tmp_path / "run")
+    for same in (["noise.variance=0.3", "k=4"], ["sparsity.topk.k=4"], ["l0=4"], ["noise=gaussian"], options):
+        capsys.readouterr()
+        assert run_main(["train", "resume=run", *same]) == 0, same
+        assert "is already complete; nothing to resume" in capsys.readouterr().out
+    refusals = {
+        "noise.variance=0.5": "'noise.variance=0.5' would change noise.variance (saved: 0.3)",
+        "sparsity.topk.k=16": "'sparsity.topk.k=16' would change sparsity.topk.k (saved: 4)",
+        "noise=none": "'noise=none' would change noise (saved: {'name': 'gaussian'",
+        "noise.varience=0.3": "unknown key 'noise.varience'; allowed keys in noise: name, mean, variance, clip",
+    }
+    for override, message in refusals.items():
+        assert run_main(["train", "resume=run", override]) == 2, override
+        assert message in one_line_error(capsys)
+    after = {name: data for name, data in snapshot(tmp_path / "run").items() if not name.startswith(".hydra/resumed")}
+    assert after == before
+    assert run_main(["train", "resume=run", "noise.variance=0.3", "trainer.epochs=2"]) == 0  # extended, same options
+    assert read_metrics(tmp_path / "run")["epochs"] == 2
+
+
 def test_a_new_run_never_writes_into_another_runs_folder(finished, capsys):
     before = snapshot(finished)
     assert run_main(["train", *QUICK, "hydra.run.dir=run"]) == 2

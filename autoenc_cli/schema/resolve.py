@@ -9,7 +9,7 @@ import types
 import typing
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from autoenc_cli.errors import ConfigError, UserError
@@ -150,6 +150,33 @@ def _apply_shorthands(config: TrainConfig) -> None:
             raise ConfigError(key, value, f"sets {group}.{owner}.{field}, a whole number of units; give a whole number")
         setattr(members[owner], field, value if whole else float(value))
         set_by[(owner, field)] = key
+
+
+def with_shorthands_filled(cfg: DictConfig) -> DictConfig:
+    """A copy of an untyped run config in which each shorthand (``k``) and the member key it sets
+    (``sparsity.topk.k``) hold the same value, whichever of the two was given: what a resume compares, so a
+    value re-stated in the other spelling is the same value. Where no single member owns the key, as typing
+    would refuse, the copy keeps what it had."""
+    filled = copy.deepcopy(cfg)
+    with open_dict(filled):
+        for key, group in SHORTHANDS.items():
+            members = filled.get(group) or {}
+            owners = [(name, field) for name in members if (field := _shorthand_owner_field(key, group, name))]
+            if len(owners) != 1:
+                continue
+            ((owner, field),) = owners
+            if filled.get(key) is None:
+                filled[key] = members[owner].get(field)
+            else:
+                members[owner][field] = filled[key]
+    return filled
+
+
+def _shorthand_owner_field(key: str, group: str, option: str) -> Optional[str]:
+    try:
+        return shorthand_field(key, REGISTRY.config_class(group, option))
+    except ConfigError:  # not an option: typing the config names it
+        return None
 
 
 def typed(schema: type, node: dict, path: str) -> Any:
