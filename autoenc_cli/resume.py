@@ -70,76 +70,86 @@ def with_saved_choices(overrides: list[str]) -> list[str]:
     key the default option lacks. A group the command names itself keeps its value (another option than the
     run's is refused as a change); a folder without a readable record, or an option autoenc no longer ships,
     adds nothing: the saved config is what resumes."""
-    resume = next((_unquoted(o.partition("=")[2]) for o in overrides if o.startswith("resume=")), "")
-    if not resume:
-        return overrides
-    try:
-        recorded = saved_overrides(run_folder_of(resume))
-    except (OSError, ValueError, yaml.YAMLError):  # an unreadable record: the resume's own checks say so
+    resume = next((_parsed(o) for o in overrides if o.startswith("resume=")), None)
+    if resume is None or not isinstance(resume.value(), str) or not resume.value():
         return overrides
     given = {_override_key(override) for override in overrides}
-    choices = [o for o in recorded if _is_packaged_choice(o) and _override_key(o) not in given]
-    return [*choices, *overrides]
+    recorded = [o for o in _recorded_overrides(run_folder_of(resume.value())) if _choice(o) is not None]
+    return [*[o for o in recorded if _override_key(o) not in given], *overrides]
+
+
+def run_choices(run_dir: Path) -> dict[str, tuple[str, ...]]:
+    """The options each config group of the run was composed with: as its command chose them (lists
+    included), else as Hydra recorded them (``hydra.runtime.choices``, which omits lists); {} without records."""
+    choices = dict(choice for o in _recorded_overrides(run_dir) if (choice := _choice(o)) is not None)
+    try:
+        record = OmegaConf.load(RunLayout(run_dir).hydra_record)
+        composed = OmegaConf.to_container(OmegaConf.select(record, "hydra.runtime.choices", default={}))
+    except (OSError, ValueError, yaml.YAMLError):
+        composed = {}
+    for group, option in (composed if isinstance(composed, dict) else {}).items():
+        choices.setdefault(str(group), _options(option))
+    return choices
+
+
+def _recorded_overrides(run_dir: Path) -> list[str]:
+    try:
+        return saved_overrides(run_dir)
+    except (OSError, ValueError, TypeError, yaml.YAMLError):  # an unreadable record adds nothing
+        return []
+
+
+def _choice(override: str) -> Optional[tuple[str, tuple[str, ...]]]:
+    """``GROUP=OPTION`` or ``GROUP=[A,B]`` naming options autoenc ships, as (group, options); None for any
+    other override (a key, a sweep, a malformed one: Hydra names it)."""
+    parsed = _parsed(override)
+    if parsed is None or parsed.is_delete() or parsed.is_sweep_override() or parsed.package:
+        return None
+    group, options = parsed.key_or_group, _options(parsed.value())
+    shipped = group_options(group) if "." not in group and "/" not in group else None
+    return (group, options) if shipped is not None and set(options) <= set(shipped) else None
+
+
+def _options(value: Any) -> tuple[str, ...]:
+    """A group's value as its option names: ``gaussian`` -> (gaussian,), a list -> its names, null -> ()."""
+    if value is None or value == "null":
+        return ()
+    return tuple(str(name) for name in value) if isinstance(value, (list, tuple)) else (str(value),)
+
+
+def _parsed(override: str) -> Any:
+    """One override as Hydra reads it (quotes and escapes undone); None if Hydra cannot read it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_overrides([override])[0]
+    except HydraException:
+        return None
 
 
 def _override_key(override: str) -> str:
     return override.partition("=")[0].lstrip("+~")
 
 
-def _is_packaged_choice(override: str) -> bool:
-    """``GROUP=OPTION`` (or ``GROUP=[A,B]``) naming options autoenc ships."""
-    key, _, value = override.lstrip("+").partition("=")
-    options = group_options(key) if "." not in key and "/" not in key else None
-    return options is not None and all(name in options for name in _option_names(value))
-
-
-def _option_names(value: Any) -> list[str]:
-    """``gaussian`` -> [gaussian]; ``[tensorboard,mlflow]`` (as typed, or a list Hydra recorded) -> both names."""
-    text = str(value).strip().removeprefix("[").removesuffix("]")
-    return [_unquoted(name.strip()) for name in text.split(",")]
-
-
-def _unquoted(text: str) -> str:
-    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
-
-
-def saved_choices(run_dir: Path) -> dict[str, list[str]]:
-    """The option each config group of the run was composed with, as Hydra recorded it ({} without a record)."""
-    try:
-        record = OmegaConf.load(RunLayout(run_dir).hydra_record)
-        choices = OmegaConf.to_container(OmegaConf.select(record, "hydra.runtime.choices", default={}))
-    except (OSError, ValueError, yaml.YAMLError):
-        return {}
-    return {str(group): _option_names(option) for group, option in (choices or {}).items()}
-
-
-def _same_choice(override: str, choices: dict[str, list[str]]) -> bool:
-    """``GROUP=OPTION`` selecting the option the run was composed with: nothing changes (its keys, when given,
-    are compared one by one). Comparing the option's whole config instead would refuse a run saved before a
-    packaged default changed."""
-    key, _, value = override.lstrip("+").partition("=")
-    return key in choices and _option_names(value) == choices[key]
-
-
 def _resume_run(cfg: DictConfig, resume: str, overrides: list[str]) -> ResumePoint:
     state, saved = load_resume(resume)
     run_dir = run_folder_of(resume)
-    choices = saved_choices(run_dir)
+    choices = run_choices(run_dir)
     extended = False
     wanted_values, saved_values = with_shorthands_filled(cfg), with_shorthands_filled(saved)
     for override in overrides:
-        key = _override_key(override)
-        if _same_choice(override, choices):
-            continue
+        key, choice = _override_key(override), _choice(override)
+        if choice is not None and choices.get(choice[0]) == choice[1]:
+            continue  # the run's own option: its keys, when given, are compared one by one
         wanted, current = OmegaConf.select(wanted_values, key), OmegaConf.select(saved_values, key)
+        if choice is not None and key in choices and current is None:  # a preset (experiment=): no key of its own
+            raise _changed(override, key, ",".join(choices[key]) or None)
         if key in RESUME_OVERRIDABLE or key.partition(".")[0] in RESUME_OVERRIDABLE:
             extended |= key == "trainer.epochs" and wanted > current
             OmegaConf.update(saved, key, wanted, merge=False)
         elif _plain(wanted) != _plain(current):
-            raise UserError(
-                f"resume continues a run with its saved config; '{override}' would change {key} "
-                f"(saved: {_plain(current)!r}); only {', '.join(RESUME_OVERRIDABLE)} may change on resume"
-            )
+            raise _changed(override, key, _plain(current))
     if read_json(RunLayout(run_dir).metrics_json).get("status") == "completed" and not extended:
         epochs = OmegaConf.select(saved, "trainer.epochs")
         return ResumePoint(
@@ -148,6 +158,13 @@ def _resume_run(cfg: DictConfig, resume: str, overrides: list[str]) -> ResumePoi
             "to train it longer)",
         )
     return ResumePoint(saved, state)
+
+
+def _changed(override: str, key: str, saved: Any) -> UserError:
+    return UserError(
+        f"resume continues a run with its saved config; '{override}' would change {key} (saved: {saved!r}); "
+        f"only {', '.join(RESUME_OVERRIDABLE)} may change on resume"
+    )
 
 
 def _plain(value: Any) -> Any:

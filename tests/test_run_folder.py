@@ -7,6 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
+
+from autoenc_cli.training.checkpoint import load_checkpoint
 
 from conftest import TINY, read_metrics, run_main
 
@@ -67,6 +70,7 @@ def test_resume_composes_with_the_runs_own_options_so_their_keys_can_be_restated
         "sparsity.topk.k=16": "'sparsity.topk.k=16' would change sparsity.topk.k (saved: 4)",
         "noise=none": "'noise=none' would change noise (saved: {'name': 'gaussian'",
         "noise.varience=0.3": "unknown key 'noise.varience'; allowed keys in noise: name, mean, variance, clip",
+        "experiment=smoke": "'experiment=smoke' would change experiment (saved: None)",  # a preset: no key of its own
     }
     for override, message in refusals.items():
         assert run_main(["train", "resume=run", override]) == 2, override
@@ -75,6 +79,24 @@ def test_resume_composes_with_the_runs_own_options_so_their_keys_can_be_restated
     assert after == before
     assert run_main(["train", "resume=run", "noise.variance=0.3", "trainer.epochs=2"]) == 0  # extended, same options
     assert read_metrics(tmp_path / "run")["epochs"] == 2
+
+
+def test_resume_keeps_a_run_trained_with_lists_of_options_as_it_was(tmp_path, monkeypatch, capsys):
+    """Hydra's record of a run's choices omits lists: a run of two sparsity members and a list of loggers
+    still resumes alone, its members' values re-stated, and an extension logs where the run logged."""
+    monkeypatch.chdir(tmp_path)
+    lists = ["sparsity=[topk,lifetime]", "sparsity.topk.k=4", "sparsity.lifetime.k=3", "logger=[tensorboard]"]
+    assert run_main(["train", *QUICK, *lists, f"logger.tensorboard.dir={tmp_path / 'tb'}", "hydra.run.dir=run"]) == 0
+    for same in ([], ["sparsity.topk.k=4"], lists):
+        capsys.readouterr()
+        assert run_main(["train", "resume=run", *same]) == 0, same
+        assert "is already complete; nothing to resume" in capsys.readouterr().out
+    assert run_main(["train", "resume=run", "sparsity.lifetime.k=5"]) == 2
+    assert "would change sparsity.lifetime.k (saved: 3)" in one_line_error(capsys)
+    assert run_main(["train", "resume=run", "trainer.epochs=2"]) == 0
+    saved = OmegaConf.create(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["config"])
+    assert saved.logger.tensorboard.dir == str(tmp_path / "tb") and saved.sparsity.topk.k == 4
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 2  # the run's and its extension's
 
 
 def test_a_new_run_never_writes_into_another_runs_folder(finished, capsys):
